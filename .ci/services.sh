@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Start Redis, PostgreSQL and RabbitMQ on 127.0.0.1 if they are down; install them from Debian if absent.
+set -uo pipefail
+
+apt_updated=0
+need() {  # need COMMAND PACKAGE...
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {  # wait_port PORT NAME
+  for _ in $(seq 1 60); do port_open "$1" && { echo "$2 is up on 127.0.0.1:$1"; return 0; }; sleep 1; done
+  echo "$2 did not come up on 127.0.0.1:$1" >&2; return 1
+}
+
+if ! port_open 6379; then
+  need redis-server redis-server
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+wait_port 6379 Redis || exit 1
+
+if ! port_open 5432; then
+  need pg_ctlcluster postgresql
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+fi
+wait_port 5432 PostgreSQL || exit 1
+
+if ! port_open 5672; then
+  need rabbitmq-server rabbitmq-server
+  rabbitmq-server -detached
+fi
+# RabbitMQ is not needed by every test: report, do not fail, when it is slow to start.
+wait_port 5672 RabbitMQ || true

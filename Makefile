@@ -1,0 +1,37 @@
+# lethe — make help lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test ci services lint bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP) ## create .venv with lethe, its runtime and test dependencies
+
+demo: setup ## run lethe demo: a synthetic estate erased through the real pipeline, no service needed
+	$(BIN)/lethe demo
+
+test: setup ## run the whole test suite (needs Redis and PostgreSQL: `make services`)
+	$(BIN)/pytest
+
+services: ## start Redis, PostgreSQL and RabbitMQ if they are down (installing them if absent)
+	bash .ci/services.sh
+
+ci: services test ## what CI runs: services, then the whole suite
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check orchestrator workers tests
+	$(BIN)/mypy
+
+bench: setup ## benchmarks, as ratios against baselines measured in the same run (results in bench-out/)
+	$(BIN)/python -m tests.bench --out bench-out

@@ -1,0 +1,292 @@
+"""The ``lethe`` command. Exit codes (SPEC): 0 done, 1 failed or cancelled, 2 bad input, 3 waiting/timeout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator import logs
+from orchestrator.config import ConfigError, Settings
+from orchestrator.datamap import DataMap, DataMapError
+from orchestrator.identifiers import InvalidIdentifier
+from orchestrator.ledger.store import TERMINAL_TASK, LedgerError
+from orchestrator.service import WAITING_REQUEST, Lethe
+from workers.targets.base import UnknownTargetKind
+
+app = typer.Typer(name="lethe", help="Erase a data subject everywhere, verify it, and prove it.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind)
+
+
+class Exit:
+    DONE, FAILED, BAD_INPUT, WAITING = 0, 1, 2, 3
+
+
+def fail(message: str, code: int = Exit.BAD_INPUT) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user's mistake is a message and exit 2, never a traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def make_lethe() -> Lethe:
+    with user_errors():
+        settings = Settings()
+        logs.configure(level="WARNING")
+        return Lethe(settings)
+
+
+def exit_code(status: dict[str, Any]) -> int:
+    if status["status"] == "completed":
+        return Exit.DONE
+    if status["status"] in ("failed", "cancelled"):
+        return Exit.FAILED
+    return Exit.WAITING
+
+
+def parse_subject(pairs: list[str]) -> dict[str, str]:
+    subject: dict[str, str] = {}
+    for pair in pairs:
+        kind, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--subject takes KIND=VALUE (got {len(pair)} characters without '=')")
+        if kind in subject:
+            fail(f"--subject {kind} given twice")
+        subject[kind] = value
+    return subject
+
+
+@app.command()
+def submit(
+    subject: Annotated[list[str], typer.Option("--subject", help="KIND=VALUE; repeat for several.")],
+    idempotency_key: Annotated[str | None, typer.Option(help="Replays with this key return the same request.")] = None,
+    regime: Annotated[str, typer.Option(help="gdpr (one month) or ccpa (45 days).")] = "gdpr",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the request to finish.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after S seconds (exit 3).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status object.")] = False,
+) -> None:
+    """File an erasure request for one subject."""
+    raw = parse_subject(subject)
+    lethe = make_lethe()
+    # Embedded mode: the in-process broker and worker live only as long as this command, so it waits.
+    embedded = lethe.settings.embedded
+    with user_errors(), lethe.embedded_worker() if embedded else nullcontext():
+        request_id, _created = lethe.submit(raw, dry_run=dry_run, regime=regime,
+                                            idempotency_key=idempotency_key, actor="cli")
+        if not (wait or embedded):
+            status = lethe.ledger.status(request_id)
+            out.print_json(json.dumps(status)) if as_json else out.print(request_id)
+            raise typer.Exit(Exit.DONE)
+        status = wait_with_progress(lethe, request_id, timeout)
+    if as_json:
+        out.print_json(json.dumps(status))
+    else:
+        out.print(request_id)
+        print_tasks(status, err)
+    code = exit_code(status)
+    if code == Exit.WAITING and timeout is not None:
+        err.print(f"still {status['status']} after {timeout:g} s")
+    raise typer.Exit(code)
+
+
+def wait_with_progress(lethe: Lethe, request_id: str, timeout: float | None) -> dict[str, Any]:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        bar = progress.add_task("erasing", total=None)
+
+        def update(status: dict[str, Any]) -> None:
+            tasks = status["tasks"]
+            done = sum(1 for t in tasks if t["status"] in TERMINAL_TASK)
+            progress.update(bar, total=len(tasks), completed=done, description=status["status"])
+
+        return lethe.wait(request_id, timeout=timeout, on_progress=update)
+
+
+def print_tasks(status: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"request {status['id']}: {status['status']}"
+                  + (" (dry run)" if status["dry_run"] else ""), title_justify="left")
+    for col in ("target", "kind", "status", "deleted", "residue", "attempts", "error / reason"):
+        table.add_column(col)
+    for t in status["tasks"]:
+        table.add_row(t["target"], t["kind"], t["status"], str(t["deleted"] if t["deleted"] is not None else "-"),
+                      str(t["residue"] if t["residue"] is not None else "-"), str(t["attempts"]),
+                      t["error"] or t["reason"] or "")
+    console.print(table)
+
+
+@app.command()
+def status(
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a request's status."""
+    lethe = make_lethe()
+    with user_errors():
+        st = lethe.ledger.status(request_id)
+    if as_json:
+        out.print_json(json.dumps(st))
+    else:
+        out.print(f"due {st['due_at']}  received {st['received_at']}  completed {st['completed_at'] or '-'}")
+        print_tasks(st, out)
+    code = exit_code(st)
+    raise typer.Exit(Exit.DONE if code == Exit.WAITING and st["status"] not in WAITING_REQUEST else code)
+
+
+@app.command("list")
+def list_requests(
+    status: Annotated[str | None, typer.Option(help="Only requests with this status.")] = None,
+    overdue: Annotated[bool, typer.Option("--overdue", help="Only unfinished requests past due.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List requests, newest first."""
+    lethe = make_lethe()
+    with user_errors():
+        page = lethe.ledger.list(status=status, overdue=overdue, limit=limit)
+    if as_json:
+        out.print_json(json.dumps(page))
+        return
+    table = Table()
+    for col in ("id", "status", "received", "due", "targets done"):
+        table.add_column(col)
+    for item in page["items"]:
+        done = sum(1 for t in item["tasks"] if t["status"] in TERMINAL_TASK)
+        table.add_row(item["id"], item["status"], item["received_at"], item["due_at"],
+                      f"{done}/{len(item['tasks'])}")
+    out.print(table)
+
+
+@app.command()
+def retry(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Move a request's failed tasks back to pending and dispatch them."""
+    lethe = make_lethe()
+    with user_errors(), lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
+        lethe.retry(request_id)
+        if lethe.settings.embedded:
+            raise typer.Exit(exit_code(wait_with_progress(lethe, request_id, None)))
+    out.print(f"retrying failed tasks of {request_id}")
+
+
+@app.command()
+def cancel(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Cancel a request that has not started executing."""
+    lethe = make_lethe()
+    with user_errors():
+        lethe.cancel(request_id)
+    out.print(f"cancelled {request_id}")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str | None, typer.Option("-Q", "--queues", help="Comma-separated; default all.")] = None,
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=1)] = 2,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (needs LETHE_BROKER_URL)."""
+    lethe = make_lethe()
+    if lethe.settings.embedded:
+        fail("lethe worker needs LETHE_BROKER_URL (redis://… or amqp://…)")
+    logs.configure(level=loglevel)
+    with user_errors():
+        lethe.ledger  # noqa: B018 - migrate before forking
+    from workers.app import CONTROL_QUEUE, purge_queues
+
+    argv = ["worker", "-Q", queues or ",".join([*purge_queues(), CONTROL_QUEUE]), "-c", str(concurrency),
+            "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
+    lethe.app.worker_main(argv)
+
+
+@app.command()
+def reconcile(
+    loop: Annotated[float | None, typer.Option(help="Repeat every SECONDS until interrupted.")] = None,
+) -> None:
+    """Re-dispatch non-terminal tasks past their lease."""
+    lethe = make_lethe()
+    with user_errors():
+        while True:
+            sent = lethe.reconcile()
+            out.print(f"re-dispatched {sent} task(s)")
+            if loop is None:
+                return
+            time.sleep(loop)
+
+
+@app.command("check-map")
+def check_map(
+    path: Annotated[Path | None, typer.Argument(help="Data map YAML (default: LETHE_DATA_MAP).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Every declared store needs a target or reason.")] = False,
+) -> None:
+    """Validate a data map and print the plan shape."""
+    with user_errors():
+        datamap = DataMap.load(path or Settings().data_map)
+    problems = datamap.strict_problems() if strict else []
+    table = Table(title=f"data map {datamap.digest[:12]}: {len(datamap.targets)} targets", title_justify="left")
+    for col in ("#", "target", "kind", "after", "needs"):
+        table.add_column(col)
+    for i, t in enumerate(datamap.targets, 1):
+        table.add_row(str(i), t.name, t.kind, ", ".join(t.after) or "-",
+                      ", ".join(sorted(t.required_identifiers())) or "-")
+    out.print(table)
+    for s in datamap.stores:
+        if s.not_erased:
+            out.print(f"not erased: {s.name}: {s.not_erased}")
+    if problems:
+        fail("\n".join(problems))
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the ledger schema up to date and declare the broker's queues."""
+    lethe = make_lethe()
+    with user_errors():
+        lethe.ledger  # noqa: B018 - migrates
+    if not lethe.settings.embedded:
+        from workers.app import declare_queues
+
+        declare_queues(lethe.app)
+    out.print("ledger is up to date" + ("" if lethe.settings.embedded else "; queues declared"))
+
+
+@app.command()
+def demo(
+    subjects: Annotated[int, typer.Option(min=2, max=5000, help="Synthetic users to create.")] = 200,
+    erase: Annotated[int, typer.Option(min=1, help="How many of them to erase.")] = 5,
+    workdir: Annotated[Path, typer.Option(help="Where the demo's ledger and stores live.")] = Path(".lethe-demo"),
+) -> None:
+    """Build a synthetic estate on embedded stores and erase some subjects through the real pipeline."""
+    from orchestrator.demo import run_demo
+
+    if erase >= subjects:
+        fail("--erase must be smaller than --subjects (the rest prove nothing else is touched)")
+    logs.configure(level="WARNING")
+    raise typer.Exit(run_demo(subjects=subjects, erase=erase, workdir=workdir, console=out))
+
+
+def main() -> None:
+    try:
+        app(prog_name="lethe")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

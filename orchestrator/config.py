@@ -1,0 +1,116 @@
+"""Settings: every ``LETHE_*`` environment variable, in one place (SPEC "Configuration")."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The environment is not usable as configured; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (redis://… or amqp://…). Unset: commands that dispatch work run an "
+        "in-process broker and worker for the life of the command (embedded mode).",
+    )
+    database_url: str = Field(
+        "sqlite:///./lethe.db",
+        description="Ledger database, an SQLAlchemy URL. postgresql:// works as given (psycopg 3 is used).",
+    )
+    data_map: Path = Field(Path("./datamap.yaml"), description="Path of the data map YAML.")
+    subject_key: SecretStr | None = Field(
+        None,
+        description="Hex secret (>= 32 bytes) for keyed hashes of identifiers, shared by every host. "
+        "Unset with an SQLite ledger: generated once into a 0600 file beside the database. "
+        "Unset with PostgreSQL: commands refuse to start.",
+    )
+    signing_key: Path | None = Field(
+        None, description="Path of the Ed25519 private key (PEM) that signs certificates."
+    )
+    api_tokens: Path | None = Field(
+        None, description="Path of the API token file: 'token role [name]' per line. Unset: API refuses all."
+    )
+    event_key: SecretStr | None = Field(
+        None, description="HMAC secret platform events are signed with. Unset: events are refused."
+    )
+    task_lease_seconds: int = Field(
+        600,
+        ge=5,
+        description="How long a dispatched task may go without finishing or renewing its lease before "
+        "`lethe reconcile` re-dispatches it.",
+    )
+    task_max_retries: int = Field(
+        6, ge=0, description="Retries of a task after a retryable error before it fails for good."
+    )
+    tombstone_days: int = Field(90, ge=1, description="How long erased subjects' tombstones are kept.")
+    record_retention_days: int = Field(
+        730, ge=1, description="How long completed request records are kept (CCPA asks 24 months)."
+    )
+    log_level: str = Field("INFO", description="Log level of lethe's structlog JSON logs.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg3(cls, url: str) -> str:
+        # SQLAlchemy maps a bare postgresql:// to psycopg2; lethe ships psycopg 3, so the URL works as given.
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    def sqlite_path(self) -> Path | None:
+        """The ledger file of an SQLite URL (None for in-memory or another database)."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("///", 1)[1] if "///" in self.database_url else ""
+        return Path(path) if path and path != ":memory:" else None
+
+    @cached_property
+    def subject_key_bytes(self) -> bytes:
+        """The secret behind every keyed hash (HMAC-SHA256) of a subject identifier."""
+        if self.subject_key is not None:
+            return _parse_hex_key(self.subject_key.get_secret_value())
+        db_file = self.sqlite_path()
+        if db_file is None:
+            raise ConfigError(
+                "LETHE_SUBJECT_KEY is required with this ledger database: set it to the same hex secret "
+                "(>= 32 bytes, e.g. `openssl rand -hex 32`) on every host"
+            )
+        key_file = db_file.with_name(db_file.name + ".subject-key")
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return _parse_hex_key(key_file.read_text().strip())
+
+
+def _parse_hex_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ConfigError("LETHE_SUBJECT_KEY must be hex") from None
+    if len(key) < 32:
+        raise ConfigError("LETHE_SUBJECT_KEY must be at least 32 bytes (64 hex characters)")
+    return key
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,218 @@
+"""The data map: where a subject's data lives and how to find it (SPEC "Data map").
+
+Loading validates everything that can be checked without touching a store: identifier kinds and their
+patterns, each target's configuration (by its adapter's Config model), placeholders, ``after`` ordering
+(unknown names and cycles refused), datasets and declared stores. Targets come back in a topological order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.identifiers import InvalidIdentifier, Subject
+from orchestrator.templates import TemplateError
+from workers.targets.base import TargetConfig, UnknownTargetKind, target_class
+
+
+class DataMapError(ValueError):
+    def __init__(self, errors: list[str], source: str = "data map"):
+        self.errors = errors
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+@dataclass(frozen=True)
+class DeclaredStore:
+    name: str
+    not_erased: str | None = None
+
+
+@dataclass(frozen=True)
+class DataMap:
+    identifiers: Mapping[str, re.Pattern[str] | None]
+    targets: tuple[TargetConfig, ...]  # topological order: every target after the ones it waits for
+    datasets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    stores: tuple[DeclaredStore, ...] = ()
+    text: str = ""
+    digest: str = ""  # SHA-256 of the map's text, recorded with every request planned from it
+
+    @classmethod
+    def load(cls, path: Path | str) -> DataMap:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DataMapError([f"cannot read {path}: {exc.strerror}"], source=str(path)) from None
+        return cls.parse(text, source=str(path))
+
+    @classmethod
+    def parse(cls, text: str, source: str = "data map") -> DataMap:
+        errors: list[str] = []
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise DataMapError([f"not valid YAML: {exc}"], source) from None
+        if not isinstance(doc, dict):
+            raise DataMapError(["the map must be a YAML mapping"], source)
+        unknown_keys = set(doc) - {"version", "identifiers", "targets", "datasets", "stores"}
+        if unknown_keys:
+            errors.append(f"unknown top-level keys: {', '.join(sorted(unknown_keys))}")
+        if doc.get("version") != 1:
+            errors.append("version must be 1")
+
+        identifiers = _parse_identifiers(doc.get("identifiers"), errors)
+        targets = _parse_targets(doc.get("targets"), identifiers, errors)
+        names = {t.name for t in targets}
+        ordered = _order(targets, errors)
+        datasets = _parse_datasets(doc.get("datasets"), names, errors)
+        stores = _parse_stores(doc.get("stores"), errors)
+        if errors:
+            raise DataMapError(errors, source)
+        return cls(
+            identifiers=identifiers,
+            targets=ordered,
+            datasets=datasets,
+            stores=stores,
+            text=text,
+            digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )
+
+    def target(self, name: str) -> TargetConfig:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def parse_subject(self, raw: Mapping[str, object]) -> Subject:
+        """Validate a request's identifiers against this map's declared kinds and patterns."""
+        return Subject.parse(raw, self.identifiers)
+
+    def strict_problems(self) -> list[str]:
+        """Declared stores with neither a target of the same name nor a not_erased reason."""
+        names = {t.name for t in self.targets}
+        return [
+            f"store {s.name!r} holds personal data but has no target and no not_erased reason"
+            for s in self.stores
+            if s.name not in names and not s.not_erased
+        ]
+
+
+def _parse_identifiers(raw: Any, errors: list[str]) -> dict[str, re.Pattern[str] | None]:
+    if isinstance(raw, list):
+        raw = dict.fromkeys(raw)
+    if not isinstance(raw, dict) or not raw:
+        errors.append("identifiers must be a non-empty list of kinds or a mapping kind -> regex")
+        return {}
+    result: dict[str, re.Pattern[str] | None] = {}
+    for kind, pattern in raw.items():
+        if not isinstance(kind, str) or not kind.isidentifier():
+            errors.append(f"identifier kind {kind!r} must be a plain name like user_id")
+            continue
+        if pattern is None:
+            result[kind] = None
+            continue
+        try:
+            result[kind] = re.compile(str(pattern))
+        except re.error as exc:
+            errors.append(f"identifier {kind}: bad regex: {exc}")
+    return result
+
+
+def _parse_targets(
+    raw: Any, identifiers: Mapping[str, Any], errors: list[str]
+) -> list[TargetConfig]:
+    if not isinstance(raw, list) or not raw:
+        errors.append("targets must be a non-empty list")
+        return []
+    targets: list[TargetConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        label = f"targets[{i}]"
+        if not isinstance(item, dict):
+            errors.append(f"{label} must be a mapping")
+            continue
+        label = f"target {item.get('name', i)!r}"
+        try:
+            cls = target_class(str(item.get("kind")))
+            config: TargetConfig = cls.Config.model_validate(item)
+            needed = config.required_identifiers()
+        except UnknownTargetKind as exc:
+            errors.append(f"{label}: {exc}")
+            continue
+        except ValidationError as exc:
+            for e in exc.errors():
+                where = ".".join(str(p) for p in e["loc"]) or "config"
+                errors.append(f"{label}: {where}: {e['msg']}")
+            continue
+        except (TemplateError, InvalidIdentifier) as exc:
+            errors.append(f"{label}: {exc}")
+            continue
+        if config.name in seen:
+            errors.append(f"{label}: duplicate target name")
+        seen.add(config.name)
+        undeclared = needed - set(identifiers)
+        if undeclared:
+            errors.append(f"{label}: placeholders use undeclared identifiers: {', '.join(sorted(undeclared))}")
+        targets.append(config)
+    return targets
+
+
+def _order(targets: list[TargetConfig], errors: list[str]) -> tuple[TargetConfig, ...]:
+    by_name = {t.name: t for t in targets}
+    graph: dict[str, tuple[str, ...]] = {}
+    for t in targets:
+        for dep in t.after:
+            if dep not in by_name:
+                errors.append(f"target {t.name!r}: after names unknown target {dep!r}")
+            if dep == t.name:
+                errors.append(f"target {t.name!r}: waits for itself")
+        graph[t.name] = tuple(d for d in t.after if d in by_name)
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        errors.append(f"after: targets wait for each other in a cycle: {' -> '.join(exc.args[1])}")
+        return tuple(targets)
+    return tuple(by_name[name] for name in order)
+
+
+def _parse_datasets(raw: Any, names: set[str], errors: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append("datasets must be a mapping name -> {target: selector}")
+        return {}
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for ds_name, per_target in raw.items():
+        if not isinstance(per_target, dict) or not per_target:
+            errors.append(f"dataset {ds_name!r} must map target names to selectors")
+            continue
+        for target_name, selector in per_target.items():
+            if target_name not in names:
+                errors.append(f"dataset {ds_name!r}: unknown target {target_name!r}")
+            if not isinstance(selector, dict):
+                errors.append(f"dataset {ds_name!r}: selector for {target_name!r} must be a mapping")
+        result[str(ds_name)] = per_target
+    return result
+
+
+def _parse_stores(raw: Any, errors: list[str]) -> tuple[DeclaredStore, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append("stores must be a list of {name, not_erased}")
+        return ()
+    stores = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            errors.append(f"stores: {item!r} must be a mapping with a name")
+            continue
+        stores.append(DeclaredStore(item["name"], item.get("not_erased")))
+    return tuple(stores)

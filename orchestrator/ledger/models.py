@@ -1,0 +1,137 @@
+"""Ledger tables: the source of truth. Celery only carries task ids; every decision is read from here.
+
+Changing a table means adding an Alembic revision under ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        from datetime import UTC
+
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DataMapSnapshot(Base):
+    """The exact map a request was planned from, so its tasks run against it even if the file changes."""
+
+    __tablename__ = "data_maps"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), default="subject")
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    regime: Mapped[str] = mapped_column(String(8), default="gdpr")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    data_map_digest: Mapped[str] = mapped_column(ForeignKey("data_maps.digest"))
+    # kind -> hex HMAC-SHA256 of the identifier under the subject key: what the ledger keeps for good.
+    subject_hashes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # The raw identifiers, AES-GCM sealed under a key derived from the subject key, held only while the
+    # request runs (tasks need them to build selectors) and wiped when it reaches a terminal status.
+    sealed_subject: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    idempotency_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(200), default="cli")
+
+
+class Task(Base):
+    """One planned (request, target) pair."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("request_id", "target", name="uq_tasks_request_target"),
+        Index("ix_tasks_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid5(request id, target): deterministic
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), index=True)
+    target: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)  # topological order in the map
+    after: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(24))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    residue: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set when the task is handed to the broker and renewed while it runs; reconcile re-dispatches a
+    # non-terminal task whose lease has run out. NULL: not dispatched yet (waiting for `after`).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class CompletionRecord(Base):
+    """Written once per (request, target), after the purge is verified. Never updated."""
+
+    __tablename__ = "completion_records"
+    __table_args__ = (UniqueConstraint("request_id", "target", name="uq_completion_request_target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(String(36))
+    deleted: Mapped[int] = mapped_column(Integer)
+    residue: Mapped[int] = mapped_column(Integer)
+    verified_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditEntry(Base):
+    """Append-only trail of everything that happened, with who did it."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    request_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
+    task_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(48))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

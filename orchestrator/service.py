@@ -1,0 +1,117 @@
+"""One object for every lethe process (CLI, worker, API): settings, the ledger, and sending work.
+
+The CLI files requests through it, workers run tasks through it, and both send dispatches the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import Settings, get_settings
+from orchestrator.datamap import DataMap
+from orchestrator.ledger.store import TERMINAL_REQUEST, Dispatch, Ledger
+from orchestrator.logs import get_logger
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = get_logger("lethe.service")
+WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
+
+
+class Lethe:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self._ledger: Ledger | None = None
+        self._ledger_pid = 0
+        self._app: Celery | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger, migrated on first use; recreated in a forked worker child (no shared sockets)."""
+        with self._lock:
+            if self._ledger is None or self._ledger_pid != os.getpid():
+                if self._ledger is not None:
+                    self._ledger.engine.dispose(close=False)
+                self._ledger = Ledger(self.settings.database_url, self.settings.subject_key_bytes,
+                                      self.settings.task_lease_seconds)
+                self._ledger_pid = os.getpid()
+            return self._ledger
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            from workers.app import create_app
+
+            self._app = create_app(self)
+        return self._app
+
+    def load_map(self, path: str | os.PathLike[str] | None = None) -> DataMap:
+        return DataMap.load(path or self.settings.data_map)
+
+    # -- requests ---------------------------------------------------------------------------------
+    def submit(self, subject: Mapping[str, object], *, dry_run: bool = False, regime: str = "gdpr",
+               idempotency_key: str | None = None, actor: str = "cli",
+               datamap: DataMap | None = None) -> tuple[str, bool]:
+        """Validate, record, plan and dispatch an erasure request. Returns (request id, created)."""
+        datamap = datamap or self.load_map()
+        parsed = datamap.parse_subject(subject)
+        request_id, created, dispatches = self.ledger.file_request(
+            datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor)
+        self.send(dispatches)
+        log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches))
+        return request_id, created
+
+    def retry(self, request_id: str, actor: str = "cli") -> None:
+        self.send(self.ledger.retry(request_id, actor=actor))
+
+    def cancel(self, request_id: str, actor: str = "cli") -> None:
+        self.ledger.cancel(request_id, actor=actor)
+
+    def reconcile(self) -> int:
+        """Re-send every non-terminal task past its lease. Returns how many were sent."""
+        dispatches = self.ledger.due_for_dispatch()
+        self.send(dispatches)
+        if dispatches:
+            log.info("reconcile.redispatched", tasks=len(dispatches))
+        return len(dispatches)
+
+    def send(self, dispatches: list[Dispatch]) -> None:
+        """Hand tasks to the broker, after the ledger committed them. A failed send is only a delay:
+        the task keeps its lease in the ledger and reconcile sends it again when the lease runs out."""
+        for d in dispatches:
+            try:
+                self.app.send_task("lethe.purge", args=[d.task_id], queue=f"purge.{d.kind}")
+            except Exception as exc:
+                log.warning("dispatch.failed", task_id=d.task_id, error=type(exc).__name__)
+
+    def wait(self, request_id: str, timeout: float | None = None,
+             on_progress: Any = None, interval: float = 0.2) -> dict[str, Any]:
+        """Poll the ledger until the request is terminal or waiting; returns the last status object."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.ledger.status(request_id)
+            if on_progress:
+                on_progress(status)
+            if status["status"] in TERMINAL_REQUEST | WAITING_REQUEST:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                return status
+            time.sleep(interval)
+
+    # -- embedded mode ------------------------------------------------------------------------------
+    @contextmanager
+    def embedded_worker(self, concurrency: int = 2) -> Iterator[None]:
+        """An in-process worker on the in-memory broker, for the life of the block (no LETHE_BROKER_URL)."""
+        from celery.contrib.testing.worker import start_worker
+
+        self.ledger  # noqa: B018 - migrate before the worker threads start
+        with start_worker(self.app, pool="threads", concurrency=concurrency, perform_ping_check=False,
+                          loglevel="WARNING", shutdown_timeout=30.0):
+            yield

@@ -1,0 +1,130 @@
+"""The Target protocol every store adapter implements, its errors, and the lazy registry of kinds.
+
+Contract (tests/contract/ checks it against every adapter's real engine):
+
+- ``count(subject)`` says how many items a purge would remove; it deletes nothing (dry runs).
+- ``purge(subject, heartbeat)`` removes every item the selector built from ``subject`` matches and returns
+  how many it removed. It is idempotent: purging what is already gone succeeds and returns 0. It never
+  removes an item its selector did not match, and it calls ``heartbeat()`` at least once per page of work
+  so a long purge keeps its lease.
+- ``verify(subject)`` reads the store back and returns the residue: how many matching items remain.
+  A purge is only recorded as complete when verify returns 0.
+- Vendor errors are translated at the edge: "already gone" is success, throttling and outages raise
+  ``RetryableError``, anything else raises ``PermanentError``. Messages never contain identifiers, keys or
+  paths; they name the operation and the vendor's error code.
+
+Adapter modules import their engine lazily (inside methods) or cheaply at the top, because the data map
+validator imports them to check their configuration; Feast, MLflow and LanceDB take seconds to import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.identifiers import Subject
+from orchestrator.templates import placeholders_in
+
+Heartbeat = Callable[[], None]
+
+
+class TargetError(Exception):
+    """An error an adapter raises after translating its vendor's error."""
+
+    retryable: ClassVar[bool] = False
+
+
+class RetryableError(TargetError):
+    """Throttling, an outage, a dropped connection: the task is retried with backoff."""
+
+    retryable = True
+
+
+class PermanentError(TargetError):
+    """Misconfiguration, missing permission, an unconvertible value: the task fails and keeps the error."""
+
+
+class TargetConfig(BaseModel):
+    """Fields every target has in the data map; each adapter extends it with its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Unique target name.")
+    kind: str = Field(description="Adapter kind, e.g. s3.")
+    after: tuple[str, ...] = Field((), description="Targets that must complete before this one starts.")
+    max_items: int | None = Field(
+        None, ge=1, description="Blast radius: a purge that would remove more waits for an admin."
+    )
+
+    # Fields whose strings may hold {identifier} placeholders; only these are ever filled.
+    template_fields: ClassVar[tuple[str, ...]] = ()
+
+    def required_identifiers(self) -> set[str]:
+        """Identifier kinds this target's selector needs; a request without one skips the target."""
+        return set().union(*(placeholders_in(getattr(self, f)) for f in self.template_fields))
+
+
+@runtime_checkable
+class Target(Protocol):
+    """One configured store a subject's data is erased from. See the module docstring for the contract."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[TargetConfig]]
+    # What the adapter can do beyond the contract, e.g. {"versions"} for S3's object versions.
+    capabilities: ClassVar[frozenset[str]]
+    # Vendor exception types that mean "try again later" when they escape untranslated.
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]]
+
+    def count(self, subject: Subject) -> int: ...
+
+    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int: ...
+
+    def verify(self, subject: Subject) -> int: ...
+
+
+# kind -> "module:Class". Modules are imported only when a kind is used, so `lethe status` stays instant.
+BUILTIN_TARGETS: dict[str, str] = {
+    "s3": "workers.targets.s3:S3Target",
+    "memory": "workers.targets.memory:MemoryTarget",
+}
+ENTRY_POINT_GROUP = "lethe.targets"
+
+
+class UnknownTargetKind(LookupError):
+    def __init__(self, kind: str, known: list[str]):
+        hint = difflib.get_close_matches(kind, known, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known kinds: {', '.join(known)})"
+        super().__init__(f"no target adapter for kind {kind!r}{suggestion}")
+
+
+def known_kinds() -> dict[str, str]:
+    kinds = dict(BUILTIN_TARGETS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        kinds.setdefault(ep.name, ep.value)
+    return kinds
+
+
+_loaded: dict[str, type[Any]] = {}
+
+
+def target_class(kind: str) -> type[Any]:
+    """The adapter class for ``kind``, imported on first use."""
+    if kind in _loaded:
+        return _loaded[kind]
+    kinds = known_kinds()
+    if kind not in kinds:
+        raise UnknownTargetKind(kind, sorted(kinds))
+    module_name, _, class_name = kinds[kind].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    _loaded[kind] = cls
+    return cls
+
+
+def build_target(config: TargetConfig) -> Target:
+    target: Target = target_class(config.kind)(config)
+    return target

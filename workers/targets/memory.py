@@ -1,0 +1,99 @@
+"""An in-memory target: records in a named, process-wide store. For tests, the demo and benchmarks.
+
+Data map example::
+
+    - name: sessions
+      kind: memory
+      store: sessions
+      match: {owner: "{user_id}"}   # every record whose field equals the value belongs to the subject
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from orchestrator.identifiers import Subject
+from orchestrator.templates import fill
+from workers.targets.base import Heartbeat, RetryableError, TargetConfig
+
+
+class MemoryStore:
+    """A list of records per store name, shared by every MemoryTarget in the process."""
+
+    _lock = threading.Lock()
+    _stores: ClassVar[dict[str, list[dict[str, Any]]]] = defaultdict(list)
+
+    @classmethod
+    def add(cls, store: str, *records: dict[str, Any]) -> None:
+        with cls._lock:
+            cls._stores[store].extend(dict(r) for r in records)
+
+    @classmethod
+    def records(cls, store: str) -> list[dict[str, Any]]:
+        with cls._lock:
+            return [dict(r) for r in cls._stores[store]]
+
+    @classmethod
+    def remove_where(cls, store: str, match: dict[str, str]) -> int:
+        with cls._lock:
+            kept = [r for r in cls._stores[store] if not _matches(r, match)]
+            removed = len(cls._stores[store]) - len(kept)
+            cls._stores[store] = kept
+            return removed
+
+    @classmethod
+    def count_where(cls, store: str, match: dict[str, str]) -> int:
+        with cls._lock:
+            return sum(1 for r in cls._stores[store] if _matches(r, match))
+
+    @classmethod
+    def clear(cls) -> None:
+        with cls._lock:
+            cls._stores.clear()
+
+
+def _matches(record: dict[str, Any], match: dict[str, str]) -> bool:
+    return all(field in record and str(record[field]) == value for field, value in match.items())
+
+
+class MemoryConfig(TargetConfig):
+    store: str = Field(description="Name of the in-process store.")
+    match: dict[str, str] = Field(min_length=1, description="field -> templated value; all must be equal.")
+    fail_times: int = Field(
+        0, ge=0, description="Testing aid: the first N purges in this process raise a retryable error."
+    )
+
+    template_fields: ClassVar[tuple[str, ...]] = ("match",)
+
+
+class MemoryTarget:
+    kind: ClassVar[str] = "memory"
+    Config: ClassVar[type[TargetConfig]] = MemoryConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    _failures_left: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, config: MemoryConfig):
+        self.config = config
+
+    def _selector(self, subject: Subject) -> dict[str, str]:
+        return fill(self.config.match, subject)  # type: ignore[no-any-return]
+
+    def count(self, subject: Subject) -> int:
+        return MemoryStore.count_where(self.config.store, self._selector(subject))
+
+    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        left = self._failures_left.setdefault(self.config.name, self.config.fail_times)
+        if left > 0:
+            self._failures_left[self.config.name] = left - 1
+            raise RetryableError("memory store unavailable (injected failure)")
+        heartbeat()
+        return MemoryStore.remove_where(self.config.store, self._selector(subject))
+
+    def verify(self, subject: Subject) -> int:
+        return self.count(subject)

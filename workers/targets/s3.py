@@ -1,0 +1,257 @@
+"""S3 (and any S3-compatible endpoint): every object version and delete marker of a subject goes.
+
+Selectors, one of:
+
+- ``prefix: "users/{user_id}/"``: every key under it. The template must end at a ``/`` and hold a
+  placeholder, so subject ``12`` never reaches ``users/123/``.
+- ``keys_query: {url, sql}``: exact keys looked up in the application's database; the SQL's ``:kind``
+  parameters are bound from the request's identifiers (never formatted into the text).
+
+Listing is streamed page by page (``ListObjectVersions``) and deleted in batches of up to 1,000 entries
+(``DeleteObjects``), so memory stays flat however many objects a subject has.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import text
+
+from orchestrator.identifiers import Subject
+from orchestrator.templates import fill, placeholders
+from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
+
+BATCH = 1000  # DeleteObjects' limit
+RETRYABLE_CODES = frozenset(
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "OperationAborted",
+     "503", "500", "502", "504"}
+)
+GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
+KEY_RETRIES = 5  # rounds of re-sending per-key retryable errors inside one DeleteObjects batch
+
+
+class KeysQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="SQLAlchemy URL of the application database holding the keys.")
+    sql: str = Field(description="SELECT returning object keys in its first column; :kind parameters bound.")
+
+    @field_validator("sql")
+    @classmethod
+    def _select_only(cls, sql: str) -> str:
+        if not sql.lstrip().lower().startswith(("select", "with")):
+            raise ValueError("keys_query.sql must be a SELECT")
+        if "{" in sql:
+            raise ValueError("keys_query.sql takes :kind bound parameters, never {placeholders}")
+        return sql
+
+    def parameters(self) -> set[str]:
+        return set(text(self.sql).compile().params)
+
+
+class S3Config(TargetConfig):
+    bucket: str = Field(min_length=3, description="Bucket holding the subject's objects.")
+    endpoint_url: str | None = Field(None, description="S3 endpoint; AWS when absent.")
+    region: str | None = Field(None, description="Region name for the client.")
+    prefix: str | None = Field(None, description="Templated key prefix ending at '/'.")
+    keys_query: KeysQuery | None = Field(None, description="Exact keys from the application's database.")
+
+    template_fields: ClassVar[tuple[str, ...]] = ("prefix",)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_safe(cls, prefix: str | None) -> str | None:
+        if prefix is None:
+            return None
+        if not placeholders(prefix):
+            raise ValueError("prefix must hold an {identifier} placeholder, or it would match every subject")
+        if not prefix.endswith("/"):
+            raise ValueError("prefix must end at a separator '/', so subject 12 never matches 123")
+        return prefix
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> S3Config:
+        if (self.prefix is None) == (self.keys_query is None):
+            raise ValueError("give exactly one of prefix or keys_query")
+        return self
+
+    def required_identifiers(self) -> set[str]:
+        needed = super().required_identifiers()
+        return needed | (self.keys_query.parameters() if self.keys_query else set())
+
+
+_clients: dict[tuple[str | None, str | None], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def s3_client(endpoint_url: str | None, region: str | None) -> Any:
+    """One client per endpoint per process: clients are thread-safe, creating them is not cheap."""
+    import boto3
+    from botocore.config import Config
+
+    with _clients_lock:
+        key = (endpoint_url, region)
+        if key not in _clients:
+            _clients[key] = boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region or "us-east-1",
+                config=Config(
+                    retries={"max_attempts": 8, "mode": "standard"},
+                    connect_timeout=10,
+                    read_timeout=60,
+                    max_pool_connections=20,
+                ),
+            )
+        return _clients[key]
+
+
+_engines: dict[str, Any] = {}
+
+
+def _keys_engine(url: str) -> Any:
+    from sqlalchemy import create_engine
+
+    from orchestrator.config import Settings
+
+    url = Settings(database_url=url).database_url  # same postgresql:// handling as the ledger
+    with _clients_lock:
+        if url not in _engines:
+            _engines[url] = create_engine(url, pool_pre_ping=True)
+        return _engines[url]
+
+
+class S3Target:
+    kind: ClassVar[str] = "s3"
+    Config: ClassVar[type[TargetConfig]] = S3Config
+    capabilities: ClassVar[frozenset[str]] = frozenset({"versions", "delete_markers", "keys_query"})
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        EndpointConnectionError,
+        ConnectionClosedError,
+        ReadTimeoutError,
+        ConnectTimeoutError,
+    )
+
+    def __init__(self, config: S3Config):
+        self.config = config
+        self.client = s3_client(config.endpoint_url, config.region)
+
+    # -- the contract -----------------------------------------------------------------------------
+    def count(self, subject: Subject) -> int:
+        return sum(1 for _ in self._entries(subject))
+
+    def verify(self, subject: Subject) -> int:
+        return self.count(subject)
+
+    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        deleted = 0
+        refused: Counter[str] = Counter()
+        batch: list[dict[str, str]] = []
+        for entry in self._entries(subject):
+            batch.append(entry)
+            if len(batch) == BATCH:
+                deleted += self._delete(batch, refused)
+                batch = []
+                heartbeat()
+        if batch:
+            deleted += self._delete(batch, refused)
+        heartbeat()
+        if refused:
+            codes = ", ".join(f"{code} x{n}" for code, n in sorted(refused.items()))
+            raise PermanentError(f"S3 DeleteObjects on bucket {self.config.bucket} refused some versions: {codes}")
+        return deleted
+
+    # -- selection --------------------------------------------------------------------------------
+    def _entries(self, subject: Subject) -> Iterator[dict[str, str]]:
+        """Every (key, version) the selector matches, delete markers included, one page at a time."""
+        if self.config.prefix is not None:
+            prefix: str = fill(self.config.prefix, subject)
+            yield from self._versions(prefix, exact=None)
+        else:
+            for key in self._query_keys(subject):
+                yield from self._versions(key, exact=key)
+
+    def _versions(self, prefix: str, exact: str | None) -> Iterator[dict[str, str]]:
+        paginator = self.client.get_paginator("list_object_versions")
+        with _translate("ListObjectVersions", self.config.bucket):
+            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+                for item in (*page.get("Versions", ()), *page.get("DeleteMarkers", ())):
+                    key = item["Key"]
+                    if exact is not None and key != exact:
+                        continue  # Prefix=key also lists longer keys; only the exact key is the subject's
+                    if not key.startswith(prefix):
+                        raise PermanentError("S3 listing returned a key outside the selector; nothing deleted")
+                    yield {"Key": key, "VersionId": item["VersionId"]}
+
+    def _query_keys(self, subject: Subject) -> Iterator[str]:
+        assert self.config.keys_query is not None
+        query = self.config.keys_query
+        params = {name: subject[name] for name in query.parameters()}
+        try:
+            with _keys_engine(query.url).connect() as conn:
+                for (key,) in conn.execute(text(query.sql), params).yield_per(BATCH):
+                    if not isinstance(key, str) or not key or len(key) > 1024:
+                        raise PermanentError("keys_query returned a value that is not an object key")
+                    yield key
+        except PermanentError:
+            raise
+        except Exception as exc:  # the application database: its text may hold data, keep only the type
+            raise RetryableError(f"keys_query failed: {type(exc).__name__}") from None
+
+    # -- deletion ---------------------------------------------------------------------------------
+    def _delete(self, batch: list[dict[str, str]], refused: Counter[str]) -> int:
+        """Delete one batch; per-key retryable errors are re-sent with backoff, others counted as refused."""
+        deleted = 0
+        pending = batch
+        for round_ in range(KEY_RETRIES + 1):
+            with _translate("DeleteObjects", self.config.bucket):
+                answer = self.client.delete_objects(
+                    Bucket=self.config.bucket, Delete={"Objects": pending, "Quiet": True}
+                )
+            errors = answer.get("Errors", [])
+            deleted += len(pending) - len(errors)
+            retry: list[dict[str, str]] = []
+            for err in errors:
+                code = err.get("Code", "Unknown")
+                if code in GONE_CODES:
+                    continue  # already gone is success
+                if code in RETRYABLE_CODES:
+                    retry.append({"Key": err["Key"], "VersionId": err.get("VersionId", "null")})
+                else:
+                    refused[code] += 1
+            if not retry:
+                return deleted
+            pending = retry
+            if round_ < KEY_RETRIES:
+                time.sleep(min(8.0, 0.2 * 2**round_) * (0.5 + random.random()))
+        raise RetryableError(f"S3 DeleteObjects on bucket {self.config.bucket}: keys still throttled")
+
+
+@contextmanager
+def _translate(operation: str, bucket: str) -> Iterator[None]:
+    """Vendor errors become TargetErrors whose text names the operation and code, never a key."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = f"S3 {operation} on bucket {bucket}: {code}"
+        if code in RETRYABLE_CODES or status >= 500:
+            raise RetryableError(message) from None
+        raise PermanentError(message) from None
+    except S3Target.retryable_errors as exc:
+        raise RetryableError(f"S3 {operation} on bucket {bucket}: {type(exc).__name__}") from None

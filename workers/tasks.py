@@ -1,0 +1,137 @@
+"""The purge task and its base class: claim in the ledger, purge, verify, record once.
+
+Every run ends in one outcome: completed (verified, one completion record), failed (permanent error or
+retries exhausted, error kept), or a scheduled retry for an error the target marks retryable.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from celery import Celery, Task
+from sqlalchemy.exc import DBAPIError
+
+from orchestrator.identifiers import Subject
+from orchestrator.logs import get_logger, redact_values, scrub
+from orchestrator.service import Lethe
+from workers.targets.base import PermanentError, RetryableError, build_target, target_class
+
+log = get_logger("lethe.worker")
+MAX_ERROR_LENGTH = 500
+
+
+class LetheTask(Task):  # type: ignore[misc]
+    """Base for lethe's tasks: late acks, ledger access, backoff with jitter."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = None  # lethe counts retries itself against settings.task_max_retries
+
+    @property
+    def lethe(self) -> Lethe:
+        return self.app.lethe  # type: ignore[no-any-return]
+
+    def backoff(self) -> float:
+        """Exponential backoff with full jitter: 1, 2, 4 … 300 s ceilings."""
+        ceiling = min(300.0, 2.0 ** self.request.retries)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(celery_id=self.request.id)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+
+def sanitise(exc: BaseException, subject: Subject) -> str:
+    """Error text safe to keep: identifiers scrubbed, vendor noise truncated."""
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError | RetryableError) else str(exc)
+    return scrub(text, subject.values.values())[:MAX_ERROR_LENGTH]
+
+
+def purge(self: LetheTask, task_id: str) -> str:
+    lethe = self.lethe
+    structlog.contextvars.bind_contextvars(task_id=task_id)
+    try:
+        run = lethe.ledger.claim(task_id)
+    except DBAPIError as exc:  # ledger unreachable: try again later; reconcile covers us if this runs out
+        raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
+                         exc=exc) from None
+    if run is None:
+        log.info("task.skip", reason="nothing to do (finished, cancelled, or waiting)")
+        return "noop"
+    structlog.contextvars.bind_contextvars(request_id=run.request_id, target=run.target, kind=run.kind,
+                                           attempt=run.attempt, dry_run=run.dry_run)
+    with redact_values(run.subject.values.values()):
+        return _run(self, lethe, run)
+
+
+def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
+    ledger = lethe.ledger
+    started = time.monotonic()
+    residue: int | None = None
+    try:
+        config = ledger.data_map(run.data_map_digest).target(run.target)
+        target = build_target(config)
+        if run.dry_run:
+            deleted = target.count(run.subject)
+        else:
+            deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id))
+            residue = target.verify(run.subject)
+            if residue:
+                raise RetryableError(f"verify read back {residue} items after the purge")
+        dispatches = ledger.complete(run.task_id, deleted, 0)
+    except Exception as exc:
+        retryable = isinstance(exc, RetryableError | DBAPIError) or isinstance(
+            exc, _retryable_types(run.kind))
+        error = sanitise(exc, run.subject)
+        if retryable and self.request.retries < lethe.settings.task_max_retries:
+            countdown = self.backoff()
+            log.warning("task.retry", error=error, countdown=round(countdown, 1))
+            try:
+                ledger.note_retry(run.task_id, error, countdown)
+            except DBAPIError:
+                pass  # the ledger is down too: the lease still covers the retry
+            raise self.retry(countdown=countdown, max_retries=None) from None
+        log.error("task.failed", error=error, retryable=retryable)
+        ledger.fail(run.task_id, error, residue)
+        return "failed"
+    log.info("task.completed", deleted=deleted, seconds=round(time.monotonic() - started, 3))
+    lethe.send(dispatches)
+    return "completed"
+
+
+def _retryable_types(kind: str) -> tuple[type[BaseException], ...]:
+    try:
+        return tuple(target_class(kind).retryable_errors)
+    except LookupError:
+        return ()
+
+
+def _heartbeat(lethe: Lethe, task_id: str) -> Callable[[], None]:
+    """Renew the task's lease at most every tenth of it, however often the target calls."""
+    every = lethe.settings.task_lease_seconds / 10
+    last = time.monotonic()
+
+    def beat() -> None:
+        nonlocal last
+        if time.monotonic() - last >= every:
+            lethe.ledger.renew_lease(task_id)
+            last = time.monotonic()
+
+    return beat
+
+
+def reconcile(self: LetheTask) -> int:
+    return self.lethe.reconcile()
+
+
+def register(app: Celery) -> None:
+    app.task(name="lethe.purge", base=LetheTask, bind=True)(purge)
+    app.task(name="lethe.reconcile", base=LetheTask, bind=True)(reconcile)
