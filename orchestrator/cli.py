@@ -88,11 +88,17 @@ def submit(
 ) -> None:
     """File an erasure request for one subject."""
     raw = parse_subject(subject)
+    if regime not in ("gdpr", "ccpa"):
+        fail(f"--regime must be gdpr or ccpa, not {regime!r}")
     lethe = make_lethe()
+    with user_errors():  # refuse bad input before anything starts
+        datamap = lethe.load_map()
+        datamap.parse_subject(raw)
+        lethe.ledger  # noqa: B018 - migrate
     # Embedded mode: the in-process broker and worker live only as long as this command, so it waits.
     embedded = lethe.settings.embedded
     with user_errors(), lethe.embedded_worker() if embedded else nullcontext():
-        request_id, _created = lethe.submit(raw, dry_run=dry_run, regime=regime,
+        request_id, _created = lethe.submit(raw, dry_run=dry_run, regime=regime, datamap=datamap,
                                             idempotency_key=idempotency_key, actor="cli")
         if not (wait or embedded):
             status = lethe.ledger.status(request_id)

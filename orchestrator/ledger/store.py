@@ -285,7 +285,8 @@ class Ledger:
             if not failed:
                 raise LedgerError("the request has no failed task to retry")
             for t in failed:
-                t.status, t.error, t.finished_at, t.lease_expires_at = "pending", None, None, None
+                t.status, t.error, t.finished_at = "pending", None, None
+                t.lease_expires_at, t.dispatched_at = None, None
             request.status, request.completed_at = "running", None
             self._audit(s, "request.retried", request_id, actor=actor,
                         detail={"targets": [t.target for t in failed]})
@@ -431,7 +432,7 @@ class Ledger:
             request.status = "completed"
         elif "failed" in statuses and not self._can_progress(tasks):
             request.status = "failed"
-        elif any(st in ("running", "completed", "failed") for st in statuses):
+        elif any(t.status in ("running", "completed", "failed") or t.attempts for t in tasks):
             request.status = "running"
         else:
             request.status = "planned"

@@ -26,6 +26,15 @@ class MemoryStore:
 
     _lock = threading.Lock()
     _stores: ClassVar[dict[str, list[dict[str, Any]]]] = defaultdict(list)
+    _failures_left: ClassVar[dict[str, int]] = {}  # target name -> injected failures still to raise
+
+    @classmethod
+    def take_failure(cls, target: str, fail_times: int) -> bool:
+        """Testing aid: True for the first ``fail_times`` calls per target since the last clear()."""
+        with cls._lock:
+            left = cls._failures_left.setdefault(target, fail_times)
+            cls._failures_left[target] = max(0, left - 1)
+            return left > 0
 
     @classmethod
     def add(cls, store: str, *records: dict[str, Any]) -> None:
@@ -54,6 +63,7 @@ class MemoryStore:
     def clear(cls) -> None:
         with cls._lock:
             cls._stores.clear()
+            cls._failures_left.clear()
 
 
 def _matches(record: dict[str, Any], match: dict[str, str]) -> bool:
@@ -76,8 +86,6 @@ class MemoryTarget:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     retryable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    _failures_left: ClassVar[dict[str, int]] = {}
-
     def __init__(self, config: MemoryConfig):
         self.config = config
 
@@ -88,9 +96,7 @@ class MemoryTarget:
         return MemoryStore.count_where(self.config.store, self._selector(subject))
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
-        left = self._failures_left.setdefault(self.config.name, self.config.fail_times)
-        if left > 0:
-            self._failures_left[self.config.name] = left - 1
+        if MemoryStore.take_failure(self.config.name, self.config.fail_times):
             raise RetryableError("memory store unavailable (injected failure)")
         heartbeat()
         return MemoryStore.remove_where(self.config.store, self._selector(subject))
