@@ -51,6 +51,10 @@ class DataMap:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise DataMapError([f"cannot read {path}: {exc.strerror}"], source=str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise DataMapError(
+                [f"cannot read {path}: not UTF-8 (byte {exc.start})"], source=str(path)
+            ) from None
         return cls.parse(text, source=str(path))
 
     @classmethod
