@@ -170,7 +170,7 @@ def list_requests(
     """List requests, newest first."""
     lethe = make_lethe()
     with user_errors():
-        page = lethe.ledger.list(status=status, overdue=overdue, limit=limit)
+        page = lethe.ledger.list_requests(status=status, overdue=overdue, limit=limit)
     if as_json:
         out.print_json(json.dumps(page))
         return

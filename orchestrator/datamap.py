@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from orchestrator.identifiers import InvalidIdentifier, Subject
 from orchestrator.templates import TemplateError
-from workers.targets.base import TargetConfig, UnknownTargetKind, target_class
+from workers.targets.base import TargetConfig, UnknownTargetKind, known_kinds, target_class
 
 
 class DataMapError(ValueError):
@@ -126,6 +126,7 @@ def _parse_identifiers(raw: Any, errors: list[str]) -> dict[str, re.Pattern[str]
         try:
             result[kind] = re.compile(str(pattern))
         except re.error as exc:
+            result[kind] = None  # keep the kind so targets using it are not reported as undeclared
             errors.append(f"identifier {kind}: bad regex: {exc}")
     return result
 
@@ -144,6 +145,9 @@ def _parse_targets(
             errors.append(f"{label} must be a mapping")
             continue
         label = f"target {item.get('name', i)!r}"
+        if "kind" not in item:
+            errors.append(f"{label}: kind is required (one of: {', '.join(sorted(known_kinds()))})")
+            continue
         try:
             cls = target_class(str(item.get("kind")))
             config: TargetConfig = cls.Config.model_validate(item)

@@ -57,7 +57,7 @@ def keyed_hash(key: bytes, kind: str, value: str) -> str:
 class Subject(Mapping[str, str]):
     """Validated identifier values of one request: kind -> value. Built only through ``parse``."""
 
-    values: Mapping[str, str] = field(default_factory=dict)
+    by_kind: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: Mapping[str, object], patterns: Mapping[str, re.Pattern[str] | None]) -> Subject:
@@ -73,16 +73,16 @@ class Subject(Mapping[str, str]):
         return cls(values)
 
     def hashes(self, key: bytes) -> dict[str, str]:
-        return {kind: keyed_hash(key, kind, value) for kind, value in sorted(self.values.items())}
+        return {kind: keyed_hash(key, kind, value) for kind, value in sorted(self.by_kind.items())}
 
     def __getitem__(self, kind: str) -> str:
-        return self.values[kind]
+        return self.by_kind[kind]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.by_kind)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.by_kind)
 
     def __repr__(self) -> str:  # never print raw values, even in a traceback
-        return f"Subject(kinds={sorted(self.values)})"
+        return f"Subject(kinds={sorted(self.by_kind)})"

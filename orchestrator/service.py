@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import Settings, get_settings
@@ -52,7 +53,7 @@ class Lethe:
             self._app = create_app(self)
         return self._app
 
-    def load_map(self, path: str | os.PathLike[str] | None = None) -> DataMap:
+    def load_map(self, path: Path | str | None = None) -> DataMap:
         return DataMap.load(path or self.settings.data_map)
 
     # -- requests ---------------------------------------------------------------------------------

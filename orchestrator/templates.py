@@ -56,7 +56,7 @@ def fill(value: Any, subject: Subject) -> Any:
         missing = placeholders(value) - set(subject)
         if missing:
             raise MissingIdentifier(missing)
-        return value.format_map(subject.values)
+        return value.format_map(subject)
     if isinstance(value, dict):
         return {k: fill(v, subject) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -17,7 +17,7 @@ from workers.targets.s3 import s3_client
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "lethe-test",
-    "AWS_SECRET_ACCESS_KEY": "lethe-test",  # noqa: S105 - moto accepts any credentials
+    "AWS_SECRET_ACCESS_KEY": "lethe-test",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 

@@ -55,7 +55,7 @@ def create_app(lethe: Lethe) -> Celery:
             "reconcile": {"task": "lethe.reconcile", "schedule": 60.0, "options": {"queue": CONTROL_QUEUE}},
         },
     )
-    app.lethe = lethe  # type: ignore[attr-defined]
+    app.lethe = lethe
 
     from workers.tasks import register
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import structlog
@@ -24,7 +25,7 @@ log = get_logger("lethe.worker")
 MAX_ERROR_LENGTH = 500
 
 
-class LetheTask(Task):  # type: ignore[misc]
+class LetheTask(Task):
     """Base for lethe's tasks: late acks, ledger access, backoff with jitter."""
 
     acks_late = True
@@ -33,7 +34,7 @@ class LetheTask(Task):  # type: ignore[misc]
 
     @property
     def lethe(self) -> Lethe:
-        return self.app.lethe  # type: ignore[no-any-return]
+        return self.app.lethe
 
     def backoff(self) -> float:
         """Exponential backoff with full jitter: 1, 2, 4 … 300 s ceilings."""
@@ -52,7 +53,7 @@ class LetheTask(Task):  # type: ignore[misc]
 def sanitise(exc: BaseException, subject: Subject) -> str:
     """Error text safe to keep: identifiers scrubbed, vendor noise truncated."""
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError | RetryableError) else str(exc)
-    return scrub(text, subject.values.values())[:MAX_ERROR_LENGTH]
+    return scrub(text, subject.values())[:MAX_ERROR_LENGTH]
 
 
 def purge(self: LetheTask, task_id: str) -> str:
@@ -68,7 +69,7 @@ def purge(self: LetheTask, task_id: str) -> str:
         return "noop"
     structlog.contextvars.bind_contextvars(request_id=run.request_id, target=run.target, kind=run.kind,
                                            attempt=run.attempt, dry_run=run.dry_run)
-    with redact_values(run.subject.values.values()):
+    with redact_values(run.subject.values()):
         return _run(self, lethe, run)
 
 
@@ -88,16 +89,13 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
                 raise RetryableError(f"verify read back {residue} items after the purge")
         dispatches = ledger.complete(run.task_id, deleted, 0)
     except Exception as exc:
-        retryable = isinstance(exc, RetryableError | DBAPIError) or isinstance(
-            exc, _retryable_types(run.kind))
+        retryable = isinstance(exc, (RetryableError, DBAPIError, *_retryable_types(run.kind)))
         error = sanitise(exc, run.subject)
         if retryable and self.request.retries < lethe.settings.task_max_retries:
             countdown = self.backoff()
             log.warning("task.retry", error=error, countdown=round(countdown, 1))
-            try:
+            with suppress(DBAPIError):  # the ledger is down too: the lease still covers the retry
                 ledger.note_retry(run.task_id, error, countdown)
-            except DBAPIError:
-                pass  # the ledger is down too: the lease still covers the retry
             raise self.retry(countdown=countdown, max_retries=None) from None
         log.error("task.failed", error=error, retryable=retryable)
         ledger.fail(run.task_id, error, residue)

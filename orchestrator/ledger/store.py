@@ -101,7 +101,7 @@ class Ledger:
     # -- sealing raw identifiers while a request runs -----------------------------------------------
     def _seal(self, request_id: str, subject: Subject) -> bytes:
         nonce = os.urandom(12)
-        plain = json.dumps(dict(subject.values), sort_keys=True).encode()
+        plain = json.dumps(dict(subject), sort_keys=True).encode()
         return nonce + self._aead.encrypt(nonce, plain, request_id.encode())
 
     def _unseal(self, request_id: str, sealed: bytes) -> Subject:
@@ -350,7 +350,7 @@ class Ledger:
             request = self._request(s, request_id)
             return status_object(request, self._tasks(s, request_id))
 
-    def list(self, status: str | None = None, overdue: bool = False, limit: int = 100,
+    def list_requests(self, status: str | None = None, overdue: bool = False, limit: int = 100,
              cursor: str | None = None) -> dict[str, Any]:
         """Newest first; ``cursor`` is the opaque ``next`` of the previous page."""
         with self.sessions() as s:

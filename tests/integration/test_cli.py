@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from orchestrator.testing import FAKE_AWS_ENV, put_objects, versions_per_owner
 from tests.fixtures.lethe import SUBJECT_KEY
 
@@ -28,7 +29,9 @@ targets:
     prefix: "users/{{user_id}}/"
 """
 USERS = ["12", "123", "1234", "8675309123"]
-HOSTILE = ["*", "?", "", "..", "a/b", "users/../123", "12\n", "\x1b[2J", "1\u200b2", "1" * 10_000, " 12", "12*", "%"]
+HOSTILE = [
+    "*", "?", "", "..", "a/b", "users/../123", "12\n", "\x1b[2J", "1\u200b2", "1" * 10_000, " 12", "12*", "%",
+]
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ def seed(endpoint: str, bucket: str) -> None:
 
 
 @pytest.fixture
-def pipeline(s3_endpoint: str, bucket: str, pg_database: str, redis_broker: str, write_map: Callable[[str], Path],
-             make_lethe: Callable[..., Lethe]) -> Callable[..., Lethe]:
+def pipeline(s3_endpoint: str, bucket: str, pg_database: str, redis_broker: str,
+             write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe]) -> Callable[..., Lethe]:
     """A Lethe on Redis + PostgreSQL over a seeded bucket; call it with map options."""
     seed(s3_endpoint, bucket)
 

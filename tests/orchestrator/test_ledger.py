@@ -196,14 +196,14 @@ def test_list_pages_newest_first(ledger: Ledger, datamap: DataMap) -> None:
     ids = [file(ledger, datamap, value=f"u{i}")[0] for i in range(5)]
     seen, cursor = [], None
     while True:
-        page = ledger.list(limit=2, cursor=cursor)
+        page = ledger.list_requests(limit=2, cursor=cursor)
         seen += [item["id"] for item in page["items"]]
         cursor = page["next"]
         if cursor is None:
             break
     assert seen == list(reversed(ids))
-    assert [i["id"] for i in ledger.list(status="planned")["items"]] == list(reversed(ids))
-    assert ledger.list(status="completed")["items"] == []
+    assert [i["id"] for i in ledger.list_requests(status="planned")["items"]] == list(reversed(ids))
+    assert ledger.list_requests(status="completed")["items"] == []
 
 
 def test_due_dates_follow_the_regime() -> None:

@@ -97,7 +97,7 @@ ENTRY_POINT_GROUP = "lethe.targets"
 
 class UnknownTargetKind(LookupError):
     def __init__(self, kind: str, known: list[str]):
-        hint = difflib.get_close_matches(kind, known, n=1)
+        hint = difflib.get_close_matches(kind, known, n=1, cutoff=0.5)  # "s4" vs "s3" scores 0.5
         suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known kinds: {', '.join(known)})"
         super().__init__(f"no target adapter for kind {kind!r}{suggestion}")
 

@@ -14,10 +14,10 @@ import threading
 from collections import defaultdict
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill
+from orchestrator.templates import fill, placeholders_in
 from workers.targets.base import Heartbeat, RetryableError, TargetConfig
 
 
@@ -79,6 +79,13 @@ class MemoryConfig(TargetConfig):
 
     template_fields: ClassVar[tuple[str, ...]] = ("match",)
 
+    @field_validator("match")
+    @classmethod
+    def _match_names_the_subject(cls, match: dict[str, str]) -> dict[str, str]:
+        if not placeholders_in(match):
+            raise ValueError("match must hold an {identifier} placeholder, or it would match every subject")
+        return match
+
 
 class MemoryTarget:
     kind: ClassVar[str] = "memory"
@@ -90,7 +97,8 @@ class MemoryTarget:
         self.config = config
 
     def _selector(self, subject: Subject) -> dict[str, str]:
-        return fill(self.config.match, subject)  # type: ignore[no-any-return]
+        selector: dict[str, str] = fill(self.config.match, subject)
+        return selector
 
     def count(self, subject: Subject) -> int:
         return MemoryStore.count_where(self.config.store, self._selector(subject))

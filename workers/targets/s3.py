@@ -14,11 +14,13 @@ Listing is streamed page by page (``ListObjectVersions``) and deleted in batches
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any, ClassVar
 
 from botocore.exceptions import (
@@ -42,6 +44,10 @@ RETRYABLE_CODES = frozenset(
 )
 GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
 KEY_RETRIES = 5  # rounds of re-sending per-key retryable errors inside one DeleteObjects batch
+# Statements a keys query must not contain; the database connection is read-only as well.
+WRITE_WORDS = re.compile(
+    r"\b(insert|update|delete|merge|drop|alter|create|truncate|grant|revoke|copy|call)\b", re.IGNORECASE
+)
 
 
 class KeysQuery(BaseModel):
@@ -57,6 +63,15 @@ class KeysQuery(BaseModel):
             raise ValueError("keys_query.sql must be a SELECT")
         if "{" in sql:
             raise ValueError("keys_query.sql takes :kind bound parameters, never {placeholders}")
+        if ";" in sql.rstrip().rstrip(";"):
+            raise ValueError("keys_query.sql must be a single statement")
+        writes = WRITE_WORDS.findall(sql)
+        if writes:
+            raise ValueError(f"keys_query.sql must only read (found {writes[0].upper()})")
+        if not text(sql).compile().params:
+            raise ValueError(
+                "keys_query.sql needs a :kind parameter, or it would select the same keys for every subject"
+            )
         return sql
 
     def parameters(self) -> set[str]:
@@ -124,14 +139,22 @@ _engines: dict[str, Any] = {}
 
 
 def _keys_engine(url: str) -> Any:
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, event
 
     from orchestrator.config import Settings
 
     url = Settings(database_url=url).database_url  # same postgresql:// handling as the ledger
     with _clients_lock:
         if url not in _engines:
-            _engines[url] = create_engine(url, pool_pre_ping=True)
+            # Read-only sessions: a keys query can never change the application's database.
+            if url.startswith("postgresql"):
+                engine = create_engine(url, pool_pre_ping=True,
+                                       connect_args={"options": "-c default_transaction_read_only=on"})
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+                if url.startswith("sqlite"):
+                    event.listen(engine, "connect", lambda conn, _rec: conn.execute("PRAGMA query_only = ON"))
+            _engines[url] = engine
         return _engines[url]
 
 
@@ -160,19 +183,24 @@ class S3Target:
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
         deleted = 0
         refused: Counter[str] = Counter()
-        batch: list[dict[str, str]] = []
-        for entry in self._entries(subject):
-            batch.append(entry)
-            if len(batch) == BATCH:
-                deleted += self._delete(batch, refused)
-                batch = []
-                heartbeat()
-        if batch:
-            deleted += self._delete(batch, refused)
-        heartbeat()
+        # Versions S3 answered with an error (refused, or reported gone): never offered again.
+        skip: set[tuple[str, str]] = set()
+        while True:
+            # Each round lists afresh: continuing a listing whose marker version was just deleted ends it
+            # early on some stores (moto returns an empty page), leaving residue. What a round deletes
+            # drops out of the next listing, so the rounds walk the subject's versions once.
+            fresh = (e for e in self._entries(subject) if (e["Key"], e["VersionId"]) not in skip)
+            batch = list(islice(fresh, BATCH))
+            if batch:
+                deleted += self._delete(batch, refused, skip)
+            heartbeat()
+            if len(batch) < BATCH:
+                break
         if refused:
             codes = ", ".join(f"{code} x{n}" for code, n in sorted(refused.items()))
-            raise PermanentError(f"S3 DeleteObjects on bucket {self.config.bucket} refused some versions: {codes}")
+            raise PermanentError(
+                f"S3 DeleteObjects on bucket {self.config.bucket} refused some versions: {codes}"
+            )
         return deleted
 
     # -- selection --------------------------------------------------------------------------------
@@ -194,26 +222,31 @@ class S3Target:
                     if exact is not None and key != exact:
                         continue  # Prefix=key also lists longer keys; only the exact key is the subject's
                     if not key.startswith(prefix):
-                        raise PermanentError("S3 listing returned a key outside the selector; nothing deleted")
+                        raise PermanentError(
+                            "S3 listing returned a key outside the selector; nothing deleted"
+                        )
                     yield {"Key": key, "VersionId": item["VersionId"]}
 
     def _query_keys(self, subject: Subject) -> Iterator[str]:
         assert self.config.keys_query is not None
         query = self.config.keys_query
         params = {name: subject[name] for name in query.parameters()}
+        seen: set[str] = set()  # a key on several rows (one photo in two albums) is one object
         try:
             with _keys_engine(query.url).connect() as conn:
                 for (key,) in conn.execute(text(query.sql), params).yield_per(BATCH):
                     if not isinstance(key, str) or not key or len(key) > 1024:
                         raise PermanentError("keys_query returned a value that is not an object key")
-                    yield key
+                    if key not in seen:
+                        seen.add(key)
+                        yield key
         except PermanentError:
             raise
         except Exception as exc:  # the application database: its text may hold data, keep only the type
             raise RetryableError(f"keys_query failed: {type(exc).__name__}") from None
 
     # -- deletion ---------------------------------------------------------------------------------
-    def _delete(self, batch: list[dict[str, str]], refused: Counter[str]) -> int:
+    def _delete(self, batch: list[dict[str, str]], refused: Counter[str], skip: set[tuple[str, str]]) -> int:
         """Delete one batch; per-key retryable errors are re-sent with backoff, others counted as refused."""
         deleted = 0
         pending = batch
@@ -227,11 +260,12 @@ class S3Target:
             retry: list[dict[str, str]] = []
             for err in errors:
                 code = err.get("Code", "Unknown")
-                if code in GONE_CODES:
-                    continue  # already gone is success
+                entry = {"Key": err["Key"], "VersionId": err.get("VersionId", "null")}
                 if code in RETRYABLE_CODES:
-                    retry.append({"Key": err["Key"], "VersionId": err.get("VersionId", "null")})
-                else:
+                    retry.append(entry)
+                    continue
+                skip.add((entry["Key"], entry["VersionId"]))
+                if code not in GONE_CODES:  # already gone is success
                     refused[code] += 1
             if not retry:
                 return deleted
