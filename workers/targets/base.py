@@ -7,6 +7,10 @@ Contract (tests/contract/ checks it against every adapter's real engine):
   how many it removed. It is idempotent: purging what is already gone succeeds and returns 0. It never
   removes an item its selector did not match, and it calls ``heartbeat()`` at least once per page of work
   so a long purge keeps its lease.
+- ``level`` says how far the last purge went, recorded with the completion record and certificate:
+  ``invisible`` (no read or search returns it, bytes may remain until compaction), ``unindexed`` (also out
+  of every index), ``bytes_reclaimed`` (physically gone: no version, tombstone or old file holds it).
+  An adapter that only reaches a lower level after some purges sets it on the instance in ``purge``.
 - ``verify(subject)`` reads the store back and returns the residue: how many matching items remain.
   A purge is only recorded as complete when verify returns 0.
 - Vendor errors are translated at the edge: "already gone" is success, throttling and outages raise
@@ -79,6 +83,8 @@ class Target(Protocol):
     capabilities: ClassVar[frozenset[str]]
     # Vendor exception types that mean "try again later" when they escape untranslated.
     retryable_errors: ClassVar[tuple[type[BaseException], ...]]
+    # Erasure level reached by purge: "invisible", "unindexed" or "bytes_reclaimed" (see above).
+    level: str
 
     def count(self, subject: Subject) -> int: ...
 
@@ -91,6 +97,9 @@ class Target(Protocol):
 BUILTIN_TARGETS: dict[str, str] = {
     "s3": "workers.targets.s3:S3Target",
     "memory": "workers.targets.memory:MemoryTarget",
+    "feast": "workers.targets.feast:FeastTarget",
+    "qdrant": "workers.targets.qdrant:QdrantTarget",
+    "lancedb": "workers.targets.lancedb:LanceDBTarget",
 }
 ENTRY_POINT_GROUP = "lethe.targets"
 

@@ -91,6 +91,7 @@ class MemoryTarget:
     kind: ClassVar[str] = "memory"
     Config: ClassVar[type[TargetConfig]] = MemoryConfig
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    level = "bytes_reclaimed"
     retryable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, config: MemoryConfig):

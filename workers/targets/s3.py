@@ -162,6 +162,7 @@ class S3Target:
     kind: ClassVar[str] = "s3"
     Config: ClassVar[type[TargetConfig]] = S3Config
     capabilities: ClassVar[frozenset[str]] = frozenset({"versions", "delete_markers", "keys_query"})
+    level = "bytes_reclaimed"  # every version and delete marker is gone: nothing is recoverable through S3
     retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (
         EndpointConnectionError,
         ConnectionClosedError,
