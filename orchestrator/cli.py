@@ -26,7 +26,7 @@ from workers.targets.base import UnknownTargetKind
 app = typer.Typer(name="lethe", help="Erase a data subject everywhere, verify it, and prove it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are read by scripts too: no hard wraps
 
 USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind)
 
@@ -202,6 +202,38 @@ def cancel(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     with user_errors():
         lethe.cancel(request_id)
     out.print(f"cancelled {request_id}")
+
+
+@app.command()
+def certificate(
+    request_id: Annotated[str | None, typer.Argument(metavar="ID", help="A completed request.")] = None,
+    public_key: Annotated[bool, typer.Option("--public-key", help="Print the public key (PEM) instead.")] = False,
+) -> None:
+    """Print a completed request's signed certificate, or the key that verifies certificates."""
+    if (request_id is None) == (not public_key):
+        fail("give a request ID or --public-key")
+    lethe = make_lethe()
+    with user_errors():
+        if public_key:
+            sys.stdout.write(lethe.ledger.public_key_pem())
+            return
+        assert request_id is not None
+        cert = lethe.ledger.certificate(request_id)
+    sys.stdout.write(json.dumps(cert, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@app.command("verify-ledger")
+def verify_ledger() -> None:
+    """Check the audit chain, completion records and certificates; exit 1 naming the first bad entry."""
+    lethe = make_lethe()
+    with user_errors():
+        problems = lethe.ledger.verify()
+    if problems:
+        err.print(f"[red]ledger verification failed:[/red] {problems[0]}", highlight=False)
+        for problem in problems[1:20]:
+            err.print(f"  also: {problem}", highlight=False)
+        raise typer.Exit(Exit.FAILED)
+    out.print("ledger verified: audit chain, completion records and certificates are intact")
 
 
 @app.command()

@@ -7,6 +7,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -96,10 +97,38 @@ class Settings(BaseSettings):
         key_file = db_file.with_name(db_file.name + ".subject-key")
         if not key_file.exists():
             key_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
+            try:
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32) + "\n")
         return _parse_hex_key(key_file.read_text().strip())
+
+    @cached_property
+    def signing_private_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key that signs certificates: LETHE_SIGNING_KEY, or generated beside an SQLite ledger."""
+        from orchestrator.certificates import create_private_key, load_private_key
+
+        if self.signing_key is not None:
+            try:
+                return load_private_key(self.signing_key)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"LETHE_SIGNING_KEY: cannot load an Ed25519 PEM private key: {exc}") from None
+        db_file = self.sqlite_path()
+        if db_file is None:
+            raise ConfigError(
+                "LETHE_SIGNING_KEY is required with this ledger database: the path of an Ed25519 private key "
+                "(PEM) shared by every host, e.g. `openssl genpkey -algorithm ed25519 -out lethe-signing.pem`"
+            )
+        key_file = db_file.with_name(db_file.name + ".signing-key.pem")
+        if key_file.exists():
+            return load_private_key(key_file)
+        try:
+            return create_private_key(key_file)
+        except FileExistsError:  # another process made it first
+            return load_private_key(key_file)
 
 
 def _parse_hex_key(text: str) -> bytes:

@@ -7,6 +7,7 @@ Later work adds features, embeddings and models to the estate.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -86,6 +87,14 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
         kept = [u for u in users if u not in doomed]
         damaged = [u for u in kept if after[u] != before[u]]
         damaged_sessions = len(kept) * 2 - sum(1 for r in sessions if r["owner"] not in doomed)
+        certs = workdir / "certificates"
+        certs.mkdir()
+        for status in statuses:
+            if status["status"] == "completed":
+                cert = lethe.ledger.certificate(status["id"])
+                (certs / f"{status['id']}.json").write_text(json.dumps(cert, indent=2, sort_keys=True) + "\n")
+        (workdir / "lethe-public.pem").write_text(lethe.ledger.public_key_pem())
+        ledger_problems = lethe.ledger.verify()
 
     completed = sum(1 for s in statuses if s["status"] == "completed")
     deleted = sum(t["deleted"] or 0 for s in statuses for t in s["tasks"])
@@ -95,11 +104,12 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
     table.add_row("residue of erased subjects (S3, sessions)", f"{erased_residue}, {erased_sessions}")
     table.add_row("other subjects damaged (S3, sessions)", f"{len(damaged)}, {damaged_sessions}")
     table.add_row("erased subject ids (shown only in this demo)", ", ".join(doomed))
-    table.add_row("ledger", str(workdir / "lethe.db"))
+    table.add_row("ledger", f"{workdir / 'lethe.db'} ({'verified' if not ledger_problems else ledger_problems[0]})")
+    table.add_row("certificates", f"{workdir / 'certificates'}/<request id>.json, key {workdir / 'lethe-public.pem'}")
     table.add_row("seconds", f"{time.monotonic() - started:.1f}")
     console.print(table)
     ok = completed == len(doomed) and not erased_residue and not erased_sessions and not damaged \
-        and not damaged_sessions
+        and not damaged_sessions and not ledger_problems
     console.print("[green]every erased subject is gone and everyone else is intact[/green]" if ok
                   else "[red]demo failed: see the table above[/red]")
     return 0 if ok else 1

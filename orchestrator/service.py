@@ -41,7 +41,7 @@ class Lethe:
                 if self._ledger is not None:
                     self._ledger.engine.dispose(close=False)
                 self._ledger = Ledger(self.settings.database_url, self.settings.subject_key_bytes,
-                                      self.settings.task_lease_seconds)
+                                      self.settings.signing_private_key, self.settings.task_lease_seconds)
                 self._ledger_pid = os.getpid()
             return self._ledger
 
@@ -76,11 +76,15 @@ class Lethe:
         self.ledger.cancel(request_id, actor=actor)
 
     def reconcile(self) -> int:
-        """Re-send every non-terminal task past its lease. Returns how many were sent."""
+        """Re-send every non-terminal task past its lease, and prune records past retention.
+        Returns how many tasks were sent."""
         dispatches = self.ledger.due_for_dispatch()
         self.send(dispatches)
         if dispatches:
             log.info("reconcile.redispatched", tasks=len(dispatches))
+        pruned = self.ledger.prune(self.settings.record_retention_days)
+        if pruned:
+            log.info("reconcile.pruned", requests=pruned)
         return len(dispatches)
 
     def send(self, dispatches: list[Dispatch]) -> None:

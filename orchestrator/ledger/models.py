@@ -100,6 +100,7 @@ class Task(Base):
     residue: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    level: Mapped[str | None] = mapped_column(String(24), nullable=True)  # erasure level the purge reached
     # Set when the task is handed to the broker and renewed while it runs; reconcile re-dispatches a
     # non-terminal task whose lease has run out. NULL: not dispatched yet (waiting for `after`).
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -120,18 +121,47 @@ class CompletionRecord(Base):
     task_id: Mapped[str] = mapped_column(String(36))
     deleted: Mapped[int] = mapped_column(Integer)
     residue: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(24))
     verified_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class AuditEntry(Base):
-    """Append-only trail of everything that happened, with who did it."""
+    """Append-only, hash-chained trail of everything that happened, with who did it.
+
+    ``id`` is the chain position, assigned by lethe under a lock (never by the database), and ``hash`` is
+    SHA-256 over the canonical JSON of the entry including ``prev_hash``: changing, removing or reordering
+    any entry breaks every hash after it (``lethe verify-ledger``).
+    """
 
     __tablename__ = "audit_log"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     request_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(48))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditCheckpoint(Base):
+    """Where the chain starts after retention pruned its oldest entries (one row)."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_pruned_id: Mapped[int] = mapped_column(Integer)
+    last_pruned_hash: Mapped[str] = mapped_column(String(64))
+    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Certificate(Base):
+    """The signed certificate of a completed request, exactly as issued."""
+
+    __tablename__ = "certificates"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)  # canonical JSON, signature included
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())

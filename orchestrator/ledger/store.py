@@ -15,25 +15,41 @@ import json
 import os
 import uuid
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import certificates
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
 from orchestrator.ledger.db import make_engine, migrate, session_factory
-from orchestrator.ledger.models import AuditEntry, CompletionRecord, DataMapSnapshot, Request, Task
+from orchestrator.ledger.models import (
+    AuditCheckpoint,
+    AuditEntry,
+    Base,
+    Certificate,
+    CompletionRecord,
+    DataMapSnapshot,
+    Request,
+    Task,
+)
 from orchestrator.planner import plan
 
 TERMINAL_TASK = frozenset({"completed", "failed", "skipped"})
 DONE_TASK = frozenset({"completed", "skipped"})  # satisfies `after`
 TERMINAL_REQUEST = frozenset({"completed", "failed", "cancelled"})
 REGIMES = {"gdpr", "ccpa"}
+GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
+AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to the audit chain
+IDEMPOTENCY_DAYS = 30
 
 
 class LedgerError(Exception):
@@ -88,11 +104,13 @@ def rfc3339(value: datetime | None) -> str | None:
 
 
 class Ledger:
-    def __init__(self, database_url: str, subject_key: bytes, lease_seconds: int = 600):
+    def __init__(self, database_url: str, subject_key: bytes, signing_key: Ed25519PrivateKey,
+                 lease_seconds: int = 600):
         self.engine: Engine = make_engine(database_url)
         migrate(self.engine)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.subject_key = subject_key
+        self.signing_key = signing_key
         self.lease = timedelta(seconds=lease_seconds)
         seal_key = hmac.new(subject_key, b"lethe/seal/v1", hashlib.sha256).digest()
         self._aead = AESGCM(seal_key)
@@ -138,9 +156,8 @@ class Ledger:
         received = now()
         try:
             with self.sessions.begin() as s:
-                if s.get(DataMapSnapshot, datamap.digest) is None:
-                    s.add(DataMapSnapshot(digest=datamap.digest, text=datamap.text, created_at=received))
-                    s.flush()
+                _insert_if_absent(s, DataMapSnapshot, digest=datamap.digest, text=datamap.text,
+                                  created_at=received)
                 request = Request(
                     id=request_id,
                     scope="subject",
@@ -219,7 +236,7 @@ class Ledger:
             if task is not None and task.status == "running":
                 task.lease_expires_at = now() + self.lease
 
-    def complete(self, task_id: str, deleted: int, residue: int) -> list[Dispatch]:
+    def complete(self, task_id: str, deleted: int, residue: int, level: str = "bytes_reclaimed") -> list[Dispatch]:
         """A verified purge (residue 0): write the completion record once and release what waited on it.
         For a dry run, ``deleted`` is what would go and no record is written."""
         if residue:
@@ -230,21 +247,20 @@ class Ledger:
             request = s.get(Request, task.request_id, with_for_update=True)
             assert request is not None
             at = now()
+            record: dict[str, Any] = {"target": task.target, "deleted": deleted, "residue": residue,
+                                      "level": level, "verified_at": rfc3339(at)}
             if not request.dry_run:
-                recorded = s.scalars(select(CompletionRecord).where(
-                    CompletionRecord.request_id == task.request_id, CompletionRecord.target == task.target
-                )).first()
-                if recorded is None:
-                    s.add(CompletionRecord(request_id=task.request_id, target=task.target, task_id=task.id,
-                                           deleted=deleted, residue=residue, verified_at=at))
-                    s.flush()
-                else:  # a redelivered or concurrent run: the first record stands
-                    deleted, residue = recorded.deleted, recorded.residue
+                # Insert-if-absent on (request, target): a redelivered or concurrent run keeps the first.
+                _insert_if_absent(s, CompletionRecord, request_id=task.request_id, target=task.target,
+                                  task_id=task.id, deleted=deleted, residue=residue, level=level, verified_at=at)
+                first = s.scalars(select(CompletionRecord).where(
+                    CompletionRecord.request_id == task.request_id, CompletionRecord.target == task.target)).one()
+                record = _record_detail(first)
             if task.status != "completed":
-                task.status, task.deleted, task.residue = "completed", deleted, residue
-                task.error, task.finished_at, task.lease_expires_at = None, at, None
+                task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
+                task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
                 self._audit(s, "task.completed", request.id, task.id,
-                            detail={"target": task.target, "deleted": deleted, "residue": residue})
+                            detail={**record, "dry_run": request.dry_run})
             dispatches = self._release_ready(s, request)
             self._refresh(s, request)
             return dispatches
@@ -335,10 +351,11 @@ class Ledger:
             return dispatches
 
     # -- reading --------------------------------------------------------------------------------------
-    def data_map(self, digest: str) -> DataMap:
-        """The map a request was planned from (cached: snapshots never change)."""
+    def data_map(self, digest: str, session: Session | None = None) -> DataMap:
+        """The map a request was planned from (cached: snapshots never change). Pass the open session when
+        called inside a transaction: a second SQLite connection would wait for its write lock."""
         if digest not in self._maps:
-            with self.sessions() as s:
+            with self.sessions() if session is None else nullcontext(session) as s:
                 snap = s.get(DataMapSnapshot, digest)
                 if snap is None:
                     raise LedgerError(f"data map {digest[:12]} is not in the ledger")
@@ -385,6 +402,142 @@ class Ledger:
         with self.sessions() as s:
             return s.scalar(select(func.count()).select_from(CompletionRecord)
                             .where(CompletionRecord.request_id == request_id)) or 0
+
+    # -- proof ----------------------------------------------------------------------------------------
+    def _issue_certificate(self, s: Session, request: Request, tasks: list[Task], audit_head: str) -> None:
+        records = {r.target: r for r in s.scalars(
+            select(CompletionRecord).where(CompletionRecord.request_id == request.id))}
+        datamap = self.data_map(request.data_map_digest, s)
+        issued = now()
+
+        def target_entry(t: Task) -> dict[str, Any]:
+            r = records.get(t.target)
+            return {"target": t.target, "kind": t.kind, "status": t.status,
+                    "deleted": r.deleted if r else 0, "residue": r.residue if r else None,
+                    "level": r.level if r else None, "verified_at": rfc3339(r.verified_at) if r else None,
+                    "reason": t.reason}
+
+        body = {
+            "version": certificates.CERTIFICATE_VERSION,
+            "request_id": request.id,
+            "scope": request.scope,
+            "subject_hashes": request.subject_hashes,
+            "regime": request.regime,
+            "received_at": rfc3339(request.received_at),
+            "due_at": rfc3339(request.due_at),
+            "completed_at": rfc3339(request.completed_at),
+            "data_map_digest": request.data_map_digest,
+            "targets": [target_entry(t) for t in tasks],
+            "exemptions": [{"store": st.name, "reason": st.not_erased} for st in datamap.stores if st.not_erased],
+            "audit_head": audit_head,
+            "issued_at": rfc3339(issued),
+        }
+        signed = certificates.sign(body, self.signing_key)
+        s.add(Certificate(request_id=request.id, body=certificates.canonical_json(signed).decode(), issued_at=issued))
+        self._audit(s, "certificate.issued", request.id, detail={"sha256": certificates.sha256_hex(signed)})
+
+    def certificate(self, request_id: str) -> dict[str, Any]:
+        """The signed certificate of a completed request."""
+        with self.sessions() as s:
+            request = self._request(s, request_id)
+            cert = s.get(Certificate, request_id)
+            if cert is None:
+                why = "dry runs get none" if request.dry_run else f"the request is {request.status}"
+                raise LedgerError(f"no certificate for {request_id}: {why}")
+            body: dict[str, Any] = json.loads(cert.body)
+            return body
+
+    def public_key_pem(self) -> str:
+        return certificates.public_pem(self.signing_key)
+
+    def verify(self) -> list[str]:
+        """Walk the audit chain, completion records and certificates; return the problems (the first names
+        the first bad entry), or an empty list when the ledger is intact."""
+        problems: list[str] = []
+        expected_records: dict[tuple[str, str], dict[str, Any]] = {}
+        certified: dict[str, str] = {}  # request id -> sha256 of the certificate the chain recorded
+        chain_hashes: set[str] = set()
+        with self.sessions() as s:
+            checkpoint = s.get(AuditCheckpoint, 1)
+            prev_id, prev_hash = (0, GENESIS_HASH)
+            if checkpoint is not None:
+                prev_id, prev_hash = checkpoint.last_pruned_id, checkpoint.last_pruned_hash
+            for entry in s.scalars(select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)):
+                where = f"audit entry {entry.id} ({entry.action})"
+                if entry.id != prev_id + 1:
+                    problems.append(f"{where}: entries {prev_id + 1}..{entry.id - 1} are missing")
+                if entry.prev_hash != prev_hash:
+                    problems.append(f"{where}: does not follow the entry before it (removed or reordered)")
+                if audit_hash(entry) != entry.hash:
+                    problems.append(f"{where}: its content was changed")
+                prev_id, prev_hash = entry.id, entry.hash
+                chain_hashes.add(entry.hash)
+                if entry.action == "task.completed" and not entry.detail.get("dry_run"):
+                    d = entry.detail
+                    expected_records[(entry.request_id or "", d.get("target", ""))] = {
+                        k: d.get(k) for k in ("target", "deleted", "residue", "level", "verified_at")}
+                if entry.action == "certificate.issued":
+                    certified[entry.request_id or ""] = entry.detail.get("sha256", "")
+            for record in s.scalars(select(CompletionRecord).order_by(CompletionRecord.id)):
+                expected = expected_records.pop((record.request_id, record.target), None)
+                where = f"completion record {record.request_id}/{record.target}"
+                if expected is None:
+                    problems.append(f"{where}: not in the audit chain")
+                elif _record_detail(record) != expected:
+                    problems.append(f"{where}: differs from the audit chain")
+            for request_id, target in expected_records:
+                if s.get(Request, request_id) is not None:
+                    problems.append(f"completion record {request_id}/{target}: removed")
+            public = self.signing_key.public_key()
+            for cert in s.scalars(select(Certificate)):
+                body = json.loads(cert.body)
+                where = f"certificate {cert.request_id}"
+                if not certificates.verify(body, public):
+                    problems.append(f"{where}: bad signature")
+                elif certified.get(cert.request_id) != certificates.sha256_hex(body):
+                    problems.append(f"{where}: not the one the audit chain recorded")
+                elif body.get("audit_head") not in chain_hashes:
+                    problems.append(f"{where}: its audit_head is not in the chain")
+        return problems
+
+    def prune(self, retention_days: int) -> int:
+        """Forget finished requests older than the retention period, and idempotency keys after 30 days.
+
+        Only a prefix of the audit chain can go (the chain must stay contiguous): the entries before the
+        first one of a request that is kept. A checkpoint keeps the hash the remaining chain starts from, so
+        verify-ledger still proves the rest. Returns the number of requests pruned.
+        """
+        at = now()
+        with self.sessions.begin() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            old_keys = Request.received_at < at - timedelta(days=IDEMPOTENCY_DAYS)
+            for request in s.scalars(select(Request).where(old_keys, Request.idempotency_key.is_not(None))):
+                request.idempotency_key, request.idempotency_digest = None, None
+            cutoff = at - timedelta(days=retention_days)
+            expired = select(Request.id).where(Request.status.in_(TERMINAL_REQUEST), Request.completed_at < cutoff)
+            kept_first = s.scalar(select(func.min(AuditEntry.id)).where(
+                AuditEntry.request_id.is_not(None), AuditEntry.request_id.not_in(expired)))
+            last_entry = s.scalar(select(func.max(AuditEntry.id)))
+            if last_entry is None:
+                return 0
+            through = kept_first - 1 if kept_first is not None else last_entry
+            ids = list(s.scalars(select(AuditEntry.request_id).distinct().where(
+                AuditEntry.id <= through, AuditEntry.request_id.is_not(None))))
+            if through < 1 or not ids:
+                return 0
+            last_hash = s.scalar(select(AuditEntry.hash).where(AuditEntry.id == through))
+            assert last_hash is not None
+            checkpoint = s.get(AuditCheckpoint, 1)
+            if checkpoint is None:
+                s.add(AuditCheckpoint(id=1, last_pruned_id=through, last_pruned_hash=last_hash, pruned_at=at))
+            else:
+                checkpoint.last_pruned_id, checkpoint.last_pruned_hash, checkpoint.pruned_at = through, last_hash, at
+            s.execute(delete(AuditEntry).where(AuditEntry.id <= through))
+            s.execute(delete(Request).where(Request.id.in_(ids)))
+            self._audit(s, "ledger.pruned", None, actor="reconcile",
+                        detail={"requests": len(ids), "through_entry": through, "retention_days": retention_days})
+            return len(ids)
 
     # -- internals ------------------------------------------------------------------------------------
     def _request(self, s: Session, request_id: str, lock: bool = False) -> Request:
@@ -440,10 +593,12 @@ class Ledger:
             return
         if request.status in ("completed", "failed"):
             request.completed_at = now()
-            self._audit(s, f"request.{request.status}", request.id, actor=actor,
-                        detail={"tasks": {t.target: t.status for t in tasks}})
+            head = self._audit(s, f"request.{request.status}", request.id, actor=actor,
+                               detail={"tasks": {t.target: t.status for t in tasks}})
         if request.status == "completed":
             request.sealed_subject = None  # no raw identifier survives a completed request
+            if not request.dry_run:
+                self._issue_certificate(s, request, tasks, head)
 
     @staticmethod
     def _can_progress(tasks: Iterable[Task]) -> bool:
@@ -464,9 +619,46 @@ class Ledger:
 
     @staticmethod
     def _audit(s: Session, action: str, request_id: str | None, task_id: str | None = None,
-               actor: str = "worker", detail: dict[str, Any] | None = None) -> None:
-        s.add(AuditEntry(at=now(), request_id=request_id, task_id=task_id, actor=actor, action=action,
-                         detail=detail or {}))
+               actor: str = "worker", detail: dict[str, Any] | None = None) -> str:
+        """Append an entry to the hash chain; returns its hash.
+
+        Appends are serialised so concurrent writers never fork the chain: a transaction-scoped advisory
+        lock on PostgreSQL (held to commit), and SQLite's write lock (every transaction is BEGIN IMMEDIATE).
+        """
+        head: tuple[int, str] | None = s.info.get("audit_head")
+        if head is None:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            last = s.execute(select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).first()
+            if last is not None:
+                head = (last[0], last[1])
+            else:
+                checkpoint = s.get(AuditCheckpoint, 1)
+                head = (checkpoint.last_pruned_id, checkpoint.last_pruned_hash) if checkpoint else (0, GENESIS_HASH)
+        entry = AuditEntry(id=head[0] + 1, at=now(), request_id=request_id, task_id=task_id, actor=actor,
+                           action=action, detail=detail or {}, prev_hash=head[1])
+        entry.hash = audit_hash(entry)
+        s.add(entry)
+        s.info["audit_head"] = (entry.id, entry.hash)
+        return entry.hash
+
+
+def audit_hash(entry: AuditEntry) -> str:
+    return certificates.sha256_hex({
+        "id": entry.id, "at": rfc3339(entry.at), "request_id": entry.request_id, "task_id": entry.task_id,
+        "actor": entry.actor, "action": entry.action, "detail": entry.detail, "prev_hash": entry.prev_hash,
+    })
+
+
+def _record_detail(record: CompletionRecord) -> dict[str, Any]:
+    return {"target": record.target, "deleted": record.deleted, "residue": record.residue,
+            "level": record.level, "verified_at": rfc3339(record.verified_at)}
+
+
+def _insert_if_absent(s: Session, model: type[Base], **values: Any) -> None:
+    """INSERT … ON CONFLICT DO NOTHING: concurrent writers of the same row never fail each other."""
+    dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+    s.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())
 
 
 def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
@@ -492,6 +684,7 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
                 "attempts": t.attempts,
                 "error": t.error,
                 "reason": t.reason,
+                "level": t.level,
                 "after": list(t.after),
             }
             for t in tasks

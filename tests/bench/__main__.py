@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
+from orchestrator.certificates import create_private_key
 from orchestrator.config import Settings
 from orchestrator.identifiers import Subject
 from orchestrator.service import Lethe
@@ -91,10 +92,13 @@ def bench_lethe(requests: int, workdir: Path) -> float:
                         for i in range(4))
     data_map = workdir / "bench-map.yaml"
     data_map.write_text(f"version: 1\nidentifiers: [user_id]\ntargets:\n{targets}\n")
+    signing = workdir / "signing.pem"
+    create_private_key(signing)
     with pg_database() as db:
         env = {**os.environ, "LETHE_BROKER_URL": REDIS, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY,
-               "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
-        lethe = Lethe(Settings(broker_url=REDIS, database_url=db, subject_key=KEY, data_map=data_map))
+               "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
+        lethe = Lethe(Settings(broker_url=REDIS, database_url=db, subject_key=KEY, signing_key=signing,
+                               data_map=data_map))
         lethe.ledger  # noqa: B018 - migrate before the worker starts
         with process([str(BIN / "lethe"), "worker", "-c", "2", "--loglevel", "WARNING"], env,
                      workdir / "lethe-worker.log"):

@@ -36,14 +36,14 @@ HOSTILE = [
 
 @pytest.fixture
 def env(s3_endpoint: str, bucket: str, pg_database: str, redis_broker: str,
-        write_map: Callable[[str], Path]) -> dict[str, str]:
+        write_map: Callable[[str], Path], signing_key_file: Path) -> dict[str, str]:
     """Environment of a lethe deployment on the test services, over a seeded bucket."""
     put_objects(s3_endpoint, bucket, [f"users/{u}/p{i}.jpg" for u in USERS for i in range(2)], versions=2)
     put_objects(s3_endpoint, bucket, [f"users/{u}/old.jpg" for u in USERS], delete_marker=True)
     path = write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket))
     return {**os.environ, **FAKE_AWS_ENV, "LETHE_BROKER_URL": redis_broker, "LETHE_DATABASE_URL":
             pg_database.replace("postgresql+psycopg://", "postgresql://"), "LETHE_DATA_MAP": str(path),
-            "LETHE_SUBJECT_KEY": SUBJECT_KEY}
+            "LETHE_SUBJECT_KEY": SUBJECT_KEY, "LETHE_SIGNING_KEY": str(signing_key_file)}
 
 
 @pytest.fixture
@@ -142,7 +142,8 @@ def test_check_map_prints_the_plan_and_strict_checks_stores(env: dict[str, str],
 def test_submit_without_worker_then_reconcile_in_embedded_mode(env: dict[str, str], tmp_path: Path,
                                                                s3_endpoint: str, bucket: str) -> None:
     """With no broker URL, submit runs its own in-process worker and waits: SQLite ledger, no services."""
-    embedded = {k: v for k, v in env.items() if k not in ("LETHE_BROKER_URL", "LETHE_SUBJECT_KEY")}
+    embedded = {k: v for k, v in env.items()
+                if k not in ("LETHE_BROKER_URL", "LETHE_SUBJECT_KEY", "LETHE_SIGNING_KEY")}
     embedded["LETHE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'embedded.db'}"
     result = lethe(embedded, "submit", "--subject", "user_id=1234", "--json")
     assert result.returncode == 0, result.stderr
@@ -157,3 +158,29 @@ def test_postgresql_ledger_refuses_to_start_without_a_subject_key(env: dict[str,
     no_key = {k: v for k, v in env.items() if k != "LETHE_SUBJECT_KEY"}
     result = lethe(no_key, "list")
     assert result.returncode == 2 and "LETHE_SUBJECT_KEY" in result.stderr
+
+
+def test_certificate_and_verify_ledger_commands(env: dict[str, str], worker: Path, tmp_path: Path) -> None:
+    """`lethe certificate` prints a certificate the public key verifies; verify-ledger catches tampering."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from sqlalchemy import create_engine, text
+
+    result = lethe(env, "submit", "--subject", "user_id=123", "--wait", "--json", "--timeout", "90")
+    assert result.returncode == 0, result.stderr
+    request_id = json.loads(result.stdout)["id"]
+    cert = json.loads(lethe(env, "certificate", request_id).stdout)
+    pem = lethe(env, "certificate", "--public-key").stdout
+    body = json.dumps({k: v for k, v in cert.items() if k != "signature"}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
+    load_pem_public_key(pem.encode()).verify(base64.b64decode(cert["signature"]), body)  # type: ignore[union-attr]
+
+    assert lethe(env, "verify-ledger").returncode == 0
+    engine = create_engine(env["LETHE_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE completion_records SET deleted = deleted + 1"))
+    engine.dispose()
+    tampered = lethe(env, "verify-ledger")
+    assert tampered.returncode == 1 and f"completion record {request_id}/profile-photos" in tampered.stderr
+    assert lethe(env, "certificate").returncode == 2

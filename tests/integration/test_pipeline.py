@@ -157,3 +157,22 @@ def test_dry_run_counts_and_deletes_nothing(running, s3_endpoint: str, bucket: s
     assert versions_per_owner(s3_endpoint, bucket) == before
     assert len(MemoryStore.records("sessions")) == 8
     assert lethe.ledger.completion_record_count(request_id) == 0
+
+
+def test_no_raw_identifier_survives_anywhere(running, caplog: pytest.LogCaptureFixture) -> None:
+    """After a full erasure the ledger database and every log record hold no trace of the raw identifier."""
+    from orchestrator.ledger.models import Base
+
+    caplog.set_level("DEBUG")
+    raw = "90210777"
+    lethe = running()
+    request_id, _ = lethe.submit({"user_id": raw})
+    assert lethe.wait(request_id, timeout=60)["status"] == "completed"
+    with lethe.ledger.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            for row in conn.execute(table.select()):
+                assert raw not in repr(tuple(row)), table.name
+    for record in caplog.records:
+        assert raw not in record.getMessage() and raw not in repr(record.msg)
+    assert lethe.ledger.verify() == []
+    assert lethe.ledger.certificate(request_id)["subject_hashes"]["user_id"]
