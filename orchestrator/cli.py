@@ -257,6 +257,29 @@ def worker(
 
 
 @app.command()
+def intake() -> None:
+    """Consume signed platform events from lethe.events (needs LETHE_BROKER_URL and LETHE_EVENT_KEY)."""
+    from kombu import Connection
+
+    from orchestrator.events import Intake, declare
+
+    lethe = make_lethe()
+    if lethe.settings.embedded:
+        fail("lethe intake needs LETHE_BROKER_URL (redis://… or amqp://…)")
+    key = lethe.event_key
+    if not key:
+        fail("lethe intake needs LETHE_EVENT_KEY, the HMAC secret platform events are signed with")
+    logs.configure(level=lethe.settings.log_level)
+    with user_errors():
+        lethe.ledger  # noqa: B018 - migrate
+        lethe.load_map()
+    assert lethe.settings.broker_url is not None
+    with Connection(lethe.settings.broker_url) as connection:
+        declare(connection)
+        Intake(lethe, connection, key).run()
+
+
+@app.command()
 def reconcile(
     loop: Annotated[float | None, typer.Option(help="Repeat every SECONDS until interrupted.")] = None,
 ) -> None:
@@ -269,6 +292,28 @@ def reconcile(
             if loop is None:
                 return
             time.sleep(loop)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API and the operators' dashboard (uvicorn)."""
+    import uvicorn
+
+    from orchestrator.api import create_app
+
+    lethe = make_lethe()
+    with user_errors():
+        lethe.ledger  # noqa: B018 - migrate before serving
+        web = create_app(lethe)
+    if lethe.settings.api_tokens is None:
+        err.print("[yellow]warning:[/yellow] LETHE_API_TOKENS is not set: every API call and sign-in is refused")
+    logs.configure(level=lethe.settings.log_level)
+    # Embedded mode: requests filed through the API are run by an in-process worker while the server lives.
+    with lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
+        uvicorn.run(web, host=host, port=port, log_config=None, server_header=False)
 
 
 @app.command("check-map")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from orchestrator.datamap import DataMap
@@ -27,9 +28,14 @@ class PlannedTask:
     reason: str | None = None
 
 
-def plan(request_id: str, datamap: DataMap, subject: Subject) -> list[PlannedTask]:
+def plan(request_id: str, datamap: DataMap, subject: Subject,
+         only: Collection[str] | None = None) -> list[PlannedTask]:
+    """One task per target, or per target named in ``only`` (a follow-up erasure of some targets; their
+    ``after`` then only waits for targets that are planned too)."""
     tasks = []
     for position, target in enumerate(datamap.targets):
+        if only is not None and target.name not in only:
+            continue
         missing = sorted(target.required_identifiers() - set(subject))
         tasks.append(
             PlannedTask(
@@ -37,7 +43,7 @@ def plan(request_id: str, datamap: DataMap, subject: Subject) -> list[PlannedTas
                 target=target.name,
                 kind=target.kind,
                 position=position,
-                after=tuple(target.after),
+                after=tuple(a for a in target.after if only is None or a in only),
                 status="skipped" if missing else "pending",
                 reason=f"not erased: the request carries no {', '.join(missing)}" if missing else None,
             )

@@ -32,6 +32,7 @@ class Lethe:
         self._ledger_pid = 0
         self._app: Celery | None = None
         self._lock = threading.Lock()
+        self._map_cache: tuple[tuple[str, int, int], DataMap] | None = None
 
     @property
     def ledger(self) -> Ledger:
@@ -54,17 +55,27 @@ class Lethe:
         return self._app
 
     def load_map(self, path: Path | str | None = None) -> DataMap:
-        return DataMap.load(path or self.settings.data_map)
+        """The data map, parsed again only when the file changed (the intake reads it for every event)."""
+        path = Path(path or self.settings.data_map)
+        try:
+            stat = path.stat()
+            stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            return DataMap.load(path)  # raises a clear DataMapError
+        if self._map_cache is None or self._map_cache[0] != stamp:
+            self._map_cache = (stamp, DataMap.load(path))
+        return self._map_cache[1]
 
     # -- requests ---------------------------------------------------------------------------------
     def submit(self, subject: Mapping[str, object], *, dry_run: bool = False, regime: str = "gdpr",
-               idempotency_key: str | None = None, actor: str = "cli",
-               datamap: DataMap | None = None) -> tuple[str, bool]:
+               idempotency_key: str | None = None, actor: str = "cli", datamap: DataMap | None = None,
+               only_targets: list[str] | None = None, origin: dict[str, Any] | None = None) -> tuple[str, bool]:
         """Validate, record, plan and dispatch an erasure request. Returns (request id, created)."""
         datamap = datamap or self.load_map()
         parsed = datamap.parse_subject(subject)
         request_id, created, dispatches = self.ledger.file_request(
-            datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor)
+            datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor,
+            only_targets=only_targets, origin=origin)
         self.send(dispatches)
         log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches))
         return request_id, created
@@ -82,7 +93,8 @@ class Lethe:
         self.send(dispatches)
         if dispatches:
             log.info("reconcile.redispatched", tasks=len(dispatches))
-        pruned = self.ledger.prune(self.settings.record_retention_days)
+        self.publish_events()
+        pruned = self.ledger.prune(self.settings.record_retention_days, self.settings.tombstone_days)
         if pruned:
             log.info("reconcile.pruned", requests=pruned)
         return len(dispatches)
@@ -95,6 +107,23 @@ class Lethe:
                 self.app.send_task("lethe.purge", args=[d.task_id], queue=f"purge.{d.kind}")
             except Exception as exc:
                 log.warning("dispatch.failed", task_id=d.task_id, error=type(exc).__name__)
+
+    @property
+    def event_key(self) -> bytes | None:
+        """LETHE_EVENT_KEY as bytes (its UTF-8 text is the HMAC secret)."""
+        return self.settings.event_key.get_secret_value().encode() if self.settings.event_key else None
+
+    def publish_events(self) -> int:
+        """Publish the ledger's pending outbound events to lethe.events. A broker outage only delays them:
+        they stay in the outbox for the next call (every task end and every reconcile)."""
+        from orchestrator.events import publish_outbox
+
+        try:
+            with self.app.connection_for_write() as connection:
+                return publish_outbox(self, connection, self.event_key)
+        except Exception as exc:
+            log.warning("events.publish_failed", error=type(exc).__name__)
+            return 0
 
     def wait(self, request_id: str, timeout: float | None = None,
              on_progress: Any = None, interval: float = 0.2) -> dict[str, Any]:

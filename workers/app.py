@@ -64,8 +64,12 @@ def create_app(lethe: Lethe) -> Celery:
 
 
 def declare_queues(app: Celery) -> None:
-    """Create the exchange and every queue on the broker, so messages sent before a worker starts wait."""
+    """Create the exchanges and every queue on the broker (tasks and events), so messages sent before a
+    worker or the intake starts wait."""
+    from orchestrator.events import declare
+
     with app.connection_for_write() as conn:
         channel = conn.default_channel
         for queue in app.conf.task_queues:
             queue(channel).declare()
+        declare(conn)

@@ -87,7 +87,7 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
             residue = target.verify(run.subject)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
-        dispatches = ledger.complete(run.task_id, deleted, 0)
+        dispatches = ledger.complete(run.task_id, deleted, 0, level=target.level)
     except Exception as exc:
         retryable = isinstance(exc, (RetryableError, DBAPIError, *_retryable_types(run.kind)))
         error = sanitise(exc, run.subject)
@@ -99,9 +99,12 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
             raise self.retry(countdown=countdown, max_retries=None) from None
         log.error("task.failed", error=error, retryable=retryable)
         ledger.fail(run.task_id, error, residue)
+        lethe.publish_events()
         return "failed"
     log.info("task.completed", deleted=deleted, seconds=round(time.monotonic() - started, 3))
     lethe.send(dispatches)
+    if not run.dry_run:
+        lethe.publish_events()
     return "completed"
 
 

@@ -165,3 +165,39 @@ class Certificate(Base):
     request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True)
     body: Mapped[str] = mapped_column(Text)  # canonical JSON, signature included
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Tombstone(Base):
+    """A subject erased by a completed request, as keyed hashes: data written for them later is erased
+    again (``lethe.subject.data_written``). Kept LETHE_TOMBSTONE_DAYS."""
+
+    __tablename__ = "tombstones"
+    __table_args__ = (Index("ix_tombstones_hash", "subject_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_hash: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(36))
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class OutboxEvent(Base):
+    """An outbound CloudEvent written in the same transaction as the state change it announces, then
+    published after commit; so each change is announced once and none is lost."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)  # the CloudEvent, canonical JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+
+
+class DeadLetterCount(Base):
+    """How many incoming events went to the dead-letter queue, per reason (for metrics)."""
+
+    __tablename__ = "dead_letter_counts"
+
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

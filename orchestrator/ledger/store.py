@@ -14,7 +14,7 @@ import hmac
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,8 +38,11 @@ from orchestrator.ledger.models import (
     Certificate,
     CompletionRecord,
     DataMapSnapshot,
+    DeadLetterCount,
+    OutboxEvent,
     Request,
     Task,
+    Tombstone,
 )
 from orchestrator.planner import plan
 
@@ -50,6 +53,7 @@ REGIMES = {"gdpr", "ccpa"}
 GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to the audit chain
 IDEMPOTENCY_DAYS = 30
+EVENT_NAMESPACE = uuid.UUID("6c1e7a0e-0b5e-4c8e-9a57-00000000e7e7")  # outbound event id = uuid5(audit hash)
 
 
 class LedgerError(Exception):
@@ -136,6 +140,8 @@ class Ledger:
         regime: str = "gdpr",
         idempotency_key: str | None = None,
         actor: str = "cli",
+        only_targets: Collection[str] | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> tuple[str, bool, list[Dispatch]]:
         """Record a request and plan its tasks. Returns (id, created, dispatches).
 
@@ -146,7 +152,9 @@ class Ledger:
             raise LedgerError(f"unknown regime {regime!r} (gdpr or ccpa)")
         hashes = subject.hashes(self.subject_key)
         digest = hashlib.sha256(
-            json.dumps({"subject": hashes, "dry_run": dry_run, "regime": regime}, sort_keys=True).encode()
+            json.dumps({"subject": hashes, "dry_run": dry_run, "regime": regime,
+                        "targets": sorted(only_targets) if only_targets is not None else None},
+                       sort_keys=True).encode()
         ).hexdigest()
         if idempotency_key is not None:
             existing = self._replay(idempotency_key, digest)
@@ -176,8 +184,8 @@ class Ledger:
                 s.add(request)
                 self._audit(s, "request.received", request_id, actor=actor,
                             detail={"subject_hashes": hashes, "dry_run": dry_run, "regime": regime,
-                                    "data_map_digest": datamap.digest})
-                for p in plan(request_id, datamap, subject):
+                                    "data_map_digest": datamap.digest, **(origin or {})})
+                for p in plan(request_id, datamap, subject, only=only_targets):
                     s.add(Task(id=p.id, request_id=request_id, target=p.target, kind=p.kind,
                                position=p.position, after=list(p.after), status=p.status, reason=p.reason,
                                attempts=0, finished_at=received if p.status == "skipped" else None))
@@ -259,8 +267,11 @@ class Ledger:
             if task.status != "completed":
                 task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
                 task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
-                self._audit(s, "task.completed", request.id, task.id,
-                            detail={**record, "dry_run": request.dry_run})
+                entry = self._audit(s, "task.completed", request.id, task.id,
+                                    detail={**record, "dry_run": request.dry_run})
+                if not request.dry_run:
+                    self._emit(s, "lethe.erasure.task_completed", entry,
+                               {"request_id": request.id, "subject_hashes": request.subject_hashes, **record})
             dispatches = self._release_ready(s, request)
             self._refresh(s, request)
             return dispatches
@@ -403,6 +414,46 @@ class Ledger:
             return s.scalar(select(func.count()).select_from(CompletionRecord)
                             .where(CompletionRecord.request_id == request_id)) or 0
 
+    # -- events ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _emit(s: Session, event_type: str, audit_hash: str, data: dict[str, Any]) -> None:
+        """Queue an outbound CloudEvent in the transaction of the change it announces (the outbox)."""
+        at = now()
+        event_id = str(uuid.uuid5(EVENT_NAMESPACE, audit_hash))
+        event = {"specversion": "1.0", "id": event_id, "source": "lethe", "type": event_type,
+                 "time": rfc3339(at), "datacontenttype": "application/json", "data": data}
+        s.add(OutboxEvent(event_id=event_id, type=event_type, body=certificates.canonical_json(event).decode(),
+                          created_at=at))
+
+    def publish_outbox(self, publish: Callable[[str, dict[str, Any]], None], limit: int = 500) -> int:
+        """Hand unpublished events to ``publish(type, event)`` in order and mark them published. Rows are
+        locked (skipped by other publishers); a failed publish leaves them for the next call. Consumers
+        deduplicate on the CloudEvent id if a crash after publishing sends one twice."""
+        with self.sessions.begin() as s:
+            rows = s.scalars(select(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+                             .order_by(OutboxEvent.id).limit(limit).with_for_update(skip_locked=True)).all()
+            for row in rows:
+                publish(row.type, json.loads(row.body))
+                row.published_at = now()
+            return len(rows)
+
+    def erased_recently(self, subject_hashes: Iterable[str], days: int) -> str | None:
+        """The id of a completed request that erased one of these subjects within ``days``, if any."""
+        with self.sessions() as s:
+            return s.scalar(select(Tombstone.request_id).where(
+                Tombstone.subject_hash.in_(list(subject_hashes)), Tombstone.erased_at >= now() - timedelta(days=days),
+            ).order_by(Tombstone.erased_at.desc()).limit(1))
+
+    def count_dead_letter(self, reason: str) -> None:
+        with self.sessions.begin() as s:
+            _insert_if_absent(s, DeadLetterCount, reason=reason, count=0)
+            s.execute(update(DeadLetterCount).where(DeadLetterCount.reason == reason)
+                      .values(count=DeadLetterCount.count + 1))
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self.sessions() as s:
+            return {r.reason: r.count for r in s.scalars(select(DeadLetterCount))}
+
     # -- proof ----------------------------------------------------------------------------------------
     def _issue_certificate(self, s: Session, request: Request, tasks: list[Task], audit_head: str) -> None:
         records = {r.target: r for r in s.scalars(
@@ -500,7 +551,7 @@ class Ledger:
                     problems.append(f"{where}: its audit_head is not in the chain")
         return problems
 
-    def prune(self, retention_days: int) -> int:
+    def prune(self, retention_days: int, tombstone_days: int = 90) -> int:
         """Forget finished requests older than the retention period, and idempotency keys after 30 days.
 
         Only a prefix of the audit chain can go (the chain must stay contiguous): the entries before the
@@ -511,6 +562,8 @@ class Ledger:
         with self.sessions.begin() as s:
             if s.get_bind().dialect.name == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            s.execute(delete(Tombstone).where(Tombstone.erased_at < at - timedelta(days=tombstone_days)))
+            s.execute(delete(OutboxEvent).where(OutboxEvent.published_at < at - timedelta(days=IDEMPOTENCY_DAYS)))
             old_keys = Request.received_at < at - timedelta(days=IDEMPOTENCY_DAYS)
             for request in s.scalars(select(Request).where(old_keys, Request.idempotency_key.is_not(None))):
                 request.idempotency_key, request.idempotency_digest = None, None
@@ -597,8 +650,16 @@ class Ledger:
                                detail={"tasks": {t.target: t.status for t in tasks}})
         if request.status == "completed":
             request.sealed_subject = None  # no raw identifier survives a completed request
-            if not request.dry_run:
+        if request.status in ("completed", "failed") and not request.dry_run:
+            if request.status == "completed":
                 self._issue_certificate(s, request, tasks, head)
+                for subject_hash in request.subject_hashes.values():
+                    s.add(Tombstone(subject_hash=subject_hash, request_id=request.id, erased_at=now()))
+            self._emit(s, f"lethe.erasure.{request.status}", head, {
+                "request_id": request.id, "subject_hashes": request.subject_hashes,
+                "deleted": sum(t.deleted or 0 for t in tasks),
+                "tasks": {st: sum(1 for t in tasks if t.status == st) for st in sorted({t.status for t in tasks})},
+            })
 
     @staticmethod
     def _can_progress(tasks: Iterable[Task]) -> bool:

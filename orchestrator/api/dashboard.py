@@ -1,0 +1,408 @@
+"""The operators' dashboard: server-rendered pages (Jinja2), a little inline JS for live refresh.
+
+Sign in with an API token through a form; the session lives in a signed HttpOnly, SameSite=Strict cookie
+(``sessions``). Every POST form carries a CSRF token. Pages show request ids, statuses, counts, target names
+and (sanitised) errors — never a raw identifier: the ledger holds none once a request is done, and the
+status objects the pages are built from carry only keyed hashes. Actions are audited as
+``dashboard:NAME(ROLE)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from orchestrator.api import queries, sessions
+from orchestrator.api.auth import Action, Principal, TokenStore
+from orchestrator.api.errors import error_for
+from orchestrator.api.sessions import Session
+from orchestrator.identifiers import InvalidIdentifier
+from orchestrator.ledger.store import DONE_TASK, TERMINAL_REQUEST, LedgerError, UnknownRequest
+from orchestrator.logs import get_logger
+from orchestrator.service import Lethe
+
+log = get_logger("lethe.dashboard")
+templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+router = APIRouter(include_in_schema=False)
+REFRESH_SECONDS = 3
+PAGE_SIZE = 50
+NOTICES = {"retried": "Failed tasks sent back to the queue.", "cancelled": "Request cancelled.",
+           "signed-in": "Signed in."}
+REDIS_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
+
+
+# -- formatting --------------------------------------------------------------------------------------------
+def span(seconds: float) -> str:
+    """A short human duration: 3d 4h, 5h 12m, 12m, 40s."""
+    s = int(abs(seconds))
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m" if minutes else f"{s}s"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def deadline(status: dict[str, Any], at: datetime) -> tuple[str, str]:
+    """(text, css class) of the time left to due_at: overdue and due within 3 days are highlighted."""
+    due = parse_time(status["due_at"])
+    assert due is not None
+    if status["status"] in TERMINAL_REQUEST:
+        done = parse_time(status["completed_at"])
+        late = done is not None and done > due
+        return (f"finished {span((done - due).total_seconds())} late", "late") if late and done else ("—", "")
+    left = (due - at).total_seconds()
+    if left < 0:
+        return f"overdue by {span(left)}", "overdue"
+    if left < queries.DUE_SOON.total_seconds():
+        return f"{span(left)} left", "due-soon"
+    return f"{span(left)} left", ""
+
+
+def row(status: dict[str, Any], at: datetime) -> dict[str, Any]:
+    tasks = status["tasks"]
+    received = parse_time(status["received_at"])
+    assert received is not None
+    due_text, due_class = deadline(status, at)
+    return {
+        "id": status["id"], "status": status["status"], "dry_run": status["dry_run"],
+        "regime": status["regime"], "age": span((at - received).total_seconds()),
+        "received_at": status["received_at"], "due_at": status["due_at"], "due_text": due_text,
+        "due_class": due_class, "done": sum(1 for t in tasks if t["status"] in DONE_TASK), "total": len(tasks),
+        "failed": sum(1 for t in tasks if t["status"] == "failed"),
+    }
+
+
+def chart(series: list[tuple[str, str, list[int]]], hours: list[datetime],
+          width: int = 720, height: int = 180) -> dict[str, Any]:
+    """Geometry of a grouped bar chart (inline SVG): one group per hour, one bar per series."""
+    left, bottom, top = 44, 22, 10
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    peak = max([1, *(v for _, _, values in series for v in values)])
+    group = plot_w / max(1, len(hours))
+    bar_w = max(1.0, (group - 2) / max(1, len(series)))
+    bars = []
+    for si, (name, css, values) in enumerate(series):
+        for i, v in enumerate(values):
+            h = plot_h * v / peak
+            bars.append({"x": round(left + i * group + 1 + si * bar_w, 1), "y": round(top + plot_h - h, 1),
+                         "w": round(bar_w, 1), "h": round(h, 1), "css": css,
+                         "title": f"{hours[i]:%H:00} UTC: {v} {name}"})
+    ticks = [{"x": round(left + i * group + group / 2, 1), "label": f"{h:%H}"}
+             for i, h in enumerate(hours) if i % 3 == 0]
+    grid = [{"y": round(top + plot_h - plot_h * f, 1), "label": _tick_label(peak * f)} for f in (0, 0.5, 1)]
+    return {"width": width, "height": height, "bars": bars, "ticks": ticks, "grid": grid, "left": left,
+            "right": width - 8, "base": top + plot_h, "legend": [(name, css) for name, css, _ in series]}
+
+
+def _tick_label(v: float) -> str:
+    return f"{v / 1000:.1f}k" if v >= 10000 else f"{v:.0f}" if v >= 10 or v == int(v) else f"{v:.1f}"
+
+
+def audit_summary(detail: dict[str, Any]) -> str:
+    """One line of an audit entry's detail (hashes are shortened; there is no raw identifier to show)."""
+    parts = []
+    for key, value in detail.items():
+        if key == "subject_hashes" and isinstance(value, dict):
+            value = ", ".join(f"{k}:{str(v)[:10]}…" for k, v in value.items())
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif key in ("data_map_digest", "sha256") and isinstance(value, str):
+            value = value[:12] + "…"
+        parts.append(f"{key}={value}")
+    text = "; ".join(parts)
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+# -- sessions and rendering --------------------------------------------------------------------------------
+def _tokens(request: Request) -> TokenStore:
+    tokens: TokenStore = request.app.state.tokens
+    tokens.refresh()
+    return tokens
+
+
+def current_session(request: Request) -> Session | None:
+    tokens = _tokens(request)
+    if tokens.error:
+        return None
+    return sessions.decode(request.cookies.get(sessions.COOKIE), tokens.session_secret)
+
+
+def _lethe(request: Request) -> Lethe:
+    lethe: Lethe = request.app.state.lethe
+    return lethe
+
+
+def set_cookie(response: Response, request: Request, session: Session) -> None:
+    key = _tokens(request).session_secret
+    response.set_cookie(sessions.COOKIE, sessions.encode(session, key), max_age=sessions.MAX_AGE, path="/",
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+
+
+def render(request: Request, name: str, context: dict[str, Any], session: Session | None,
+           status_code: int = 200, new_session: bool = False) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    key = _tokens(request).session_secret
+    principal = session.principal if session else None
+    response = templates.TemplateResponse(request, name, {
+        **context, "nonce": nonce, "principal": principal, "refresh": context.get("refresh", 0),
+        "active": "overview" if name == "overview.html" else "requests",
+        "csrf": sessions.csrf_token(session, key) if session and key else "",
+        "may_retry": bool(principal and principal.may(Action.RETRY)),
+        "may_cancel": bool(principal and principal.may(Action.CANCEL)),
+    }, status_code=status_code)
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers["Cache-Control"] = "no-store"
+    if session is not None and new_session:
+        set_cookie(response, request, session)
+    return response
+
+
+def to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+
+def safe_next(value: str | None) -> str:
+    """Only a path on this site: never another origin (no //host, no scheme, no backslash tricks)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value or len(value) > 512:
+        return "/"
+    return value
+
+
+def signed_in(request: Request) -> tuple[Session, Principal] | None:
+    session = current_session(request)
+    if session is None or session.principal is None:
+        return None
+    return session, session.principal
+
+
+def error_page(request: Request, session: Session | None, status_code: int, message: str) -> HTMLResponse:
+    return render(request, "error.html", {"title": f"{status_code}", "message": message}, session, status_code)
+
+
+# -- sign in and out ---------------------------------------------------------------------------------------
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str | None = None) -> Response:
+    session = current_session(request)
+    fresh = session is None
+    session = session or Session.new()
+    configured = _tokens(request).configured and not _tokens(request).error
+    return render(request, "login.html", {"title": "Sign in", "next": safe_next(next), "error": None,
+                                          "configured": configured}, session, new_session=fresh)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, token: Annotated[str, Form(max_length=512)] = "",
+          csrf: Annotated[str, Form(max_length=200)] = "", next: Annotated[str, Form(max_length=512)] = "/") -> Response:
+    tokens = _tokens(request)
+    session = current_session(request)
+    key = tokens.session_secret
+    if not sessions.csrf_ok(session, key, csrf):
+        anonymous = Session.new()
+        return render(request, "login.html", {"title": "Sign in", "next": safe_next(next), "configured": True,
+                                              "error": "The form expired; please sign in again."},
+                      anonymous, status_code=403, new_session=True)
+    assert session is not None
+    principal = tokens.lookup(token.strip()) if token.strip() else None
+    if principal is None:
+        log.info("dashboard.sign_in_refused")
+        return render(request, "login.html", {"title": "Sign in", "next": safe_next(next), "configured": True,
+                                              "error": "Unknown token."}, session, status_code=401)
+    log.info("dashboard.signed_in", actor=principal.actor("dashboard"))
+    response = RedirectResponse(safe_next(next), status_code=303)
+    set_cookie(response, request, Session.new(principal))  # a new session id: no fixation
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    session = current_session(request)
+    if session is None or not sessions.csrf_ok(session, _tokens(request).session_secret, csrf):
+        return RedirectResponse("/", status_code=303)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# -- pages ---------------------------------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse)
+def requests_page(request: Request, status: str | None = None, q: str | None = None,
+                  cursor: str | None = None) -> Response:
+    auth = signed_in(request)
+    if auth is None:
+        return to_login(request)
+    session, _ = auth
+    lethe = _lethe(request)
+    at = datetime.now(UTC)
+    status = status if status in queries.REQUEST_STATUSES else None
+    q = (q or "").strip()[:36]
+    nxt = None
+    if q:
+        items = queries.statuses(lethe.ledger, queries.ids_with_prefix(lethe.ledger, q, status, PAGE_SIZE))
+    else:
+        cursor = cursor if cursor and queries.valid_cursor(cursor) else None
+        page = lethe.ledger.list_requests(status=status, limit=PAGE_SIZE, cursor=cursor)
+        items, nxt = page["items"], page["next"]
+    rows = [row(s, at) for s in items]
+    more = f"/?{urlencode({k: v for k, v in {'status': status, 'cursor': nxt}.items() if v})}" if nxt else None
+    return render(request, "requests.html", {
+        "title": "Requests", "rows": rows, "status": status or "", "q": q, "statuses": queries.REQUEST_STATUSES,
+        "more": more, "paged": bool(cursor and not q), "refresh": REFRESH_SECONDS,
+        "counts": {"overdue": sum(r["due_class"] == "overdue" for r in rows),
+                   "due_soon": sum(r["due_class"] == "due-soon" for r in rows),
+                   "failed": sum(r["status"] == "failed" for r in rows)},
+        "now": at}, session)
+
+
+@router.get("/requests/{request_id}", response_class=HTMLResponse)
+def request_page(request: Request, request_id: str, done: str | None = None) -> Response:
+    auth = signed_in(request)
+    if auth is None:
+        return to_login(request)
+    session, _ = auth
+    return _request_view(request, session, request_id, notice=NOTICES.get(done or ""))
+
+
+def _request_view(request: Request, session: Session, request_id: str, notice: str | None = None,
+                  error: str | None = None, status_code: int = 200) -> Response:
+    lethe = _lethe(request)
+    try:
+        status = lethe.ledger.status(request_id)
+        trail = lethe.ledger.audit_trail(request_id)
+    except UnknownRequest:
+        return error_page(request, session, 404, "No request with this id.")
+    at = datetime.now(UTC)
+    tasks_by_id = {}
+    for t in status["tasks"]:
+        tasks_by_id[t["target"]] = t
+    entries = [{"at": e["at"], "actor": e["actor"], "action": e["action"],
+                "target": e["detail"].get("target", "") if isinstance(e["detail"], dict) else "",
+                "detail": audit_summary({k: v for k, v in e["detail"].items() if k != "target"})
+                if isinstance(e["detail"], dict) else ""} for e in trail]
+    cancellable = status["status"] not in TERMINAL_REQUEST and all(
+        t["status"] in ("pending", "skipped") and not t["attempts"] for t in status["tasks"])
+    return render(request, "request.html", {
+        "title": f"Request {status['id'][:8]}", "s": status, "r": row(status, at), "audit": entries,
+        "failed": [t for t in status["tasks"] if t["status"] == "failed"],
+        "certificate": status["status"] == "completed" and not status["dry_run"],
+        "cancellable": cancellable, "notice": notice, "error": error,
+        "refresh": 0 if status["status"] in TERMINAL_REQUEST and not error else REFRESH_SECONDS,
+    }, session, status_code=status_code)
+
+
+def _action(request: Request, request_id: str, csrf: str, action: Action) -> Response:
+    auth = signed_in(request)
+    if auth is None:
+        return to_login(request)
+    session, principal = auth
+    if not sessions.csrf_ok(session, _tokens(request).session_secret, csrf):
+        return error_page(request, session, 403, "The form expired or did not come from this dashboard; "
+                          "reload the page and try again.")
+    if not principal.may(action):
+        return error_page(request, session, 403, f"The {principal.role.value} role may not {action.value} requests.")
+    lethe = _lethe(request)
+    try:
+        if action is Action.RETRY:
+            lethe.retry(request_id, actor=principal.actor("dashboard"))
+        else:
+            lethe.cancel(request_id, actor=principal.actor("dashboard"))
+    except UnknownRequest:
+        return error_page(request, session, 404, "No request with this id.")
+    except (LedgerError, InvalidIdentifier) as exc:
+        known = error_for(exc)
+        return _request_view(request, session, request_id, error=known.message if known else "refused",
+                             status_code=409)
+    done = "retried" if action is Action.RETRY else "cancelled"
+    return RedirectResponse(f"/requests/{quote(request_id)}?done={done}", status_code=303)
+
+
+@router.post("/requests/{request_id}/retry")
+def retry(request: Request, request_id: str, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    return _action(request, request_id, csrf, Action.RETRY)
+
+
+@router.post("/requests/{request_id}/cancel")
+def cancel(request: Request, request_id: str, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    return _action(request, request_id, csrf, Action.CANCEL)
+
+
+@router.get("/requests/{request_id}/certificate.json")
+def certificate(request: Request, request_id: str) -> Response:
+    auth = signed_in(request)
+    if auth is None:
+        return to_login(request)
+    session, _ = auth
+    try:
+        cert = _lethe(request).ledger.certificate(request_id)
+    except UnknownRequest:
+        return error_page(request, session, 404, "No request with this id.")
+    except LedgerError as exc:
+        return error_page(request, session, 409, str(exc))
+    return JSONResponse(cert, headers={
+        "Content-Disposition": f'attachment; filename="lethe-certificate-{request_id}.json"',
+        "Cache-Control": "no-store"})
+
+
+@router.get("/overview", response_class=HTMLResponse)
+def overview_page(request: Request) -> Response:
+    auth = signed_in(request)
+    if auth is None:
+        return to_login(request)
+    session, _ = auth
+    lethe = _lethe(request)
+    ov = queries.overview(lethe.ledger)
+    targets = sorted(set(ov.failed_now_by_target) | set(ov.failures_by_target))
+    return render(request, "overview.html", {
+        "title": "Overview", "ov": ov, "refresh": 10,
+        "requests_chart": chart([("received", "s-received", ov.received_per_hour),
+                                 ("completed", "s-completed", ov.completed_per_hour)], ov.hours),
+        "erased_chart": chart([("items erased", "s-erased", ov.erased_per_hour)], ov.hours),
+        "totals": {"received": sum(ov.received_per_hour), "completed": sum(ov.completed_per_hour),
+                   "erased": sum(ov.erased_per_hour)},
+        "failures": [{"target": t, "now": ov.failed_now_by_target.get(t, 0),
+                      "events": ov.failures_by_target.get(t, 0)} for t in targets],
+        "queues": queue_depths(request),
+    }, session)
+
+
+def queue_depths(request: Request) -> list[dict[str, Any]] | None:
+    """Messages waiting per purge queue when the broker is Redis (LLEN of purge.<kind>); None otherwise."""
+    url = _lethe(request).settings.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    from workers.app import CONTROL_QUEUE, purge_queues
+
+    client = getattr(request.app.state, "redis", None)
+    try:
+        if client is None:
+            import redis
+
+            client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            request.app.state.redis = client
+        names = [*purge_queues(), CONTROL_QUEUE]
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            for suffix in REDIS_PRIORITY_SUFFIXES:
+                pipe.llen(name + suffix)
+        lengths = pipe.execute()
+    except Exception as exc:  # the broker being down must not take the dashboard with it
+        log.warning("dashboard.queue_depths_unavailable", error=type(exc).__name__)
+        return [{"queue": "broker unavailable", "depth": None}]
+    step = len(REDIS_PRIORITY_SUFFIXES)
+    return [{"queue": name, "depth": sum(lengths[i * step:(i + 1) * step])} for i, name in enumerate(names)]

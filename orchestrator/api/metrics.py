@@ -1,0 +1,116 @@
+"""Prometheus metrics, computed from the ledger at scrape time.
+
+Workers run in other processes (often other hosts), so in-process counters would only see this one. The
+ledger sees everything: each scrape reads it. Names (all prefixed ``lethe_``):
+
+- ``lethe_requests{status}``: requests in the ledger by status (gauge)
+- ``lethe_tasks{kind,status}``: tasks by target kind and status (gauge)
+- ``lethe_items_erased_total{target}``: items erased, summed over completion records (counter; it drops when
+  retention prunes old records, which Prometheus reads as a counter reset)
+- ``lethe_task_duration_seconds{kind}``: time from a task's first start to its end, completed and failed tasks
+  (histogram)
+- ``lethe_task_retries_total{kind}``: retryable errors that were retried (counter)
+- ``lethe_operator_retries_total``: operator retries of failed requests (counter)
+- ``lethe_oldest_open_request_age_seconds``: age of the oldest request not yet finished (gauge)
+- ``lethe_requests_overdue``: unfinished requests past their legal deadline (gauge)
+- ``lethe_requests_due_soon``: unfinished requests due within 3 days (gauge)
+- ``lethe_ledger_up``: 1 when the ledger answered this scrape (gauge)
+
+No label carries an identifier: labels are statuses, target kinds and target names from the data map.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator.api import queries
+from orchestrator.logs import get_logger
+from orchestrator.service import Lethe
+
+log = get_logger("lethe.metrics")
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+METRIC_NAMES = (
+    "lethe_requests", "lethe_tasks", "lethe_items_erased_total", "lethe_task_duration_seconds",
+    "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_oldest_open_request_age_seconds",
+    "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up",
+)
+
+
+def _histogram(values: Iterable[float]) -> tuple[list[tuple[str, float]], float]:
+    ordered = sorted(values)
+    buckets = [("+Inf" if b == float("inf") else repr(float(b)), float(bisect.bisect_right(ordered, b)))
+               for b in DURATION_BUCKETS]
+    return buckets, float(sum(ordered))
+
+
+class LedgerCollector(Collector):
+    def __init__(self, lethe: Lethe):
+        self.lethe = lethe
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("lethe_ledger_up", "1 when the ledger answered this scrape, else 0.")
+        try:
+            snap = queries.snapshot(self.lethe.ledger)
+        except SQLAlchemyError as exc:
+            log.warning("metrics.ledger_unavailable", error=type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+
+        requests = GaugeMetricFamily("lethe_requests", "Erasure requests in the ledger, by status.",
+                                     labels=["status"])
+        for status in sorted(set(queries.REQUEST_STATUSES) | set(snap.requests_by_status)):
+            requests.add_metric([status], snap.requests_by_status.get(status, 0))
+        yield requests
+
+        tasks = GaugeMetricFamily("lethe_tasks", "Tasks (one per request and target), by target kind and status.",
+                                  labels=["kind", "status"])
+        for (kind, status), n in sorted(snap.tasks_by_kind_status.items()):
+            tasks.add_metric([kind, status], n)
+        yield tasks
+
+        erased = CounterMetricFamily("lethe_items_erased", "Items erased (object versions and delete markers, "
+                                     "rows, vectors, model versions), from completion records, by target.",
+                                     labels=["target"])
+        for target, n in sorted(snap.erased_by_target.items()):
+            erased.add_metric([target], n)
+        yield erased
+
+        duration = HistogramMetricFamily("lethe_task_duration_seconds",
+                                         "Time from a task's first start to its end (completed or failed).",
+                                         labels=["kind"])
+        for kind, values in sorted(snap.durations_by_kind.items()):
+            buckets, total = _histogram(values)
+            duration.add_metric([kind], buckets, total)
+        yield duration
+
+        retries = CounterMetricFamily("lethe_task_retries", "Retryable task errors that were retried, by kind.",
+                                      labels=["kind"])
+        for kind, n in sorted(snap.retries_by_kind.items()):
+            retries.add_metric([kind], n)
+        yield retries
+
+        yield CounterMetricFamily("lethe_operator_retries", "Operator retries of requests with failed tasks.",
+                                  value=snap.operator_retries)
+        yield GaugeMetricFamily("lethe_oldest_open_request_age_seconds",
+                                "Age of the oldest request not finished yet (0 when none is open).",
+                                value=snap.oldest_open_age)
+        yield GaugeMetricFamily("lethe_requests_overdue", "Unfinished requests past their legal deadline.",
+                                value=snap.overdue)
+        yield GaugeMetricFamily("lethe_requests_due_soon", "Unfinished requests due within 3 days.",
+                                value=snap.due_soon)
+
+
+def registry_for(lethe: Lethe) -> CollectorRegistry:
+    """A registry of its own per app: the process-wide default would mix apps (and tests)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(lethe))
+    return registry

@@ -1,0 +1,161 @@
+"""Read-only aggregate queries over the ledger for /metrics and the dashboard.
+
+The Ledger class has no aggregate reads yet; these use its session factory and models, and never write.
+Workers are other processes: everything here is computed from the ledger when it is asked for.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from orchestrator.ledger.models import AuditEntry, CompletionRecord, Request, Task
+from orchestrator.ledger.store import TERMINAL_REQUEST, Ledger
+
+REQUEST_STATUSES = ("received", "planned", "running", "completed", "failed", "cancelled", "on_hold",
+                    "awaiting_approval")
+TASK_STATUSES = ("pending", "running", "completed", "failed", "skipped", "held", "awaiting_approval")
+DUE_SOON = timedelta(days=3)
+ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def valid_cursor(cursor: str) -> bool:
+    """True when ``cursor`` is one the ledger could have made (base64 of an aware time and a request id).
+
+    Checked before the ledger sees it: a naive time or an id with a NUL would reach the database."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, rid = raw.split("|", 1)
+        uuid.UUID(rid)
+        return datetime.fromisoformat(at).tzinfo is not None and len(rid) == 36
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+@dataclass
+class Snapshot:
+    """Everything /metrics exposes, read in one session."""
+
+    requests_by_status: dict[str, int] = field(default_factory=dict)
+    tasks_by_kind_status: dict[tuple[str, str], int] = field(default_factory=dict)
+    erased_by_target: dict[str, int] = field(default_factory=dict)
+    oldest_open_age: float = 0.0
+    overdue: int = 0
+    due_soon: int = 0
+    retries_by_kind: dict[str, int] = field(default_factory=dict)
+    operator_retries: int = 0
+    durations_by_kind: dict[str, list[float]] = field(default_factory=dict)
+
+
+def snapshot(ledger: Ledger) -> Snapshot:
+    at = now()
+    snap = Snapshot()
+    open_ = Request.status.notin_(TERMINAL_REQUEST)
+    with ledger.sessions() as s:
+        for status, n in s.execute(select(Request.status, func.count()).group_by(Request.status)):
+            snap.requests_by_status[status] = n
+        for kind, status, n in s.execute(select(Task.kind, Task.status, func.count())
+                                         .group_by(Task.kind, Task.status)):
+            snap.tasks_by_kind_status[(kind, status)] = n
+        for target, total in s.execute(select(CompletionRecord.target, func.sum(CompletionRecord.deleted))
+                                       .group_by(CompletionRecord.target)):
+            snap.erased_by_target[target] = int(total or 0)
+        oldest = s.scalar(select(func.min(Request.received_at)).where(open_))
+        if oldest is not None:
+            snap.oldest_open_age = max(0.0, (at - _aware(oldest)).total_seconds())
+        snap.overdue = s.scalar(select(func.count()).select_from(Request).where(open_, Request.due_at < at)) or 0
+        snap.due_soon = s.scalar(select(func.count()).select_from(Request).where(
+            open_, Request.due_at >= at, Request.due_at < at + DUE_SOON)) or 0
+        for kind, n in s.execute(select(Task.kind, func.count()).select_from(AuditEntry)
+                                 .join(Task, Task.id == AuditEntry.task_id)
+                                 .where(AuditEntry.action == "task.retrying").group_by(Task.kind)):
+            snap.retries_by_kind[kind] = n
+        snap.operator_retries = s.scalar(select(func.count()).select_from(AuditEntry)
+                                         .where(AuditEntry.action == "request.retried")) or 0
+        for kind, started, finished in s.execute(
+                select(Task.kind, Task.started_at, Task.finished_at)
+                .where(Task.status.in_(("completed", "failed")), Task.started_at.is_not(None),
+                       Task.finished_at.is_not(None))):
+            snap.durations_by_kind.setdefault(kind, []).append(
+                max(0.0, (_aware(finished) - _aware(started)).total_seconds()))
+    return snap
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class Overview:
+    hours: list[datetime]
+    received_per_hour: list[int]
+    completed_per_hour: list[int]
+    erased_per_hour: list[int]
+    failed_now_by_target: dict[str, int]
+    failures_by_target: dict[str, int]  # task.failed entries still in the audit trail
+    counts: dict[str, int]
+
+
+def overview(ledger: Ledger, hours: int = 24) -> Overview:
+    """Throughput per hour over the last ``hours`` hours, and failures by target."""
+    at = now()
+    end = at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=hours)
+    slots = [start + timedelta(hours=i) for i in range(hours)]
+
+    def slot(t: datetime) -> int:
+        """The hour's index; a time from another host's skewed clock lands in the nearest hour shown."""
+        return min(hours - 1, max(0, int((_aware(t) - start).total_seconds() // 3600)))
+
+    received, completed, erased = [0] * hours, [0] * hours, [0] * hours
+    with ledger.sessions() as s:
+        for (t,) in s.execute(select(Request.received_at).where(Request.received_at >= start)):
+            received[slot(t)] += 1
+        for (t,) in s.execute(select(Request.completed_at).where(Request.status == "completed",
+                                                                   Request.completed_at >= start)):
+            completed[slot(t)] += 1
+        for t, n in s.execute(select(CompletionRecord.verified_at, CompletionRecord.deleted)
+                              .where(CompletionRecord.verified_at >= start)):
+            erased[slot(t)] += n
+        failed_now = dict(s.execute(select(Task.target, func.count()).where(Task.status == "failed")
+                                    .group_by(Task.target)).tuples())
+        failures = dict(s.execute(select(Task.target, func.count()).select_from(AuditEntry)
+                                  .join(Task, Task.id == AuditEntry.task_id)
+                                  .where(AuditEntry.action == "task.failed").group_by(Task.target)).tuples())
+    snap = snapshot(ledger)
+    counts: Counter[str] = Counter(snap.requests_by_status)
+    counts_out = {
+        "open": sum(n for st, n in counts.items() if st not in TERMINAL_REQUEST),
+        "overdue": snap.overdue,
+        "due_soon": snap.due_soon,
+        "failed": counts.get("failed", 0),
+        "completed": counts.get("completed", 0),
+    }
+    return Overview(slots, received, completed, [max(0, n) for n in erased], failed_now, failures, counts_out)
+
+
+def ids_with_prefix(ledger: Ledger, prefix: str, status: str | None = None, limit: int = 50) -> list[str]:
+    """Request ids starting with ``prefix`` (lowercase hex and dashes only), newest first."""
+    prefix = prefix.strip().lower()
+    if not ID_PREFIX.fullmatch(prefix):
+        return []
+    with ledger.sessions() as s:
+        query = select(Request.id).where(Request.id.startswith(prefix, autoescape=True))
+        if status:
+            query = query.where(Request.status == status)
+        return list(s.scalars(query.order_by(Request.received_at.desc(), Request.id.desc()).limit(limit)))
+
+
+def statuses(ledger: Ledger, ids: list[str]) -> list[dict[str, Any]]:
+    return [ledger.status(i) for i in ids]

@@ -1,0 +1,141 @@
+"""``/v1``: the privacy team's HTTP API (SPEC "HTTP API"). Bearer tokens only; every action is audited with
+the caller's token name and role as its actor (``api:NAME(ROLE)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from orchestrator.api import queries
+from orchestrator.api.auth import Action, Principal, Role, TokenStore
+from orchestrator.api.errors import ApiError, ErrorBody
+from orchestrator.api.schemas import ErasureRequestIn, RequestPage, RequestStatus, StatusOut
+from orchestrator.service import Lethe
+
+bearer = HTTPBearer(auto_error=False, description="A token from the LETHE_API_TOKENS file.")
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {400: "Bad input", 401: "No token, or an unknown one", 403: "The token's role may not do this",
+            404: "Unknown request", 409: "Conflict with the request's state or idempotency key",
+            422: "Invalid input (nothing was created or changed)", 503: "Ledger or configuration unavailable"}
+    return {c: {"model": ErrorBody, "description": text[c]} for c in (401, 403, *codes, 422, 503)}
+
+
+def lethe_of(request: Request) -> Lethe:
+    lethe: Lethe = request.app.state.lethe
+    return lethe
+
+
+def require(action: Action) -> Callable[..., Principal]:
+    """A dependency: the caller's principal if its role may perform ``action``, else 401/403."""
+
+    def dependency(request: Request,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        tokens: TokenStore = request.app.state.tokens
+        if not tokens.configured:
+            raise ApiError(401, "unauthorized", "the API accepts no token: LETHE_API_TOKENS is not set", CHALLENGE)
+        if credentials is None:
+            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'", CHALLENGE)
+        principal = tokens.lookup(credentials.credentials)
+        if tokens.error:
+            raise ApiError(503, "auth_unavailable", "the token file cannot be read; an operator must fix it")
+        if principal is None:
+            raise ApiError(401, "unauthorized", "unknown token", CHALLENGE)
+        if not principal.may(action):
+            raise ApiError(403, "forbidden", f"the {principal.role.value} role may not {action.value} requests")
+        return principal
+
+    return dependency
+
+
+router = APIRouter(prefix="/v1", tags=["erasure requests"])
+REQUEST_ID = "/erasure-requests/{request_id}"
+
+
+@router.post(
+    "/erasure-requests", status_code=202, response_model=None,
+    responses={202: {"model": StatusOut, "description": "Filed: the new request's status object"},
+               200: {"model": StatusOut, "description": "A replay of the same Idempotency-Key and body"},
+               **_errors(400, 409)},
+)
+def create_request(
+    body: ErasureRequestIn,
+    request: Request,
+    principal: Annotated[Principal, Depends(require(Action.CREATE))],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+        description="A retried POST with the same key and body returns the same request (200); the same key "
+        "with another body is 409. Keys are kept 30 days.")] = None,
+) -> JSONResponse:
+    """File an erasure request for one subject."""
+    if body.dataset is not None:
+        if principal.role is not Role.ADMIN:
+            raise ApiError(403, "forbidden", "dataset scope needs the admin role")
+        raise ApiError(422, "unsupported", "dataset scope not supported yet by the API (use lethe submit --dataset)")
+    if body.subject is None:
+        raise ApiError(422, "invalid_request", "subject is required, e.g. {\"subject\": {\"user_id\": \"…\"}}")
+    lethe = lethe_of(request)
+    request_id, created = lethe.submit(body.subject, dry_run=body.dry_run, regime=body.regime,
+                                       idempotency_key=idempotency_key, actor=principal.actor("api"))
+    status = lethe.ledger.status(request_id)
+    return JSONResponse(status, status_code=202 if created else 200,
+                        headers={"Location": f"/v1/erasure-requests/{request_id}"})
+
+
+@router.get("/erasure-requests", response_model=RequestPage, responses=_errors(400))
+def list_requests(
+    request: Request,
+    _principal: Annotated[Principal, Depends(require(Action.READ))],
+    status: Annotated[RequestStatus | None, Query(description="Only requests with this status.")] = None,
+    overdue: Annotated[bool, Query(description="Only unfinished requests past due.")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
+) -> dict[str, Any]:
+    """Requests, newest first, a page at a time."""
+    if cursor is not None and not queries.valid_cursor(cursor):
+        raise ApiError(400, "bad_cursor", "cursor is not one this API returned")
+    page: dict[str, Any] = lethe_of(request).ledger.list_requests(status=status, overdue=overdue, limit=limit,
+                                                                  cursor=cursor)
+    return page
+
+
+@router.get(REQUEST_ID, response_model=None, responses={200: {"model": StatusOut}, **_errors(404)})
+def get_request(request_id: str, request: Request,
+                _principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
+    """A request's status object."""
+    return JSONResponse(lethe_of(request).ledger.status(request_id))
+
+
+@router.post(REQUEST_ID + "/retry", status_code=202, response_model=None,
+             responses={202: {"model": StatusOut}, **_errors(404, 409)})
+def retry_request(request_id: str, request: Request,
+                  principal: Annotated[Principal, Depends(require(Action.RETRY))]) -> JSONResponse:
+    """Move the request's failed tasks back to pending and dispatch them again."""
+    lethe = lethe_of(request)
+    lethe.retry(request_id, actor=principal.actor("api"))
+    return JSONResponse(lethe.ledger.status(request_id), status_code=202)
+
+
+@router.post(REQUEST_ID + "/cancel", response_model=None,
+             responses={200: {"model": StatusOut}, **_errors(404, 409)})
+def cancel_request(request_id: str, request: Request,
+                   principal: Annotated[Principal, Depends(require(Action.CANCEL))]) -> JSONResponse:
+    """Cancel a request that has not started executing (409 once any task started)."""
+    lethe = lethe_of(request)
+    lethe.cancel(request_id, actor=principal.actor("api"))
+    return JSONResponse(lethe.ledger.status(request_id))
+
+
+@router.get(REQUEST_ID + "/certificate", response_model=None,
+            responses={200: {"description": "The signed certificate (JSON); verify it with the public key "
+                             "from `lethe certificate --public-key`"}, **_errors(404, 409)})
+def get_certificate(request_id: str, request: Request,
+                    _principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
+    """The signed erasure certificate of a completed request (409 while there is none)."""
+    return JSONResponse(lethe_of(request).ledger.certificate(request_id))

@@ -1,0 +1,63 @@
+"""Request and response bodies, as the OpenAPI document shows them (SPEC "Status object")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RequestStatus = Literal["received", "planned", "running", "completed", "failed", "cancelled", "on_hold",
+                        "awaiting_approval"]
+TaskStatus = Literal["pending", "running", "completed", "failed", "skipped", "held", "awaiting_approval"]
+
+
+class ErasureRequestIn(BaseModel):
+    """A new erasure request. ``subject`` maps identifier kinds declared by the data map to values."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"subject": {"user_id": "12345"}, "dry_run": False}]})
+
+    subject: dict[str, Any] | None = Field(
+        None, description="Identifier kind -> value, e.g. {\"user_id\": \"12345\"}. Values are strings; one "
+        "that could widen a selector (empty, wildcards, '/', '..', control characters, > 256 characters) is "
+        "refused with 422 and nothing is created.")
+    dataset: str | None = Field(None, description="Dataset scope (admin only): not supported by the API yet.")
+    dry_run: bool = Field(False, description="Count what would be erased; delete nothing.")
+    regime: Literal["gdpr", "ccpa"] = Field("gdpr", description="Sets due_at: GDPR one month, CCPA 45 days.")
+
+
+class TaskOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    target: str
+    kind: str
+    status: TaskStatus
+    deleted: int | None
+    residue: int | None
+    attempts: int
+    error: str | None
+
+
+class StatusOut(BaseModel):
+    """The status object. Subjects appear only as keyed hashes, never as raw identifiers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    scope: Literal["subject", "dataset"]
+    status: RequestStatus
+    dry_run: bool
+    regime: str
+    received_at: str
+    due_at: str
+    completed_at: str | None
+    tasks: list[TaskOut]
+
+
+class RequestPage(BaseModel):
+    items: list[StatusOut]
+    next: str | None = Field(description="Pass as `cursor` for the next page; null on the last one.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

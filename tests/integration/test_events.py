@@ -1,0 +1,224 @@
+"""Signed platform events through the real broker (Redis and RabbitMQ): intake, dead letters, outbound."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Producer, Queue
+from sqlalchemy import func, select
+
+from orchestrator.events import (
+    CONTENT_TYPE,
+    DEAD_QUEUE,
+    ERASURE_REQUESTED,
+    EXCHANGE,
+    Intake,
+    check,
+    declare,
+    handle,
+    intake_queue,
+    make_event,
+    publish,
+    publish_data_written,
+    publish_erasure_request,
+    sign,
+    signature,
+)
+from orchestrator.ledger.models import Request
+from orchestrator.service import Lethe
+from workers.targets.memory import MemoryStore
+
+pytestmark = pytest.mark.integration
+
+KEY = b"platform-shared-event-secret"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+MAP = """
+version: 1
+identifiers: {user_id: "[0-9]+"}
+targets:
+  - {name: photos, kind: memory, store: photos, match: {owner: "{user_id}"}}
+  - {name: features, kind: memory, store: features, match: {owner: "{user_id}"}, after: [photos]}
+"""
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The machine's Redis (a reserved database) and RabbitMQ, with lethe's event queues emptied."""
+    url = request.getfixturevalue("redis_broker") if request.param == "redis" else AMQP_URL
+    if request.param == "amqp":
+        try:
+            with Connection(AMQP_URL, connect_timeout=3) as conn:
+                conn.ensure_connection(max_retries=1)
+        except Exception:
+            pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 (make services starts it)")
+    with Connection(url) as conn:
+        declare(conn)
+        for queue in (intake_queue(), DEAD_QUEUE):
+            queue(conn.default_channel).purge()
+    yield url
+
+
+@pytest.fixture
+def lethe(broker: str, pg_database: str, write_map: Callable[[str], Path],
+          make_lethe: Callable[..., Lethe]) -> Iterator[Lethe]:
+    """A Lethe on the broker and PostgreSQL, with an in-process worker and event intake running."""
+    path = write_map(MAP)
+    instance = make_lethe(database_url=pg_database, broker_url=broker, data_map=path, event_key=KEY.decode())
+    for owner in ("12", "123", "77"):
+        MemoryStore.add("photos", {"owner": owner}, {"owner": owner})
+        MemoryStore.add("features", {"owner": owner})
+    with instance.embedded_worker(), Connection(broker) as connection:
+        intake = Intake(instance, connection, KEY)
+        thread = threading.Thread(target=intake.run, daemon=True)
+        thread.start()
+        try:
+            yield instance
+        finally:
+            intake.should_stop = True
+            thread.join(10)
+
+
+def requests_made(lethe: Lethe) -> list[str]:
+    with lethe.ledger.sessions() as s:
+        return list(s.scalars(select(Request.id)))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def dead_letters(broker: str, expected: int, timeout: float = 15) -> list[tuple[bytes, str]]:
+    """Drain the dead-letter queue: (body, reason) pairs."""
+    got: list[tuple[bytes, str]] = []
+    deadline = time.monotonic() + timeout
+    with Connection(broker) as conn:
+        queue = DEAD_QUEUE(conn.default_channel)
+        while len(got) < expected and time.monotonic() < deadline:
+            message = queue.get(no_ack=True)
+            if message is None:
+                time.sleep(0.1)
+                continue
+            body = message.body if isinstance(message.body, bytes) else message.body.encode()
+            got.append((body, message.headers.get("x-lethe-reason")))
+    return got
+
+
+def test_signed_event_files_a_request_that_completes(lethe: Lethe, broker: str) -> None:
+    """A signed lethe.erasure.requested event becomes a completed request that erased only its subject."""
+    publish_erasure_request(broker, {"user_id": "12"}, source="account-service", key=KEY)
+    request_id = wait_for(lambda: requests_made(lethe))[0]
+    assert lethe.wait(request_id, timeout=30)["status"] == "completed"
+    assert sorted(r["owner"] for r in MemoryStore.records("photos")) == ["123", "123", "77", "77"]
+    trail = lethe.ledger.audit_trail(request_id)
+    assert trail[0]["actor"] == "event:account-service"
+
+
+def test_redelivered_event_makes_one_request(lethe: Lethe, broker: str) -> None:
+    """The same event delivered twice, once processed by a consumer that died before its ack: one request."""
+    event = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "77"}}, source="support-tool", key=KEY)
+    handle(lethe, check(json.dumps(event).encode(), KEY))  # processed, then the consumer died: never acked
+    with Connection(broker) as conn:
+        publish(conn, event)
+        publish(conn, event)
+    time.sleep(2)
+    ids = requests_made(lethe)
+    assert len(ids) == 1
+    assert lethe.wait(ids[0], timeout=30)["status"] == "completed"
+
+
+def test_bad_events_go_to_the_dead_queue_with_their_reason(lethe: Lethe, broker: str) -> None:
+    """Unsigned, forged, malformed, unknown, hostile and oversize events are dead-lettered unchanged."""
+    good = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY)
+    unsigned = {k: v for k, v in good.items() if k != "signature"}
+    forged = {**good, "data": {"subject": {"user_id": "123"}}}  # signature of another body
+    other_key = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=b"wrong")
+    no_data = sign({k: v for k, v in good.items() if k not in ("signature", "data")}, KEY)
+    unknown = make_event("lethe.erasure.requested.v2", {"subject": {"user_id": "12"}}, source="svc", key=KEY)
+    hostile = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "*"}}, source="svc", key=KEY)
+    traversal = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "../123"}}, source="svc", key=KEY)
+    bodies = {
+        "unsigned": json.dumps(unsigned).encode(),
+        "bad-signature": json.dumps(forged).encode(),
+        "bad-signature-key": json.dumps(other_key).encode(),
+        "malformed": b"{not json",
+        "malformed-shape": json.dumps(no_data).encode(),
+        "unknown-type": json.dumps(unknown).encode(),
+        "bad-subject": json.dumps(hostile).encode(),
+        "bad-subject-2": json.dumps(traversal).encode(),
+        "oversize": json.dumps({**good, "padding": "x" * 70_000}).encode(),
+    }
+    with Connection(broker) as conn:
+        producer = Producer(conn.default_channel)
+        for body in bodies.values():  # all on the routing key the intake consumes
+            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
+                             content_encoding="binary")
+    got = dead_letters(broker, len(bodies))
+    expected = {body: label.split("-key")[0].removesuffix("-shape").removesuffix("-2")
+                for label, body in bodies.items()}
+    assert sorted((body, reason) for body, reason in got) == sorted(expected.items())
+    assert requests_made(lethe) == []
+    assert lethe.ledger.dead_letter_counts() == {"unsigned": 1, "bad-signature": 2, "malformed": 2,
+                                                 "unknown-type": 1, "bad-subject": 2, "oversize": 1}
+    assert len(MemoryStore.records("photos")) == 6
+
+
+def test_outbound_events_are_published_once_each(lethe: Lethe, broker: str) -> None:
+    """Task and request completion are announced once each, signed, with hashes and never raw identifiers."""
+    with Connection(broker) as conn:
+        watch = Queue("test.watch.outbound", Exchange("lethe.events", type="topic", durable=True),
+                      routing_key="lethe.erasure.#", durable=False, auto_delete=False)
+        watch(conn.default_channel).declare()
+        watch(conn.default_channel).purge()
+        request_id, _ = lethe.submit({"user_id": "123"})
+        assert lethe.wait(request_id, timeout=30)["status"] == "completed"
+        lethe.publish_events()  # a second publish must not announce anything again
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while len(events) < 3 and time.monotonic() < deadline:
+            message = watch(conn.default_channel).get(no_ack=True)
+            if message is None:
+                time.sleep(0.1)
+                continue
+            events.append(json.loads(message.body))
+        time.sleep(0.5)
+        assert watch(conn.default_channel).get(no_ack=True) is None
+        watch(conn.default_channel).delete()
+    assert sorted(e["type"] for e in events) == ["lethe.erasure.completed", "lethe.erasure.task_completed",
+                                                 "lethe.erasure.task_completed"]
+    assert len({e["id"] for e in events}) == 3
+    for e in events:
+        assert e["data"]["request_id"] == request_id
+        assert "123" not in json.dumps(e["data"]["subject_hashes"])
+        assert e["signature"] == signature(e, KEY)  # signed with the event key
+
+
+def test_data_written_after_erasure_is_erased_again(lethe: Lethe, broker: str) -> None:
+    """New data of an erased subject is erased by a follow-up request for that target; others are ignored."""
+    request_id, _ = lethe.submit({"user_id": "12"})
+    assert lethe.wait(request_id, timeout=30)["status"] == "completed"
+    MemoryStore.add("features", {"owner": "12"})
+    publish_data_written(broker, {"user_id": "12"}, "features", source="feature-pipeline", key=KEY)
+    publish_data_written(broker, {"user_id": "77"}, "features", source="feature-pipeline", key=KEY)
+    follow_up = wait_for(lambda: [i for i in requests_made(lethe) if i != request_id])
+    assert len(follow_up) == 1
+    status = lethe.wait(follow_up[0], timeout=30)
+    assert status["status"] == "completed"
+    assert [t["target"] for t in status["tasks"]] == ["features"]
+    assert [r["owner"] for r in MemoryStore.records("features")] == ["123", "77"]
+    received = lethe.ledger.audit_trail(follow_up[0])[0]
+    assert received["detail"]["follow_up_of"] == request_id
+    time.sleep(1)
+    with lethe.ledger.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Request)) == 2

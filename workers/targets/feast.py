@@ -1,0 +1,855 @@
+"""Feast feature store: a subject's entity rows go from the online store and their rows from the Parquet files.
+
+Data map example::
+
+    - name: user-features
+      kind: feast
+      repo_path: ./feature_repo        # directory holding feature_store.yaml (relative to the worker's cwd)
+      entity: user_id                  # the join key; its value comes from the identifier of the same name,
+      value: "{user_id}"               #   or from this template when the names differ
+      feature_views: [user_profile_stats]   # optional: every view keyed by the entity when omitted
+
+What a purge does, in this order:
+
+1. **Offline** (``FileSource`` on local Parquet files or directories): every file holding the subject's key
+   is rewritten without those rows, one row group at a time (a large file never loads whole), into a
+   temporary file beside it that is fsynced and then ``os.replace``\\ d over the original. Other rows keep
+   their schema, values and order. Going first means a ``feast materialize`` running later (or during the
+   purge) can no longer bring the subject back.
+2. **Online** (SQLite or Redis online store): the subject's entity key is built with Feast's own functions
+   (the view's entity column type, ``python_values_to_proto_values``, ``serialize_entity_key`` with the
+   repo's ``entity_key_serialization_version``, Feast's table names and Redis key/hash-field helpers), and
+   only those rows are deleted. In Redis, views keyed by the same entity share one hash: a purged view
+   loses only its own fields and its ``_ts:<view>`` field, atomically (a Lua script); the hash goes when no
+   view's timestamp field is left in it (Redis drops an empty hash by itself).
+
+``count`` reports online entity rows (one per view holding the key) plus offline rows; ``verify`` asks Feast
+(``get_online_features`` must return null for every feature of the purged views), reads the online store
+directly as well (so a view TTL cannot hide a row that is still stored) and scans the files again.
+
+Levels (see workers/targets/base.py), chosen honestly:
+
+- Offline files: ``bytes_reclaimed``. The old file is replaced, not edited; no copy is left behind by lethe.
+- SQLite online store: ``bytes_reclaimed``. The delete runs with ``PRAGMA secure_delete=ON``, so SQLite
+  overwrites the deleted cells and freed pages with zeros instead of leaving them until a VACUUM, and a
+  WAL-mode database is checkpointed (``TRUNCATE``) so no old page image survives in the ``-wal`` file. If
+  SQLite refuses secure_delete or another reader keeps the checkpoint from finishing, the level drops to
+  ``invisible`` for that purge.
+- Redis online store: ``unindexed``. The fields are gone from memory and from the keyspace, but an RDB
+  snapshot or AOF file may hold them until Redis next saves or rewrites it; lethe does not force that on
+  a shared server.
+
+Checked when the data map loads (cheap, no Feast import): field shapes and the placeholder. Loading the
+repo takes Feast's import (seconds), so a repo that does not load, an unknown entity or view, a view not
+keyed by the entity, an unsupported online store or offline source all fail the task at run time with a
+``PermanentError`` that says which (``FeastTarget.check()`` runs the same checks on demand). Not supported
+(refused, never half-done): composite-key views, remote (s3://, gs://) or non-Parquet offline sources,
+online stores other than SQLite and Redis, Parquet files with other hard links.
+
+``build_demo_repo`` builds a small repo with synthetic users for ``lethe demo`` and the tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sqlite3
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import redis.exceptions
+from pydantic import Field, field_validator, model_validator
+
+from orchestrator.identifiers import Subject
+from orchestrator.templates import fill, placeholders
+from workers.targets.base import (
+    Heartbeat,
+    PermanentError,
+    RetryableError,
+    TargetConfig,
+    TargetError,
+)
+
+# Feast phones home nowhere in 0.67, but older releases read this; a GDPR tool never sends usage data.
+os.environ.setdefault("FEAST_USAGE", "False")
+
+INT_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")  # canonical decimal: "012", "+12", "1_2", " 12" are refused
+INT_RANGES = {"INT32": (-(2**31), 2**31 - 1), "INT64": (-(2**63), 2**63 - 1)}
+REDIS_RETRYABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.TryAgainError,
+)
+PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR})
+PARQUET_CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli",
+                  "LZ4": "lz4", "LZ4_RAW": "lz4", "ZSTD": "zstd"}
+
+# Deletes a view's hash fields; drops the hash when no view's timestamp field (ARGV[1] prefix) is left,
+# so orphaned fields of features removed from a view's definition do not outlive the subject's rows.
+# Returns how many of the view's fields were removed. Atomic: a concurrent write cannot slip in between.
+REDIS_PURGE_VIEW = """
+local removed = redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+local prefix = ARGV[1]
+local rest = redis.call('HKEYS', KEYS[1])
+for _, f in ipairs(rest) do
+  if string.sub(f, 1, #prefix) == prefix then return removed end
+end
+if #rest > 0 then redis.call('DEL', KEYS[1]) end
+return removed
+"""
+
+
+class FeastConfig(TargetConfig):
+    repo_path: str = Field(min_length=1, description="Feast repository directory holding feature_store.yaml.")
+    entity: str = Field(
+        min_length=1, max_length=128, pattern=r"^[^\s{}]+$",
+        description="Join key of the entity whose rows belong to the subject, e.g. user_id.",
+    )
+    value: str | None = Field(
+        None, description='Templated entity value, e.g. "{user_id}"; "{<entity>}" when omitted.'
+    )
+    feature_views: tuple[str, ...] | None = Field(
+        None, description="Feature views to purge; every view keyed by the entity when omitted."
+    )
+
+    template_fields: ClassVar[tuple[str, ...]] = ("value",)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_value(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("value") is None:
+            entity = data.get("entity")
+            if isinstance(entity, str) and entity.isidentifier():
+                data = {**data, "value": "{" + entity + "}"}
+        return data
+
+    @field_validator("value")
+    @classmethod
+    def _value_names_the_subject(cls, value: str | None) -> str | None:
+        if value is not None and not placeholders(value):
+            raise ValueError("value must hold an {identifier} placeholder, or it would match every subject")
+        return value
+
+    @field_validator("feature_views")
+    @classmethod
+    def _views_are_names(cls, views: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if views is None:
+            return None
+        if not views:
+            raise ValueError("feature_views must name at least one view (omit it for every view of the entity)")
+        if any(not v or not v.strip() for v in views):
+            raise ValueError("feature_views must be non-empty names")
+        if len(set(views)) != len(views):
+            raise ValueError("feature_views names a view twice")
+        return views
+
+    @model_validator(mode="after")
+    def _has_value(self) -> FeastConfig:
+        if self.value is None:
+            raise ValueError("entity is not a plain identifier name: give value: with an {identifier} placeholder")
+        return self
+
+
+# --- the repo, loaded once per target instance ------------------------------------------------------------
+
+
+@dataclass
+class _View:
+    name: str
+    fv: Any  # feast.FeatureView
+    value_type: str  # Feast ValueType name of the join key: INT64, INT32, STRING
+    online: bool
+    source: Path | None  # resolved local Parquet file or directory
+    column: str  # the join key's column in the source files (after the source's field_mapping)
+
+
+@dataclass
+class _Repo:
+    store: Any  # feast.FeatureStore
+    join_key: str
+    views: list[_View]
+    online: _SqliteOnline | _RedisOnline | None
+    level: str
+
+
+class FeastTarget:
+    kind: ClassVar[str] = "feast"
+    Config: ClassVar[type[TargetConfig]] = FeastConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({"online_store", "offline_files", "sqlite", "redis"})
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = REDIS_RETRYABLE
+    level = "invisible"  # until the repo is loaded and its stores are known (see the module docstring)
+
+    def __init__(self, config: FeastConfig):
+        self.config = config
+        self._repo: _Repo | None = None
+
+    # -- the contract -----------------------------------------------------------------------------
+    def count(self, subject: Subject) -> int:
+        repo = self._load()
+        keys = self._keys(repo, subject)
+        with self._translate("count"):
+            online = repo.online.present(keys) if repo.online else set()
+            return len(online) + sum(n for *_, n in self._offline_matches(repo, subject))
+
+    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        repo = self._load()
+        keys = self._keys(repo, subject)
+        self.level = repo.level
+        removed = 0
+        with self._translate("purge"):
+            if repo.online:
+                pass  # reach the online store before touching any file
+            for path, column, value, found in self._offline_matches(repo, subject, heartbeat):
+                if found:
+                    removed += _rewrite_without(path, column, value, heartbeat)
+            heartbeat()
+            if repo.online:
+                deleted, complete = repo.online.delete(keys)
+                removed += deleted
+                if not complete:
+                    self.level = "invisible"
+            heartbeat()
+        return removed
+
+    def verify(self, subject: Subject) -> int:
+        repo = self._load()
+        keys = self._keys(repo, subject)
+        with self._translate("verify"):
+            online: set[str] = set()
+            if repo.online:
+                online = repo.online.present(keys) | self._served(repo, subject)
+            return len(online) + sum(n for *_, n in self._offline_matches(repo, subject))
+
+    def check(self) -> None:
+        """Load the repo and check the entity, views and stores; raise PermanentError saying what is wrong."""
+        self._load()
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _load(self) -> _Repo:
+        if self._repo is None:
+            with self._translate("load"):
+                self._repo = _load_repo(self.config)
+            self.level = self._repo.level
+        return self._repo
+
+    def _keys(self, repo: _Repo, subject: Subject) -> dict[str, Any]:
+        """view name -> Feast EntityKey proto of the subject, typed as Feast types the view's join key."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import python_values_to_proto_values
+        from feast.value_type import ValueType
+
+        keys: dict[str, Any] = {}
+        for view in repo.views:
+            if view.online:
+                value = _typed_value(self._value(subject), view.value_type, repo.join_key)
+                proto = python_values_to_proto_values([value], ValueType[view.value_type])
+                keys[view.name] = EntityKey(join_keys=[repo.join_key], entity_values=proto)
+        return keys
+
+    def _value(self, subject: Subject) -> str:
+        assert self.config.value is not None
+        value: str = fill(self.config.value, subject)
+        return value
+
+    # -- offline ----------------------------------------------------------------------------------
+    def _files(self, repo: _Repo) -> dict[Path, tuple[str, str]]:
+        """Every Parquet file of the views' sources -> (entity column, Feast value type), one entry per file."""
+        files: dict[Path, tuple[str, str]] = {}
+        for view in repo.views:
+            if view.source is None:
+                continue
+            for path in _parquet_files(view.source):
+                spec = (view.column, view.value_type)
+                if files.setdefault(path, spec) != spec:
+                    raise PermanentError(
+                        f"Feast target {self.config.name!r}: views read one offline file with different "
+                        "entity columns or types; nothing deleted"
+                    )
+        return files
+
+    def _offline_matches(
+        self, repo: _Repo, subject: Subject, heartbeat: Heartbeat | None = None
+    ) -> Iterator[tuple[Path, str, int | str, int]]:
+        """(file, entity column, typed value, rows holding it) for every offline file of the views."""
+        for path, (column, value_type) in sorted(self._files(repo).items()):
+            value = _typed_value(self._value(subject), value_type, repo.join_key)
+            yield path, column, value, _count_in_file(path, column, value, heartbeat)
+
+    # -- online, through Feast ----------------------------------------------------------------------
+    def _served(self, repo: _Repo, subject: Subject) -> set[str]:
+        """Views for which get_online_features returns any non-null feature for the subject."""
+        served: set[str] = set()
+        online = [v for v in repo.views if v.online and v.fv.features]
+        if not online:
+            return served
+        by_type = {v.value_type for v in online}
+        for value_type in sorted(by_type):
+            views = [v for v in online if v.value_type == value_type]
+            value = _typed_value(self._value(subject), value_type, repo.join_key)
+            refs = [f"{v.name}:{f.name}" for v in views for f in v.fv.features]
+            answer = repo.store.get_online_features(
+                features=refs, entity_rows=[{repo.join_key: value}], full_feature_names=True
+            ).to_dict()
+            for v in views:
+                if any(answer.get(f"{v.name}__{f.name}", [None])[0] is not None for f in v.fv.features):
+                    served.add(v.name)
+        return served
+
+    @contextmanager
+    def _translate(self, operation: str) -> Iterator[None]:
+        """Vendor errors become TargetErrors naming the operation and error type, never a key, value or path."""
+        where = f"Feast {operation} on target {self.config.name!r}"
+        try:
+            yield
+        except TargetError:
+            raise
+        except REDIS_RETRYABLE as exc:
+            raise RetryableError(f"{where}: online store unreachable ({type(exc).__name__})") from None
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorname", "") or type(exc).__name__
+            if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise RetryableError(f"{where}: SQLite online store busy ({code})") from None
+            raise PermanentError(f"{where}: SQLite error {code}") from None
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            if exc.errno in PERMANENT_ERRNOS:
+                raise PermanentError(f"{where}: file error {code}") from None
+            raise RetryableError(f"{where}: file error {code}") from None
+        except Exception as exc:  # Feast and pyarrow messages can quote values and paths: keep the type only
+            raise PermanentError(f"{where}: {type(exc).__name__}") from None
+
+
+def _load_repo(config: FeastConfig) -> _Repo:
+    name = config.name
+    try:
+        from feast import FeatureStore, FeatureView
+
+        store = FeatureStore(repo_path=str(Path(config.repo_path).expanduser()))
+    except Exception as exc:
+        raise PermanentError(
+            f"Feast repo of target {name!r} does not load ({type(exc).__name__}): repo_path must be a Feast "
+            "repository directory with a valid feature_store.yaml"
+        ) from None
+    repo_config = store.config
+    entities = store.list_entities(allow_cache=False)
+    if not any(e.join_key == config.entity for e in entities):
+        known = ", ".join(sorted({e.join_key for e in entities})) or "none"
+        raise PermanentError(
+            f"Feast target {name!r}: no entity with join key {config.entity!r} in the repo (join keys: {known})"
+        )
+    by_name: dict[str, Any] = {}
+    for fv in store.list_all_feature_views(allow_cache=False):
+        if isinstance(fv, FeatureView):  # plain, batch and stream views; on-demand views store nothing
+            by_name.setdefault(fv.name, fv)
+    keyed = {n: fv for n, fv in by_name.items() if config.entity in fv.join_keys}
+    if config.feature_views is None:
+        chosen = sorted(keyed)
+        if not chosen:
+            raise PermanentError(f"Feast target {name!r}: no feature view is keyed by {config.entity!r}")
+    else:
+        chosen = list(config.feature_views)
+        unknown = [v for v in chosen if v not in by_name]
+        if unknown:
+            raise PermanentError(f"Feast target {name!r}: unknown feature views: {', '.join(unknown)}")
+        unkeyed = [v for v in chosen if v not in keyed]
+        if unkeyed:
+            raise PermanentError(
+                f"Feast target {name!r}: feature views not keyed by {config.entity!r}: {', '.join(unkeyed)}"
+            )
+    composite = [v for v in chosen if keyed[v].join_keys != [config.entity]]
+    if composite:
+        raise PermanentError(
+            f"Feast target {name!r}: views with composite entity keys are not supported: {', '.join(composite)}"
+        )
+    views = [_view(name, keyed[v], config.entity, repo_config) for v in chosen]
+    _refuse_shared_sources(name, views, [_other_source(name, fv, repo_config) for n, fv in keyed.items()
+                                         if n not in chosen])
+    online: _SqliteOnline | _RedisOnline | None = None
+    level = "bytes_reclaimed"
+    if any(v.online for v in views):
+        store_type = str(repo_config.online_store.type)
+        if store_type == "sqlite" or store_type.endswith("SqliteOnlineStore"):
+            online = _SqliteOnline(repo_config, views)
+        elif store_type == "redis" or store_type.endswith("RedisOnlineStore"):
+            online = _RedisOnline(repo_config, views)
+            level = "unindexed"
+        else:
+            raise PermanentError(
+                f"Feast target {name!r}: online store type {store_type!r} is not supported (sqlite, redis)"
+            )
+    return _Repo(store=store, join_key=config.entity, views=views, online=online, level=level)
+
+
+def _view(target: str, fv: Any, join_key: str, repo_config: Any) -> _View:
+    column = next((c for c in fv.entity_columns if c.name == join_key), None)
+    if column is None:
+        raise PermanentError(f"Feast target {target!r}: view {fv.name!r} has no column for {join_key!r}")
+    value_type = column.dtype.to_value_type().name
+    if value_type not in ("INT64", "INT32", "STRING"):
+        raise PermanentError(
+            f"Feast target {target!r}: entity type {value_type} of view {fv.name!r} is not supported "
+            "(INT64, INT32, STRING)"
+        )
+    source = _view_source(target, fv, repo_config)
+    mapping = {v: k for k, v in (getattr(fv.batch_source, "field_mapping", None) or {}).items()}
+    return _View(name=fv.name, fv=fv, value_type=value_type, online=bool(fv.online), source=source,
+                 column=mapping.get(join_key, join_key))
+
+
+def _view_source(target: str, fv: Any, repo_config: Any) -> Path | None:
+    """The view's offline data as a local path; anything else is refused (materialize would restore it)."""
+    from feast.data_format import ParquetFormat
+    from feast.infra.offline_stores.file_source import FileSource
+
+    source = fv.batch_source
+    if source is None:
+        return None
+    if not isinstance(source, FileSource):
+        raise PermanentError(
+            f"Feast target {target!r}: view {fv.name!r} has a {type(source).__name__}; only file sources "
+            "(Parquet) are supported, and rows left there would come back on the next materialize"
+        )
+    if source.file_format is not None and not isinstance(source.file_format, ParquetFormat):
+        raise PermanentError(
+            f"Feast target {target!r}: view {fv.name!r}: only Parquet file sources are supported "
+            f"(found {type(source.file_format).__name__})"
+        )
+    uri = source.path.removeprefix("file://")
+    resolved = FileSource.get_uri_for_file_path(repo_config.repo_path, uri)
+    if "://" in resolved:
+        raise PermanentError(
+            f"Feast target {target!r}: view {fv.name!r} reads a remote file source; only local files are supported"
+        )
+    return Path(os.path.realpath(resolved))
+
+
+def _other_source(target: str, fv: Any, repo_config: Any) -> Path | None:
+    try:
+        return _view_source(target, fv, repo_config)
+    except PermanentError:
+        return None  # not a local file: it cannot share this target's files
+
+
+def _refuse_shared_sources(target: str, chosen: list[_View], others: list[Path | None]) -> None:
+    """A view this target leaves alone must not lose offline rows because it reads the same files."""
+    mine = {v.source for v in chosen if v.source is not None}
+    for other in others:
+        if other is None:
+            continue
+        for path in mine:
+            if other == path or other in path.parents or path in other.parents:
+                raise PermanentError(
+                    f"Feast target {target!r}: a feature view keyed by the entity but not in feature_views reads "
+                    "the same offline files; list it in feature_views too, or give it its own source"
+                )
+
+
+# --- values -----------------------------------------------------------------------------------------------
+
+
+def _typed_value(text: str, value_type: str, join_key: str) -> int | str:
+    """The subject's value as Feast stores the join key; an unconvertible value fails (never a silent zero)."""
+    if value_type == "STRING":
+        return text
+    if value_type in INT_RANGES:
+        low, high = INT_RANGES[value_type]
+        if INT_TEXT.fullmatch(text) and text != "-0" and low <= int(text) <= high:
+            return int(text)
+        raise PermanentError(
+            f"the subject's value for Feast join key {join_key!r} is not a canonical {value_type} integer"
+        )
+    raise PermanentError(f"Feast join key {join_key!r} has unsupported type {value_type}")
+
+
+# --- Parquet ------------------------------------------------------------------------------------------------
+
+
+def _parquet_files(source: Path) -> list[Path]:
+    """The source's files: the file itself, or every non-hidden file under a directory (as pyarrow reads it)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        return []  # nothing stored, nothing for materialize to read back
+    found = []
+    for path in source.rglob("*"):
+        if any(part.startswith((".", "_")) for part in path.relative_to(source).parts):
+            continue
+        if path.is_file():
+            found.append(Path(os.path.realpath(path)))
+    return sorted(found)
+
+
+def _mask(column: Any, value: int | str, value_type: str) -> Any:
+    """Boolean array: rows whose key equals the value, compared in the column's own Arrow type."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    kind = column.type
+    if value_type == "STRING":
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise PermanentError(f"offline entity column is {kind}, not a string like the Feast entity")
+    elif not pa.types.is_integer(kind):
+        raise PermanentError(f"offline entity column is {kind}, not an integer like the Feast entity")
+    try:
+        scalar = pa.scalar(value, type=kind)
+    except (pa.ArrowInvalid, OverflowError):
+        return pa.array([False] * len(column))  # out of the column's range: no row can hold it
+    return pc.fill_null(pc.equal(column, scalar), False)
+
+
+def _count_in_file(path: Path, column: str, value: int | str, heartbeat: Heartbeat | None) -> int:
+    """Rows holding the value, reading only the key column, one row group at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    value_type = "STRING" if isinstance(value, str) else "INT64"
+    pf = pq.ParquetFile(path)
+    with pf:
+        if column not in pf.schema_arrow.names:
+            raise PermanentError("an offline file of the feature view has no entity column")
+        found = 0
+        for i in range(pf.num_row_groups):
+            keys = pf.read_row_group(i, columns=[column]).column(column)
+            found += int(pc.sum(_mask(keys, value, value_type)).as_py() or 0)
+            if heartbeat is not None:
+                heartbeat()
+        return found
+
+
+def _writer_options(pf: Any) -> dict[str, Any]:
+    """Keep the file's format version and per-column compression."""
+    meta = pf.metadata
+    options: dict[str, Any] = {}
+    if meta.format_version in ("1.0", "2.4", "2.6"):
+        options["version"] = meta.format_version
+    if meta.num_row_groups:
+        group = meta.row_group(0)
+        codecs = {group.column(j).path_in_schema: PARQUET_CODECS.get(group.column(j).compression)
+                  for j in range(group.num_columns)}
+        if all(codecs.values()):
+            options["compression"] = codecs
+    return options
+
+
+def _rewrite_without(path: Path, column: str, value: int | str, heartbeat: Heartbeat) -> int:
+    """Rewrite one Parquet file without the rows whose ``column`` equals ``value``: a temp file beside it,
+    fsynced, then ``os.replace``. Streams by row group; other rows keep their schema and order.
+    Returns how many rows went.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    value_type = "STRING" if isinstance(value, str) else "INT64"
+    before = os.stat(path)
+    if before.st_nlink > 1:
+        raise PermanentError("an offline Parquet file has other hard links; the rows would survive there")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".lethe-tmp")
+    os.close(fd)
+    removed = 0
+    try:
+        with pq.ParquetFile(path) as pf:
+            writer = pq.ParquetWriter(tmp, pf.schema_arrow, **_writer_options(pf))
+            try:
+                for i in range(pf.num_row_groups):
+                    group = pf.read_row_group(i)
+                    mask = _mask(group.column(column), value, value_type)
+                    hits = int(pc.sum(mask).as_py() or 0)
+                    if hits:
+                        group = group.filter(pc.invert(mask))
+                        removed += hits
+                    if group.num_rows:
+                        writer.write_table(group, row_group_size=group.num_rows)
+                    heartbeat()
+            finally:
+                writer.close()
+        _fsync(tmp)
+        os.chmod(tmp, stat.S_IMODE(before.st_mode))
+        with suppress(OSError):
+            os.chown(tmp, before.st_uid, before.st_gid)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return removed
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- online stores --------------------------------------------------------------------------------------------
+
+
+class _SqliteOnline:
+    """Feast's SQLite online store: one table per view, one row per (entity key, feature)."""
+
+    def __init__(self, repo_config: Any, views: list[_View]):
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.helpers import compute_table_id
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        self._serialize = serialize_entity_key
+        self.version = repo_config.entity_key_serialization_version
+        self.path = SqliteOnlineStore._get_db_path(repo_config)
+        versioning = bool(getattr(repo_config.registry, "enable_online_feature_view_versioning", False))
+        self.tables = {v.name: compute_table_id(repo_config.project, v.fv, versioning) for v in views if v.online}
+
+    def _key(self, entity_key: Any) -> bytes:
+        key: bytes = self._serialize(entity_key, entity_key_serialization_version=self.version)
+        return key
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection | None]:
+        if not os.path.exists(self.path):
+            yield None  # never materialized: nothing stored (and never create the file)
+            return
+        conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=30, isolation_level=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _existing(conn: sqlite3.Connection) -> set[str]:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def present(self, keys: Mapping[str, Any]) -> set[str]:
+        with self._connect() as conn:
+            if conn is None:
+                return set()
+            existing = self._existing(conn)
+            return {
+                view for view, table in self.tables.items()
+                if table in existing and conn.execute(
+                    f"SELECT 1 FROM {_quote(table)} WHERE entity_key = ? LIMIT 1", (self._key(keys[view]),)
+                ).fetchone()
+            }
+
+    def delete(self, keys: Mapping[str, Any]) -> tuple[int, bool]:
+        """Delete the rows in one transaction with secure_delete on; (entity rows, bytes overwritten)."""
+        with self._connect() as conn:
+            if conn is None:
+                return 0, True
+            secure = conn.execute("PRAGMA secure_delete = ON").fetchone()[0] == 1
+            existing = self._existing(conn)
+            deleted = 0
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for view, table in self.tables.items():
+                    if table in existing:
+                        cur = conn.execute(f"DELETE FROM {_quote(table)} WHERE entity_key = ?",
+                                           (self._key(keys[view]),))
+                        deleted += cur.rowcount > 0
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            checkpointed = True
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                checkpointed = busy == 0
+            return deleted, secure and checkpointed
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class _RedisOnline:
+    """Feast's Redis online store: one hash per entity key (shared by the entity's views), fields per view."""
+
+    def __init__(self, repo_config: Any, views: list[_View]):
+        from feast.infra.online_stores.helpers import compute_versioned_name
+        from feast.infra.online_stores.redis import RedisOnlineStore
+
+        self.repo_config = repo_config
+        self.feast = RedisOnlineStore()
+        versioning = bool(getattr(repo_config.registry, "enable_online_feature_view_versioning", False))
+        self.fields: dict[str, list[str | bytes]] = {}
+        self.ts_prefix = ""
+        for view in views:
+            if not view.online:
+                continue
+            stored_name = compute_versioned_name(view.fv, versioning)
+            # Feast's own read path: the view's hash fields, its timestamp field ("_ts:<view>") last.
+            _, fields = self.feast._generate_hset_keys_for_features(view.fv, None, fv_name_override=stored_name)
+            self.fields[view.name] = list(fields)
+            ts = str(fields[-1])
+            self.ts_prefix = ts[: len(ts) - len(stored_name)]
+        self._client: Any = None
+        self._script: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from redis.backoff import ExponentialBackoff
+            from redis.retry import Retry
+
+            client = self.feast._get_client(self.repo_config.online_store)
+            # A blip is retried here, briefly; an outage becomes a RetryableError at once and the task's own
+            # backoff takes over (redis-py's default would block the worker ~7 s per pipeline first).
+            if hasattr(client, "set_retry"):
+                client.set_retry(Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2))
+            self._script = client.register_script(REDIS_PURGE_VIEW)
+            self._client = client
+        return self._client
+
+    def _key(self, entity_key: Any) -> bytes:
+        key: bytes = self.feast._generate_redis_keys_for_entities(self.repo_config, [entity_key])[0]
+        return key
+
+    def present(self, keys: Mapping[str, Any]) -> set[str]:
+        client = self.client
+        views = list(self.fields)
+        with client.pipeline(transaction=False) as pipe:
+            for view in views:
+                pipe.hmget(self._key(keys[view]), self.fields[view])
+            answers = pipe.execute()
+        return {view for view, values in zip(views, answers, strict=True) if any(v is not None for v in values)}
+
+    def delete(self, keys: Mapping[str, Any]) -> tuple[int, bool]:
+        self.client  # noqa: B018 - connects and registers the script
+        deleted = 0
+        for view, fields in self.fields.items():
+            removed = self._script(keys=[self._key(keys[view])], args=[self.ts_prefix, *fields])
+            deleted += int(removed) > 0
+        return deleted, True
+
+
+# --- demo repo ------------------------------------------------------------------------------------------------
+
+DEMO_PROJECT = "lethe_demo"
+DEMO_VIEWS = ("user_profile_stats", "user_activity")
+DEMO_TIME = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DemoRepo:
+    """A feature repo built by ``build_demo_repo``."""
+
+    path: Path
+    entity_type: str  # "int64" or "string"
+    files: dict[str, Path] = field(default_factory=dict)  # view name -> its Parquet file
+    start: datetime = DEMO_TIME - timedelta(days=365)  # materialization window covering every row
+    end: datetime = DEMO_TIME + timedelta(days=1)
+
+    def store(self) -> Any:
+        """A fresh feast.FeatureStore on the repo."""
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(self.path))
+
+    def materialize(self) -> None:
+        """``feast materialize`` over the whole window: the online store then mirrors the files."""
+        self.store().materialize(self.start, self.end)
+
+
+def demo_frames(user_ids: Sequence[str], entity_type: str = "int64", rows_per_user: int = 2) -> dict[str, Any]:
+    """Offline rows for the demo views: ``rows_per_user`` daily rows per user, values derived from the id."""
+    import pandas as pd
+
+    def key(user: str) -> int | str:
+        return int(user) if entity_type == "int64" else user
+
+    rows = [(u, day) for u in user_ids for day in range(rows_per_user)]
+    stamps = [DEMO_TIME - timedelta(days=day, hours=len(u)) for u, day in rows]
+    digest = [sum(ord(c) * (i + 7) for i, c in enumerate(u)) + day for u, day in rows]
+    ids = pd.Series([key(u) for u, _ in rows], dtype="int64" if entity_type == "int64" else "object")
+    return {
+        "user_profile_stats": pd.DataFrame({
+            "user_id": ids, "event_timestamp": stamps,
+            "age": pd.Series([18 + d % 60 for d in digest], dtype="int64"),
+            "score": pd.Series([(d % 1000) / 10 for d in digest], dtype="float64"),
+            "country": [("FR", "DE", "IE", "PL", "SE")[d % 5] for d in digest],
+        }),
+        "user_activity": pd.DataFrame({
+            "user_id": ids, "event_timestamp": stamps,
+            "logins_7d": pd.Series([d % 40 for d in digest], dtype="int64"),
+            "last_device": [("ios", "android", "web")[d % 3] for d in digest],
+        }),
+    }
+
+
+def write_demo_file(path: Path, frame: Any, row_group_size: int | None = None) -> None:
+    """Write a demo view's rows to Parquet (several row groups when ``row_group_size`` is small)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, row_group_size=row_group_size or max(1, table.num_rows))
+
+
+def build_demo_repo(
+    repo_path: Path | str,
+    user_ids: Sequence[str],
+    *,
+    online_store: Mapping[str, Any] | None = None,
+    entity_type: str = "int64",
+    project: str = DEMO_PROJECT,
+    rows_per_user: int = 2,
+    row_group_size: int | None = None,
+    materialize: bool = True,
+) -> DemoRepo:
+    """A Feast repo for synthetic users: entity ``user`` (join key ``user_id``), two views on Parquet files
+    (``user_profile_stats``: age, score, country; ``user_activity``: logins_7d, last_device), applied and,
+    unless ``materialize`` is False, materialized. The online store is SQLite in the repo by default, or
+    ``online_store`` (a feature_store.yaml mapping, e.g. ``{"type": "redis", "connection_string": ...}``).
+
+    Data map entry for it: ``{kind: feast, repo_path: <repo_path>, entity: user_id}``.
+    """
+    import yaml
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, Int64, String
+
+    if entity_type not in ("int64", "string"):
+        raise ValueError("entity_type must be 'int64' or 'string'")
+    root = Path(repo_path).resolve()
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    config = {
+        "project": project,
+        "provider": "local",
+        "registry": "registry.db",
+        "online_store": dict(online_store or {"type": "sqlite", "path": "online_store.db"}),
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+    (root / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    key_type = Int64 if entity_type == "int64" else String
+    user = Entity(name="user", join_keys=["user_id"],
+                  value_type=ValueType.INT64 if entity_type == "int64" else ValueType.STRING)
+    schemas = {
+        "user_profile_stats": [Field(name="age", dtype=Int64), Field(name="score", dtype=Float64),
+                               Field(name="country", dtype=String)],
+        "user_activity": [Field(name="logins_7d", dtype=Int64), Field(name="last_device", dtype=String)],
+    }
+    frames = demo_frames(user_ids, entity_type, rows_per_user)
+    files: dict[str, Path] = {}
+    objects: list[Any] = [user]
+    for view, schema in schemas.items():
+        files[view] = root / "data" / f"{view}.parquet"
+        write_demo_file(files[view], frames[view], row_group_size)
+        source = FileSource(name=f"{view}_source", path=f"data/{view}.parquet", timestamp_field="event_timestamp")
+        objects.append(FeatureView(name=view, entities=[user], ttl=timedelta(0), online=True, source=source,
+                                   schema=[Field(name="user_id", dtype=key_type), *schema]))
+    repo = DemoRepo(path=root, entity_type=entity_type, files=files)
+    store = repo.store()
+    store.apply(objects)
+    if materialize:
+        store.materialize(repo.start, repo.end)
+    return repo
