@@ -339,6 +339,48 @@ def check_map(
         fail("\n".join(problems))
 
 
+lineage_app = typer.Typer(help="Model lineage: which subjects a training dataset holds.", no_args_is_help=True)
+app.add_typer(lineage_app, name="lineage")
+
+
+@lineage_app.command("record")
+def lineage_record(
+    dataset_name: Annotated[str, typer.Option(help="Dataset name, as logged with mlflow.log_input.")],
+    dataset_digest: Annotated[str, typer.Option(help="Dataset digest, as logged with mlflow.log_input.")],
+    subjects_file: Annotated[Path, typer.Option(help="One identifier value per line.", exists=True, dir_okay=False)],
+    identifier: Annotated[str, typer.Option(help="Identifier kind of the values.")] = "user_id",
+) -> None:
+    """Record the subjects a training dataset holds, as keyed hashes (the raw values are not kept)."""
+    from orchestrator.identifiers import keyed_hash, normalise_value
+
+    lethe = make_lethe()
+    with user_errors():
+        datamap = lethe.load_map()
+        if identifier not in datamap.identifiers:
+            raise InvalidIdentifier(f"unknown identifier kind {identifier!r}")
+        pattern = datamap.identifiers[identifier]
+        key = lethe.settings.subject_key_bytes
+        ledger = lethe.ledger
+
+    def hashes() -> Iterator[str]:
+        with open(subjects_file, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                value = line.rstrip("\r\n")
+                if not value:
+                    continue
+                try:
+                    yield keyed_hash(key, identifier, normalise_value(identifier, value, pattern))
+                except InvalidIdentifier as exc:
+                    raise InvalidIdentifier(f"{subjects_file.name} line {number}: {exc}") from None
+
+    with Progress(TextColumn("recording"), TextColumn("{task.completed:,} subjects"), TimeElapsedColumn(),
+                  console=err, disable=not err.is_terminal) as progress, user_errors():
+        bar = progress.add_task("recording", total=None)
+        count = ledger.record_lineage(dataset_name, dataset_digest, hashes(), actor="cli",
+                                      on_progress=lambda n: progress.update(bar, completed=n))
+    out.print(f"recorded {count:,} subjects in dataset {dataset_name} ({dataset_digest})")
+
+
 @app.command()
 def migrate() -> None:
     """Bring the ledger schema up to date and declare the broker's queues."""

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from orchestrator.identifiers import Subject
 from orchestrator.logs import get_logger, redact_values, scrub
 from orchestrator.service import Lethe
-from workers.targets.base import PermanentError, RetryableError, build_target, target_class
+from workers.targets.base import PermanentError, RetryableError, TaskContext, build_target, target_class
 
 log = get_logger("lethe.worker")
 MAX_ERROR_LENGTH = 500
@@ -79,7 +79,8 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
     residue: int | None = None
     try:
         config = ledger.data_map(run.data_map_digest).target(run.target)
-        target = build_target(config)
+        context = TaskContext(run.request_id, run.subject_hashes, ledger.datasets_for(run.subject_hashes.values()))
+        target = build_target(config, context)
         if run.dry_run:
             deleted = target.count(run.subject)
         else:
@@ -87,7 +88,7 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
             residue = target.verify(run.subject)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
-        dispatches = ledger.complete(run.task_id, deleted, 0, level=target.level)
+        dispatches = ledger.complete(run.task_id, deleted, 0, level=target.level, events=context.events)
     except Exception as exc:
         retryable = isinstance(exc, (RetryableError, DBAPIError, *_retryable_types(run.kind)))
         error = sanitise(exc, run.subject)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -77,6 +78,11 @@ class Request(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     idempotency_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str] = mapped_column(String(200), default="cli")
+    # An admin's go-ahead for a request over a target's max_items (blast radius), or a dataset request.
+    approved_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A deadline extension (once per request, GDPR Art. 12(3)): due_at moved, with the reason.
+    extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Task(Base):
@@ -201,3 +207,46 @@ class DeadLetterCount(Base):
 
     reason: Mapped[str] = mapped_column(String(32), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Hold(Base):
+    """A legal hold (Art. 17(3)): the subject's requests wait ``on_hold`` and nothing of theirs is deleted."""
+
+    __tablename__ = "holds"
+    __table_args__ = (Index("ix_holds_subject_hash", "subject_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_hash: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(200))
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class Dataset(Base):
+    """A training dataset recorded with `lethe lineage record`: its members are keyed subject hashes."""
+
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(128), primary_key=True)
+    members: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DatasetMember(Base):
+    """One subject in one dataset. Bulk-loaded (COPY on PostgreSQL); found by one indexed lookup."""
+
+    __tablename__ = "dataset_members"
+    __table_args__ = (
+        ForeignKeyConstraint(["dataset_name", "dataset_digest"], ["datasets.name", "datasets.digest"],
+                             ondelete="CASCADE"),
+        Index("ix_dataset_members_subject_hash", "subject_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_name: Mapped[str] = mapped_column(String(200))
+    dataset_digest: Mapped[str] = mapped_column(String(128))
+    subject_hash: Mapped[str] = mapped_column(String(64))

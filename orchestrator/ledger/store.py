@@ -14,7 +14,7 @@ import hmac
 import json
 import os
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,8 @@ from orchestrator.ledger.models import (
     Certificate,
     CompletionRecord,
     DataMapSnapshot,
+    Dataset,
+    DatasetMember,
     DeadLetterCount,
     OutboxEvent,
     Request,
@@ -87,6 +89,7 @@ class TaskRun:
     attempt: int
     dry_run: bool
     subject: Subject
+    subject_hashes: dict[str, str]
     data_map_digest: str
 
 
@@ -236,7 +239,8 @@ class Ledger:
                                                                         "attempt": task.attempts})
             self._refresh(s, request)
             return TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
-                           self._unseal(request.id, request.sealed_subject), request.data_map_digest)
+                           self._unseal(request.id, request.sealed_subject), dict(request.subject_hashes),
+                           request.data_map_digest)
 
     def renew_lease(self, task_id: str) -> None:
         with self.sessions.begin() as s:
@@ -244,7 +248,8 @@ class Ledger:
             if task is not None and task.status == "running":
                 task.lease_expires_at = now() + self.lease
 
-    def complete(self, task_id: str, deleted: int, residue: int, level: str = "bytes_reclaimed") -> list[Dispatch]:
+    def complete(self, task_id: str, deleted: int, residue: int, level: str = "bytes_reclaimed",
+                 events: Sequence[tuple[str, dict[str, Any]]] = ()) -> list[Dispatch]:
         """A verified purge (residue 0): write the completion record once and release what waited on it.
         For a dry run, ``deleted`` is what would go and no record is written."""
         if residue:
@@ -272,6 +277,8 @@ class Ledger:
                 if not request.dry_run:
                     self._emit(s, "lethe.erasure.task_completed", entry,
                                {"request_id": request.id, "subject_hashes": request.subject_hashes, **record})
+                    for n, (event_type, data) in enumerate(events):  # what the target asked to announce
+                        self._emit(s, event_type, f"{entry}/{n}", {"request_id": request.id, **data})
             dispatches = self._release_ready(s, request)
             self._refresh(s, request)
             return dispatches
@@ -453,6 +460,55 @@ class Ledger:
     def dead_letter_counts(self) -> dict[str, int]:
         with self.sessions() as s:
             return {r.reason: r.count for r in s.scalars(select(DeadLetterCount))}
+
+    # -- lineage --------------------------------------------------------------------------------------
+    def record_lineage(self, name: str, digest: str, subject_hashes: Iterable[str], actor: str = "cli",
+                       on_progress: Callable[[int], None] | None = None) -> int:
+        """Record which subjects (as keyed hashes) a training dataset holds; recording the same dataset
+        again replaces its members. Bulk-loaded: COPY on PostgreSQL, batched inserts on SQLite."""
+        at = now()
+        with self.sessions.begin() as s:
+            s.execute(delete(DatasetMember).where(DatasetMember.dataset_name == name,
+                                                  DatasetMember.dataset_digest == digest))
+            s.execute(delete(Dataset).where(Dataset.name == name, Dataset.digest == digest))
+            s.add(Dataset(name=name, digest=digest, members=0, recorded_at=at))
+            s.flush()
+            count = 0
+            if s.get_bind().dialect.name == "postgresql":
+                raw = s.connection().connection.driver_connection
+                assert raw is not None
+                with raw.cursor() as cur, cur.copy(
+                        "COPY dataset_members (dataset_name, dataset_digest, subject_hash) FROM STDIN") as copy:
+                    for subject_hash in subject_hashes:
+                        copy.write_row((name, digest, subject_hash))
+                        count += 1
+                        if on_progress and count % 10_000 == 0:
+                            on_progress(count)
+            else:
+                batch: list[dict[str, str]] = []
+                for subject_hash in subject_hashes:
+                    batch.append({"dataset_name": name, "dataset_digest": digest, "subject_hash": subject_hash})
+                    if len(batch) == 10_000:
+                        s.execute(insert(DatasetMember), batch)
+                        count += len(batch)
+                        batch = []
+                        if on_progress:
+                            on_progress(count)
+                if batch:
+                    s.execute(insert(DatasetMember), batch)
+                    count += len(batch)
+            s.execute(update(Dataset).where(Dataset.name == name, Dataset.digest == digest).values(members=count))
+            self._audit(s, "lineage.recorded", None, actor=actor,
+                        detail={"dataset_name": name, "dataset_digest": digest, "members": count})
+            return count
+
+    def datasets_for(self, subject_hashes: Iterable[str]) -> list[tuple[str, str]]:
+        """(name, digest) of every recorded dataset that holds one of these subjects (one indexed lookup)."""
+        with self.sessions() as s:
+            rows = s.execute(select(DatasetMember.dataset_name, DatasetMember.dataset_digest).distinct()
+                             .where(DatasetMember.subject_hash.in_(list(subject_hashes)))
+                             .order_by(DatasetMember.dataset_name, DatasetMember.dataset_digest)).all()
+            return [(r[0], r[1]) for r in rows]
 
     # -- proof ----------------------------------------------------------------------------------------
     def _issue_certificate(self, s: Session, request: Request, tasks: list[Task], audit_head: str) -> None:

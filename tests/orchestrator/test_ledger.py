@@ -239,3 +239,24 @@ def test_concurrent_completions_complete_the_request_once(ledger: Ledger) -> Non
         assert len(s.scalars(select(CompletionRecord)).all()) == len(ids)
         completed = s.scalars(select(AuditEntry).where(AuditEntry.action == "request.completed")).all()
         assert len(completed) == 1
+
+
+def test_lineage_records_members_as_hashes_and_finds_datasets(ledger: Ledger, subject_key: bytes) -> None:
+    """Recorded datasets are found by subject hash; re-recording replaces members; no raw value is kept."""
+    from orchestrator.identifiers import keyed_hash
+
+    def h(value: str) -> str:
+        return keyed_hash(subject_key, "user_id", value)
+
+    assert ledger.record_lineage("faces", "d1", (h(str(i)) for i in range(25_000))) == 25_000
+    ledger.record_lineage("faces", "d2", [h("12"), h("999999")])
+    ledger.record_lineage("voices", "v1", [h("123")])
+    assert ledger.datasets_for([h("12")]) == [("faces", "d1"), ("faces", "d2")]
+    assert ledger.datasets_for([h("123")]) == [("faces", "d1"), ("voices", "v1")]
+    assert ledger.datasets_for([h("nobody")]) == []
+    ledger.record_lineage("faces", "d2", [h("999999")])
+    assert ledger.datasets_for([h("12")]) == [("faces", "d1")]
+    with ledger.engine.connect() as conn:
+        stored = conn.execute(text("SELECT subject_hash FROM dataset_members WHERE dataset_name = 'voices'")).all()
+    assert [row[0] for row in stored] == [h("123")]
+    assert ledger.verify() == []

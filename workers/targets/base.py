@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -35,6 +37,23 @@ from orchestrator.identifiers import Subject
 from orchestrator.templates import placeholders_in
 
 Heartbeat = Callable[[], None]
+
+
+@dataclass
+class TaskContext:
+    """What a target may need beyond its selector; passed to adapters whose ``__init__`` takes ``context``.
+
+    ``datasets`` lists the recorded training datasets (name, digest) that hold the subject (model lineage);
+    events a target emits are announced once the task's completion is recorded, in the same transaction.
+    """
+
+    request_id: str
+    subject_hashes: Mapping[str, str]
+    datasets: Sequence[tuple[str, str]] = ()
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        self.events.append((event_type, data))
 
 
 class TargetError(Exception):
@@ -134,6 +153,8 @@ def target_class(kind: str) -> type[Any]:
     return cls
 
 
-def build_target(config: TargetConfig) -> Target:
-    target: Target = target_class(config.kind)(config)
+def build_target(config: TargetConfig, context: TaskContext | None = None) -> Target:
+    cls = target_class(config.kind)
+    wants_context = "context" in inspect.signature(cls.__init__).parameters
+    target: Target = cls(config, context=context) if wants_context else cls(config)
     return target
