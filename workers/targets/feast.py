@@ -13,8 +13,8 @@ What a purge does, in this order:
 
 1. **Offline** (``FileSource`` on local Parquet files or directories): every file holding the subject's key
    is rewritten without those rows, one row group at a time (a large file never loads whole), into a
-   temporary file beside it that is fsynced and then ``os.replace``\\ d over the original. Other rows keep
-   their schema, values and order. Going first means a ``feast materialize`` running later (or during the
+   temporary file beside it that is fsynced and then moved over the original with ``os.replace``. Other
+   rows keep their schema, values and order. Going first means a ``feast materialize`` running later (or during the
    purge) can no longer bring the subject back.
 2. **Online** (SQLite or Redis online store): the subject's entity key is built with Feast's own functions
    (the view's entity column type, ``python_values_to_proto_values``, ``serialize_entity_key`` with the
@@ -38,6 +38,11 @@ Levels (see workers/targets/base.py), chosen honestly:
 - Redis online store: ``unindexed``. The fields are gone from memory and from the keyspace, but an RDB
   snapshot or AOF file may hold them until Redis next saves or rewrites it; lethe does not force that on
   a shared server.
+
+Errors: Redis unreachable (refused, timed out, loading), SQLite busy or an I/O error on a file raise
+``RetryableError``; the Redis client retries a blip twice within a second, then leaves the waiting to the
+task's backoff. Anything else (including every Feast or pyarrow error) is a ``PermanentError`` that names
+the operation and the error type only, since vendor messages can quote keys and paths.
 
 Checked when the data map loads (cheap, no Feast import): field shapes and the placeholder. Loading the
 repo takes Feast's import (seconds), so a repo that does not load, an unknown entity or view, a view not
@@ -205,7 +210,7 @@ class FeastTarget:
         removed = 0
         with self._translate("purge"):
             if repo.online:
-                pass  # reach the online store before touching any file
+                repo.online.present(keys)  # reach the online store before touching any file
             for path, column, value, found in self._offline_matches(repo, subject, heartbeat):
                 if found:
                     removed += _rewrite_without(path, column, value, heartbeat)
@@ -340,7 +345,7 @@ def _load_repo(config: FeastConfig) -> _Repo:
     repo_config = store.config
     entities = store.list_entities(allow_cache=False)
     if not any(e.join_key == config.entity for e in entities):
-        known = ", ".join(sorted({e.join_key for e in entities})) or "none"
+        known = ", ".join(sorted({e.join_key for e in entities})) or "none: has feast apply run?"
         raise PermanentError(
             f"Feast target {name!r}: no entity with join key {config.entity!r} in the repo (join keys: {known})"
         )
@@ -688,8 +693,11 @@ class _RedisOnline:
             stored_name = compute_versioned_name(view.fv, versioning)
             # Feast's own read path: the view's hash fields, its timestamp field ("_ts:<view>") last.
             _, fields = self.feast._generate_hset_keys_for_features(view.fv, None, fv_name_override=stored_name)
+            last = fields[-1]
+            ts = last.decode() if isinstance(last, bytes) else str(last)
+            if not ts.endswith(stored_name) or len(ts) == len(stored_name):
+                raise PermanentError("this Feast version lays out Redis hash fields in a way lethe does not know")
             self.fields[view.name] = list(fields)
-            ts = str(fields[-1])
             self.ts_prefix = ts[: len(ts) - len(stored_name)]
         self._client: Any = None
         self._script: Any = None
