@@ -30,17 +30,22 @@ A purge goes through these stages, calling the heartbeat after each:
 3. delete by the predicate (the count LanceDB reports is ``deleted``);
 4. compact with deletions materialised (every fragment holding a deleted row is rewritten);
 5. remove every older version (``cleanup_old_versions(older_than=0)``), so no version still holds them;
+   files of unfinished transactions are left alone here (another writer may be committing them);
 6. scan every file under the table's directory. LanceDB writes a delete's predicate, identifier included,
    verbatim into that version's transaction file and manifest; when the delete is the latest version
    (compaction had nothing to rewrite, e.g. the subject's rows filled whole fragments) cleanup cannot
    remove it. A hit is fixed by committing a no-op version (removing a config key that does not exist)
    and cleaning up again, unverified files included; a hit that survives fails the task.
 
-The scan looks for the predicate texts and quoted literals the purge sends (exact, in every file), and for
-the raw identifier (each filled ``match`` value of at least ``MIN_RAW_SCAN`` bytes; shorter strings occur
-by chance in any binary file). A raw hit inside the current version's data or index files is accepted
-only when live rows explain it (some string column of another row contains the identifier, e.g.
-``jo@x.org`` inside ``mojo@x.org``); anywhere else it means the erasure is incomplete.
+The scan looks for three things. The predicate texts the purge sent are only ever written by a delete:
+found in any file, the erasure is incomplete. The quoted literals (``'12'``) and the raw identifier (each
+filled string ``match`` value of at least ``MIN_RAW_SCAN`` bytes; shorter strings occur by chance in any
+binary file, and integers are stored in binary) may also sit inside other rows: a hit in the current
+version's data or index files is accepted only when live rows explain it (a string column of some row
+contains it, e.g. ``jo@x.org`` inside ``mojo@x.org``); anywhere else it means the erasure is incomplete.
+
+``verify`` counts matching rows in the current version, in every remaining version and branch, and the
+subject's rows among the nearest neighbours of each of its own vectors (up to ``MAX_PROBES`` per column).
 
 ``level`` is ``bytes_reclaimed`` when the scan is clean and no fragment of the current version still
 carries a deletion vector (so no deleted row's bytes remain in a data file), else ``invisible``.
@@ -287,12 +292,6 @@ def connection(location: str) -> Any:
 
 
 # -- the target ----------------------------------------------------------------------------------------
-@dataclass
-class Hit:
-    kind: str  # manifest, transaction file, data file, index file, deletion file, other
-    values_only: bool  # only identifier values matched (no predicate text)
-
-
 class LanceDBTarget:
     kind: ClassVar[str] = "lancedb"
     Config: ClassVar[type[TargetConfig]] = LanceDBConfig
@@ -309,7 +308,6 @@ class LanceDBTarget:
         # used to verify the subject they were read for.
         self.probes: dict[str, list[list[float]]] = {}
         self._probes_for: tuple[tuple[str, str], ...] | None = None
-        self.last_selector: Selector | None = None
 
     # -- the contract -------------------------------------------------------------------------------
     def count(self, subject: Subject) -> int:
@@ -321,7 +319,6 @@ class LanceDBTarget:
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
         table = self._open()
         selector = self._selector(subject, table)
-        self.last_selector = selector
         self._refuse_pinned(table, selector, during=False)
         heartbeat()
 
@@ -353,7 +350,7 @@ class LanceDBTarget:
             hits = self._scan(table, selector)
             heartbeat()
         if hits:
-            kinds = ", ".join(sorted({h.kind for h in hits}))
+            kinds = ", ".join(sorted(set(hits)))
             raise PermanentError(
                 f"LanceDB erasure incomplete on table {self.name}: after compaction and cleanup the identifier "
                 f"is still on disk in {len(hits)} file(s) ({kinds})"
@@ -520,8 +517,9 @@ class LanceDBTarget:
             return any(f.metadata.deletion_file is not None for f in self._dataset(table).get_fragments())
 
     # -- the byte scan ------------------------------------------------------------------------------
-    def _scan(self, table: Any, selector: Selector) -> list[Hit]:
-        """Files under the table's directory still holding the identifier (see the module docstring)."""
+    def _scan(self, table: Any, selector: Selector) -> list[str]:
+        """The kind of each file under the table's directory still holding the identifier (see the module
+        docstring): manifest, transaction file, data file, index file, deletion file, branch file, other."""
         exact = [p.encode() for p in selector.predicates]  # only ever written by a delete: a hit anywhere
         values = list(dict.fromkeys(selector.literals + selector.raw))  # may also sit inside other rows
         needles = exact + values
@@ -532,7 +530,7 @@ class LanceDBTarget:
             root = _local_path(dataset.uri)
             tracked = {row["path"]: row["type"] for row in
                        dataset.tracked_files(min_version=dataset.version).read_all().to_pylist()}
-            hits: list[Hit] = []
+            hits: list[str] = []
             explained: dict[bytes, bool] = {}
             for path in _files(root):
                 relative = path.relative_to(root).as_posix()
@@ -548,7 +546,7 @@ class LanceDBTarget:
                             explained[value] = self._explained(table, value.decode())
                     if all(explained[value] for value in found):
                         continue
-                hits.append(Hit(kind, values_only))
+                hits.append(kind)
         return hits
 
     def _explained(self, table: Any, value: str) -> bool:
@@ -566,32 +564,40 @@ class LanceDBTarget:
     # -- errors -------------------------------------------------------------------------------------
     @contextmanager
     def _translate(self, operation: str) -> Iterator[None]:
-        """Vendor errors become TargetErrors naming the operation and error type, never a value or path."""
+        """Vendor errors become TargetErrors naming the operation and a short code, never a value or path."""
         try:
             yield
         except (PermanentError, RetryableError):
             raise
-        except FileNotFoundError:
-            raise PermanentError(f"LanceDB {operation} on table {self.name}: table files not found") from None
-        except PermissionError:
-            raise PermanentError(f"LanceDB {operation} on table {self.name}: permission denied") from None
-        except (TimeoutError, ConnectionError) as exc:
-            raise RetryableError(f"LanceDB {operation} on table {self.name}: {type(exc).__name__}") from None
-        except OSError as exc:  # IO errors and commit conflicts (lance's CommitConflictError is an OSError)
-            code = "commit conflict" if "conflict" in str(exc).lower() else type(exc).__name__
-            raise RetryableError(f"LanceDB {operation} on table {self.name}: {code}") from None
-        except ValueError as exc:
-            message = str(exc)
-            if "was not found" in message or "not found" in message.lower():
-                raise PermanentError(f"LanceDB {operation}: table {self.name} not found") from None
-            if "conflict" in message.lower() or "retry" in message.lower():
-                raise RetryableError(f"LanceDB {operation} on table {self.name}: commit conflict") from None
-            raise PermanentError(f"LanceDB {operation} on table {self.name}: invalid input") from None
-        except RuntimeError as exc:
-            message = str(exc).lower()
-            if "conflict" in message or "timeout" in message or "timed out" in message:
-                raise RetryableError(f"LanceDB {operation} on table {self.name}: {type(exc).__name__}") from None
-            raise PermanentError(f"LanceDB {operation} on table {self.name}: {type(exc).__name__}") from None
+        except Exception as exc:
+            retryable, code = _classify(exc)
+            error = RetryableError if retryable else PermanentError
+            raise error(f"LanceDB {operation} on table {self.name}: {code}") from None
+
+
+# Words in LanceDB's error text (which also holds predicates and paths, so it is never kept) that say
+# what happened. Lance reports IO failures as OSError or RuntimeError, invalid input as ValueError.
+_NOT_FOUND = re.compile(r"not found|no such file", re.IGNORECASE)
+_CONFLICT = re.compile(r"conflict|retryable|concurrent", re.IGNORECASE)
+_TRANSIENT = re.compile(r"\bio\b|i/o|timeout|timed out|temporar|unavailable|interrupted|too many", re.IGNORECASE)
+
+
+def _classify(exc: Exception) -> tuple[bool, str]:
+    """(retryable, short code) for a vendor exception."""
+    message = str(exc)
+    if isinstance(exc, PermissionError):
+        return False, "permission denied"
+    if isinstance(exc, FileNotFoundError) or _NOT_FOUND.search(message):
+        return False, "not found"
+    if _CONFLICT.search(message):
+        return True, "commit conflict"
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True, type(exc).__name__
+    if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and _TRANSIENT.search(message)):
+        return True, f"{type(exc).__name__} (IO)"
+    if isinstance(exc, ValueError):
+        return False, "invalid input"
+    return False, type(exc).__name__
 
 
 def _key(subject: Subject) -> tuple[tuple[str, str], ...]:
