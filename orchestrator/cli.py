@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -234,6 +235,78 @@ def verify_ledger() -> None:
             err.print(f"  also: {problem}", highlight=False)
         raise typer.Exit(Exit.FAILED)
     out.print("ledger verified: audit chain, completion records and certificates are intact")
+
+
+@app.command()
+def approve(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Let a request waiting on a target's max_items go ahead (admin)."""
+    lethe = make_lethe()
+    with user_errors(), lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
+        lethe.approve(request_id, actor="cli:admin")
+        if lethe.settings.embedded:
+            raise typer.Exit(exit_code(wait_with_progress(lethe, request_id, None)))
+    out.print(f"approved {request_id}")
+
+
+@app.command()
+def extend(
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option(help="Why more time is needed (kept in the audit trail).")],
+) -> None:
+    """Extend a request's deadline once: GDPR two more months, CCPA 45 more days."""
+    lethe = make_lethe()
+    with user_errors():
+        due = lethe.ledger.extend_deadline(request_id, reason)
+    out.print(f"{request_id} is now due {due}")
+
+
+hold_app = typer.Typer(help="Legal holds: a held subject's data is not deleted.", no_args_is_help=True)
+app.add_typer(hold_app, name="hold")
+
+
+@hold_app.command("add")
+def hold_add(
+    subject: Annotated[list[str], typer.Option("--subject", help="KIND=VALUE; repeat for several.")],
+    reason: Annotated[str, typer.Option(help="The legal ground, e.g. litigation hold case 2026-17.")],
+    until: Annotated[datetime | None, typer.Option(help="Date the hold ends by itself (UTC).")] = None,
+) -> None:
+    """Place a legal hold: the subject's requests wait on_hold and nothing of theirs is deleted."""
+    lethe = make_lethe()
+    with user_errors():
+        ends = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+        lethe.add_hold(parse_subject(subject), reason, ends, actor="cli")
+    out.print("hold placed" + (f" until {ends.isoformat()}" if ends else ""))
+
+
+@hold_app.command("release")
+def hold_release(
+    subject: Annotated[list[str], typer.Option("--subject", help="KIND=VALUE; repeat for several.")],
+) -> None:
+    """Release a subject's holds; their waiting requests resume."""
+    lethe = make_lethe()
+    with user_errors(), lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
+        lethe.release_hold(parse_subject(subject), actor="cli")
+        if lethe.settings.embedded:
+            for item in lethe.ledger.list_requests(status="running")["items"]:
+                lethe.wait(item["id"])
+    out.print("hold released")
+
+
+@hold_app.command("list")
+def hold_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Active holds (subjects shown as keyed hashes)."""
+    lethe = make_lethe()
+    with user_errors():
+        holds = lethe.ledger.list_holds()
+    if as_json:
+        out.print_json(json.dumps({"items": holds}))
+        return
+    table = Table()
+    for col in ("subject hash", "reason", "until", "since", "by"):
+        table.add_column(col)
+    for h in holds:
+        table.add_row(h["subject_hash"][:16] + "…", h["reason"], h["until"] or "-", h["created_at"], h["created_by"])
+    out.print(table)
 
 
 @app.command()

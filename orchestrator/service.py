@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +87,24 @@ class Lethe:
     def cancel(self, request_id: str, actor: str = "cli") -> None:
         self.ledger.cancel(request_id, actor=actor)
 
+    def approve(self, request_id: str, actor: str = "cli") -> None:
+        self.send(self.ledger.approve(request_id, actor=actor))
+
+    def subject_hashes(self, subject: Mapping[str, object]) -> list[str]:
+        """Keyed hashes of a subject's identifiers, validated against the data map."""
+        return list(self.load_map().parse_subject(subject).hashes(self.settings.subject_key_bytes).values())
+
+    def add_hold(self, subject: Mapping[str, object], reason: str, until: datetime | None = None,
+                 actor: str = "cli") -> int:
+        return self.ledger.add_hold(self.subject_hashes(subject), reason, until, actor=actor)
+
+    def release_hold(self, subject: Mapping[str, object], actor: str = "cli") -> None:
+        self.send(self.ledger.release_hold(self.subject_hashes(subject), actor=actor))
+
     def reconcile(self) -> int:
         """Re-send every non-terminal task past its lease, and prune records past retention.
         Returns how many tasks were sent."""
-        dispatches = self.ledger.due_for_dispatch()
+        dispatches = self.ledger.resume_expired_holds() + self.ledger.due_for_dispatch()
         self.send(dispatches)
         if dispatches:
             log.info("reconcile.redispatched", tasks=len(dispatches))

@@ -19,7 +19,15 @@ from sqlalchemy.exc import DBAPIError
 from orchestrator.identifiers import Subject
 from orchestrator.logs import get_logger, redact_values, scrub
 from orchestrator.service import Lethe
-from workers.targets.base import PermanentError, RetryableError, TaskContext, build_target, target_class
+from workers.targets.base import (
+    DEFAULT_MAX_ITEMS,
+    HeldError,
+    PermanentError,
+    RetryableError,
+    TaskContext,
+    build_target,
+    target_class,
+)
 
 log = get_logger("lethe.worker")
 MAX_ERROR_LENGTH = 500
@@ -81,14 +89,30 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
         config = ledger.data_map(run.data_map_digest).target(run.target)
         context = TaskContext(run.request_id, run.subject_hashes, ledger.datasets_for(run.subject_hashes.values()))
         target = build_target(config, context)
+        max_items = config.max_items or DEFAULT_MAX_ITEMS
+        note = None
         if run.dry_run:
             deleted = target.count(run.subject)
+            if deleted > max_items:
+                note = f"would wait for approval: {deleted} items exceed max_items {max_items}"
         else:
+            if not run.approved:  # blast radius: count before deleting anything
+                items = target.count(run.subject)
+                if items > max_items:
+                    log.warning("task.awaiting_approval", items=items, max_items=max_items)
+                    ledger.await_approval(run.task_id, items, max_items)
+                    return "awaiting_approval"
             deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id))
             residue = target.verify(run.subject)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
-        dispatches = ledger.complete(run.task_id, deleted, 0, level=target.level, events=context.events)
+        dispatches = ledger.complete(run.task_id, deleted, 0, level=target.level, events=context.events,
+                                     note=note)
+    except HeldError as exc:
+        reason = sanitise(exc, run.subject)
+        log.warning("task.held", reason=reason)
+        ledger.hold_task(run.task_id, reason)
+        return "held"
     except Exception as exc:
         retryable = isinstance(exc, (RetryableError, DBAPIError, *_retryable_types(run.kind)))
         error = sanitise(exc, run.subject)

@@ -129,10 +129,10 @@ def overview(ledger: Ledger, hours: int = 24) -> Overview:
                               .where(CompletionRecord.verified_at >= start)):
             erased[slot(t)] += n
         failed_now = dict(s.execute(select(Task.target, func.count()).where(Task.status == "failed")
-                                    .group_by(Task.target)).tuples())
+                                    .group_by(Task.target)).all())
         failures = dict(s.execute(select(Task.target, func.count()).select_from(AuditEntry)
                                   .join(Task, Task.id == AuditEntry.task_id)
-                                  .where(AuditEntry.action == "task.failed").group_by(Task.target)).tuples())
+                                  .where(AuditEntry.action == "task.failed").group_by(Task.target)).all())
     snap = snapshot(ledger)
     counts: Counter[str] = Counter(snap.requests_by_status)
     counts_out = {

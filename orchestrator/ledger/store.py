@@ -41,6 +41,7 @@ from orchestrator.ledger.models import (
     Dataset,
     DatasetMember,
     DeadLetterCount,
+    Hold,
     OutboxEvent,
     Request,
     Task,
@@ -49,6 +50,7 @@ from orchestrator.ledger.models import (
 from orchestrator.planner import plan
 
 TERMINAL_TASK = frozenset({"completed", "failed", "skipped"})
+PARKED_TASK = frozenset({"held", "awaiting_approval"})  # waits for a person: a hold's release, an approval
 DONE_TASK = frozenset({"completed", "skipped"})  # satisfies `after`
 TERMINAL_REQUEST = frozenset({"completed", "failed", "cancelled"})
 REGIMES = {"gdpr", "ccpa"}
@@ -91,6 +93,7 @@ class TaskRun:
     subject: Subject
     subject_hashes: dict[str, str]
     data_map_digest: str
+    approved: bool = False  # an admin approved the request: no blast-radius check
 
 
 def now() -> datetime:
@@ -195,6 +198,10 @@ class Ledger:
                 s.flush()
                 self._audit(s, "request.planned", request_id, actor=actor,
                             detail={"targets": [t.target for t in self._tasks(s, request_id)]})
+                hold = self._active_hold(s, hashes.values())
+                if hold is not None:
+                    pending = [t for t in self._tasks(s, request_id) if t.status == "pending"]
+                    self._park(s, request, pending, "held", f"legal hold: {hold.reason}", actor=actor)
                 dispatches = self._release_ready(s, request)
                 self._refresh(s, request, actor=actor)
         except IntegrityError:
@@ -227,7 +234,11 @@ class Ledger:
             assert request is not None
             if request.status in TERMINAL_REQUEST or request.sealed_subject is None:
                 return None
-            if not self._after_done(s, task):
+            if not self._after_done(s, task) or task.status in PARKED_TASK:
+                return None
+            hold = self._active_hold(s, request.subject_hashes.values())
+            if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
+                self._park(s, request, [task], "held", f"legal hold: {hold.reason}")
                 return None
             at = now()
             task.status = "running"
@@ -240,7 +251,7 @@ class Ledger:
             self._refresh(s, request)
             return TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
                            self._unseal(request.id, request.sealed_subject), dict(request.subject_hashes),
-                           request.data_map_digest)
+                           request.data_map_digest, approved=request.approved_at is not None)
 
     def renew_lease(self, task_id: str) -> None:
         with self.sessions.begin() as s:
@@ -249,7 +260,7 @@ class Ledger:
                 task.lease_expires_at = now() + self.lease
 
     def complete(self, task_id: str, deleted: int, residue: int, level: str = "bytes_reclaimed",
-                 events: Sequence[tuple[str, dict[str, Any]]] = ()) -> list[Dispatch]:
+                 events: Sequence[tuple[str, dict[str, Any]]] = (), note: str | None = None) -> list[Dispatch]:
         """A verified purge (residue 0): write the completion record once and release what waited on it.
         For a dry run, ``deleted`` is what would go and no record is written."""
         if residue:
@@ -272,6 +283,7 @@ class Ledger:
             if task.status != "completed":
                 task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
                 task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
+                task.reason = note or task.reason
                 entry = self._audit(s, "task.completed", request.id, task.id,
                                     detail={**record, "dry_run": request.dry_run})
                 if not request.dry_run:
@@ -315,7 +327,8 @@ class Ledger:
             request = self._request(s, request_id, lock=True)
             if request.status == "cancelled":
                 raise LedgerError("a cancelled request cannot be retried")
-            failed = [t for t in self._tasks(s, request_id) if t.status == "failed"]
+            failed = [t for t in self._tasks(s, request_id) if t.status == "failed"
+                      or (t.status == "held" and not (t.reason or "").startswith("legal hold"))]
             if not failed:
                 raise LedgerError("the request has no failed task to retry")
             for t in failed:
@@ -328,19 +341,143 @@ class Ledger:
             self._refresh(s, request, actor=actor)
             return dispatches
 
+    # -- safety: holds, approvals, deadlines -----------------------------------------------------------
+    def hold_task(self, task_id: str, reason: str) -> None:
+        """The store refuses deletion for a legal reason (S3 Object Lock): the task waits, held."""
+        with self.sessions.begin() as s:
+            task = s.get(Task, task_id, with_for_update=True)
+            assert task is not None
+            request = s.get(Request, task.request_id, with_for_update=True)
+            assert request is not None
+            self._park(s, request, [task], "held", reason)
+
+    def await_approval(self, task_id: str, items: int, max_items: int) -> None:
+        """A purge larger than the target's max_items stops before deleting anything."""
+        with self.sessions.begin() as s:
+            task = s.get(Task, task_id, with_for_update=True)
+            assert task is not None
+            request = s.get(Request, task.request_id, with_for_update=True)
+            assert request is not None
+            task.deleted = None
+            self._park(s, request, [task], "awaiting_approval",
+                       f"{items} items exceed max_items {max_items}: waiting for an admin's approval")
+
+    def approve(self, request_id: str, actor: str = "cli") -> list[Dispatch]:
+        """An admin lets a request over a blast-radius limit go ahead."""
+        with self.sessions.begin() as s:
+            request = self._request(s, request_id, lock=True)
+            waiting = [t for t in self._tasks(s, request_id) if t.status == "awaiting_approval"]
+            if not waiting:
+                raise LedgerError(f"request is {request.status}: nothing waits for approval")
+            request.approved_by, request.approved_at = actor, now()
+            self._unpark(waiting)
+            self._audit(s, "request.approved", request_id, actor=actor, detail={"targets": [t.target for t in waiting]})
+            self._refresh(s, request, actor=actor)
+            return self._release_ready(s, request)
+
+    def add_hold(self, subject_hashes: Iterable[str], reason: str, until: datetime | None = None,
+                 actor: str = "cli") -> int:
+        """Place a legal hold on a subject (by keyed hash). Returns the number of hashes held."""
+        if not reason.strip():
+            raise LedgerError("a hold needs a reason")
+        if until is not None and until <= now():
+            raise LedgerError("--until must be in the future")
+        hashes = sorted(set(subject_hashes))
+        with self.sessions.begin() as s:
+            for subject_hash in hashes:
+                s.add(Hold(subject_hash=subject_hash, reason=reason, until=until, created_at=now(), created_by=actor))
+            self._audit(s, "hold.added", None, actor=actor,
+                        detail={"subject_hashes": hashes, "reason": reason, "until": rfc3339(until)})
+        return len(hashes)
+
+    def release_hold(self, subject_hashes: Iterable[str], actor: str = "cli") -> list[Dispatch]:
+        """Release a subject's holds; their held requests resume. Returns the tasks to dispatch."""
+        hashes = set(subject_hashes)
+        with self.sessions.begin() as s:
+            holds = s.scalars(select(Hold).where(Hold.subject_hash.in_(hashes), Hold.released_at.is_(None))).all()
+            if not holds:
+                raise LedgerError("the subject has no active hold")
+            for hold in holds:
+                hold.released_at, hold.released_by = now(), actor
+            self._audit(s, "hold.released", None, actor=actor, detail={"subject_hashes": sorted(hashes)})
+            return self._resume_held(s, actor)
+
+    def list_holds(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(Hold).where(Hold.released_at.is_(None)).order_by(Hold.created_at)).all()
+            return [{"subject_hash": h.subject_hash, "reason": h.reason, "until": rfc3339(h.until),
+                     "created_at": rfc3339(h.created_at), "created_by": h.created_by,
+                     "active": h.until is None or h.until > now()} for h in rows]
+
+    def resume_expired_holds(self) -> list[Dispatch]:
+        """Requests held only by holds whose --until passed go ahead (run by reconcile)."""
+        with self.sessions.begin() as s:
+            return self._resume_held(s, "reconcile")
+
+    def extend_deadline(self, request_id: str, reason: str, actor: str = "cli") -> str:
+        """Extend the deadline once, with a reason: GDPR Art. 12(3) two further months, CCPA 45 more days."""
+        if not reason.strip():
+            raise LedgerError("an extension needs a reason")
+        with self.sessions.begin() as s:
+            request = self._request(s, request_id, lock=True)
+            if request.extension_reason is not None:
+                raise LedgerError("the deadline was already extended once")
+            if request.status in TERMINAL_REQUEST:
+                raise LedgerError(f"request is {request.status}")
+            before = request.due_at
+            request.due_at = due_date(due_date(before, "gdpr"), "gdpr") if request.regime == "gdpr" \
+                else before + timedelta(days=45)
+            request.extension_reason = reason
+            self._audit(s, "request.extended", request_id, actor=actor,
+                        detail={"from": rfc3339(before), "to": rfc3339(request.due_at), "reason": reason})
+            return rfc3339(request.due_at) or ""
+
+    def _active_hold(self, s: Session, subject_hashes: Iterable[str]) -> Hold | None:
+        return s.scalars(select(Hold).where(
+            Hold.subject_hash.in_(list(subject_hashes)), Hold.released_at.is_(None),
+            (Hold.until.is_(None)) | (Hold.until > now())).limit(1)).first()
+
+    def _park(self, s: Session, request: Request, tasks: list[Task], status: str, reason: str,
+              actor: str = "worker") -> None:
+        for task in tasks:
+            task.status, task.reason, task.lease_expires_at, task.dispatched_at = status, reason, None, None
+            self._audit(s, f"task.{status}", request.id, task.id, actor=actor,
+                        detail={"target": task.target, "reason": reason})
+        self._refresh(s, request, actor=actor)
+
+    @staticmethod
+    def _unpark(tasks: Iterable[Task]) -> None:
+        for task in tasks:
+            task.status, task.reason, task.lease_expires_at, task.dispatched_at = "pending", None, None, None
+
+    def _resume_held(self, s: Session, actor: str) -> list[Dispatch]:
+        dispatches: list[Dispatch] = []
+        for request in s.scalars(select(Request).where(Request.status == "on_hold").with_for_update()).all():
+            if self._active_hold(s, request.subject_hashes.values()) is not None:
+                continue
+            held = [t for t in self._tasks(s, request.id)
+                    if t.status == "held" and (t.reason or "").startswith("legal hold")]
+            if not held:
+                continue
+            self._unpark(held)
+            self._audit(s, "request.resumed", request.id, actor=actor, detail={"targets": [t.target for t in held]})
+            self._refresh(s, request, actor=actor)
+            dispatches += self._release_ready(s, request)
+        return dispatches
+
     def cancel(self, request_id: str, actor: str = "cli") -> None:
         """Only before execution: once any purge started, erasure runs to its end."""
         with self.sessions.begin() as s:
             request = self._request(s, request_id, lock=True)
             tasks = self._tasks(s, request_id)
             if request.status in TERMINAL_REQUEST or any(
-                t.status not in ("pending", "skipped") or t.attempts for t in tasks
+                t.status not in ("pending", "skipped", "held", "awaiting_approval") or t.attempts for t in tasks
             ):
                 raise LedgerError(f"request is {request.status} and has started; only a request that "
                                   "has not started executing can be cancelled")
             request.status, request.completed_at, request.sealed_subject = "cancelled", now(), None
             for t in tasks:
-                if t.status == "pending":
+                if t.status in ("pending", "held", "awaiting_approval"):
                     t.status, t.reason, t.lease_expires_at = "skipped", "cancelled", None
             self._audit(s, "request.cancelled", request_id, actor=actor)
 
@@ -671,7 +808,7 @@ class Ledger:
 
     def _release_ready(self, s: Session, request: Request) -> list[Dispatch]:
         """Pending tasks whose `after` is satisfied and that were not sent yet get a lease and are sent."""
-        if request.status in ("completed", "cancelled"):
+        if request.status in ("completed", "cancelled", "on_hold"):
             return []
         at = now()
         tasks = self._tasks(s, request.id)
@@ -692,7 +829,14 @@ class Ledger:
         before = request.status
         if all(st in DONE_TASK for st in statuses):
             request.status = "completed"
-        elif "failed" in statuses and not self._can_progress(tasks):
+        elif self._can_progress(tasks):
+            request.status = "running" if any(t.status != "pending" or t.attempts for t in tasks
+                                              if t.status != "skipped") else "planned"
+        elif "held" in statuses:
+            request.status = "on_hold"
+        elif "awaiting_approval" in statuses:
+            request.status = "awaiting_approval"
+        elif "failed" in statuses:
             request.status = "failed"
         elif any(t.status in ("running", "completed", "failed") or t.attempts for t in tasks):
             request.status = "running"
@@ -719,7 +863,7 @@ class Ledger:
 
     @staticmethod
     def _can_progress(tasks: Iterable[Task]) -> bool:
-        """True while some task runs or could still run (pending with no failed task upstream)."""
+        """True while some task runs or could still run (pending, nothing failed or parked upstream)."""
         tasks = list(tasks)
         by_name = {t.target: t for t in tasks}
 
@@ -728,7 +872,7 @@ class Ledger:
                 d = by_name.get(dep)
                 if d is None or dep in seen:
                     continue
-                if d.status == "failed" or (d.status == "pending" and blocked(d, seen | {t.target})):
+                if d.status in PARKED_TASK | {"failed"} or (d.status == "pending" and blocked(d, seen | {t.target})):
                     return True
             return False
 

@@ -37,6 +37,7 @@ from orchestrator.identifiers import Subject
 from orchestrator.templates import placeholders_in
 
 Heartbeat = Callable[[], None]
+DEFAULT_MAX_ITEMS = 100_000  # blast radius of a target without max_items: more waits for an admin
 
 
 @dataclass
@@ -66,6 +67,11 @@ class RetryableError(TargetError):
     """Throttling, an outage, a dropped connection: the task is retried with backoff."""
 
     retryable = True
+
+
+class HeldError(TargetError):
+    """The store refuses deletion for a legal reason (S3 Object Lock): the target is reported ``held``,
+    not retried in a loop and not counted as erased. An operator's retry tries again."""
 
 
 class PermanentError(TargetError):

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, ClassVar
 
@@ -35,7 +36,7 @@ from sqlalchemy import text
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill, placeholders
-from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
+from workers.targets.base import Heartbeat, HeldError, PermanentError, RetryableError, TargetConfig
 
 BATCH = 1000  # DeleteObjects' limit
 RETRYABLE_CODES = frozenset(
@@ -173,6 +174,7 @@ class S3Target:
     def __init__(self, config: S3Config):
         self.config = config
         self.client = s3_client(config.endpoint_url, config.region)
+        self._denied: list[dict[str, str]] = []  # versions refused with AccessDenied: checked for Object Lock
 
     # -- the contract -----------------------------------------------------------------------------
     def count(self, subject: Subject) -> int:
@@ -181,7 +183,26 @@ class S3Target:
     def verify(self, subject: Subject) -> int:
         return self.count(subject)
 
+    def _object_lock(self, entries: list[dict[str, str]]) -> str | None:
+        """Why S3 refuses to delete these versions, if it is Object Lock: a legal hold or a retention."""
+        for entry in entries:
+            args = {"Bucket": self.config.bucket, "Key": entry["Key"], "VersionId": entry["VersionId"]}
+            try:
+                if self.client.get_object_legal_hold(**args)["LegalHold"]["Status"] == "ON":
+                    return "legal hold"
+            except ClientError:
+                pass  # no legal hold configured on this version
+            try:
+                retention = self.client.get_object_retention(**args)["Retention"]
+                until = retention.get("RetainUntilDate")
+                if until is not None and until > datetime.now(UTC):
+                    return f"{retention.get('Mode', 'retention').lower()} retention until {until.date().isoformat()}"
+            except ClientError:
+                pass  # no retention on this version
+        return None
+
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        self._denied = []
         deleted = 0
         refused: Counter[str] = Counter()
         # Versions S3 answered with an error (refused, or reported gone): never offered again.
@@ -197,6 +218,11 @@ class S3Target:
             heartbeat()
             if len(batch) < BATCH:
                 break
+        if refused.get("AccessDenied"):
+            lock = self._object_lock(self._denied)
+            if lock:
+                raise HeldError(f"S3 Object Lock keeps {refused['AccessDenied']} version(s) on bucket "
+                                f"{self.config.bucket}: {lock}")
         if refused:
             codes = ", ".join(f"{code} x{n}" for code, n in sorted(refused.items()))
             raise PermanentError(
@@ -259,15 +285,25 @@ class S3Target:
             errors = answer.get("Errors", [])
             deleted += len(pending) - len(errors)
             retry: list[dict[str, str]] = []
+            # Some stores leave VersionId out of an error: match it to a version of that key we sent.
+            unmatched: dict[str, list[str]] = {}
+            for sent in pending:
+                unmatched.setdefault(sent["Key"], []).append(sent["VersionId"])
             for err in errors:
                 code = err.get("Code", "Unknown")
-                entry = {"Key": err["Key"], "VersionId": err.get("VersionId", "null")}
+                versions = unmatched.get(err["Key"], [])
+                version = err.get("VersionId") or (versions[0] if versions else "null")
+                if version in versions:
+                    versions.remove(version)
+                entry = {"Key": err["Key"], "VersionId": version}
                 if code in RETRYABLE_CODES:
                     retry.append(entry)
                     continue
                 skip.add((entry["Key"], entry["VersionId"]))
                 if code not in GONE_CODES:  # already gone is success
                     refused[code] += 1
+                    if code == "AccessDenied" and len(self._denied) < 3:
+                        self._denied.append(entry)
             if not retry:
                 return deleted
             pending = retry
