@@ -79,7 +79,8 @@ def parse_subject(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def submit(
-    subject: Annotated[list[str], typer.Option("--subject", help="KIND=VALUE; repeat for several.")],
+    subject: Annotated[list[str] | None, typer.Option("--subject", help="KIND=VALUE; repeat for several.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Erase a whole data source declared under datasets:.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Replays with this key return the same request.")] = None,
     regime: Annotated[str, typer.Option(help="gdpr (one month) or ccpa (45 days).")] = "gdpr",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")] = False,
@@ -87,20 +88,26 @@ def submit(
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after S seconds (exit 3).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status object.")] = False,
 ) -> None:
-    """File an erasure request for one subject."""
-    raw = parse_subject(subject)
+    """File an erasure request for one subject, or (--dataset) for a whole data source."""
+    if bool(subject) == bool(dataset):
+        fail("give --subject KIND=VALUE (one subject) or --dataset NAME (a whole source), not both")
+    raw = parse_subject(subject or [])
     if regime not in ("gdpr", "ccpa"):
         fail(f"--regime must be gdpr or ccpa, not {regime!r}")
     lethe = make_lethe()
     with user_errors():  # refuse bad input before anything starts
         datamap = lethe.load_map()
-        datamap.parse_subject(raw)
+        if dataset is None:
+            datamap.parse_subject(raw)
+        elif dataset not in datamap.datasets:
+            raise LedgerError(f"unknown dataset {dataset!r} (the data map declares: "
+                              f"{', '.join(sorted(datamap.datasets)) or 'none'})")
         lethe.ledger  # noqa: B018 - migrate
     # Embedded mode: the in-process broker and worker live only as long as this command, so it waits.
     embedded = lethe.settings.embedded
     with user_errors(), lethe.embedded_worker() if embedded else nullcontext():
         request_id, _created = lethe.submit(raw, dry_run=dry_run, regime=regime, datamap=datamap,
-                                            idempotency_key=idempotency_key, actor="cli")
+                                            idempotency_key=idempotency_key, actor="cli", dataset=dataset)
         if not (wait or embedded):
             status = lethe.ledger.status(request_id)
             out.print_json(json.dumps(status)) if as_json else out.print(request_id)

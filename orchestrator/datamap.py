@@ -74,9 +74,8 @@ class DataMap:
 
         identifiers = _parse_identifiers(doc.get("identifiers"), errors)
         targets = _parse_targets(doc.get("targets"), identifiers, errors)
-        names = {t.name for t in targets}
         ordered = _order(targets, errors)
-        datasets = _parse_datasets(doc.get("datasets"), names, errors)
+        datasets = _parse_datasets(doc.get("datasets"), {t.name: t for t in targets}, errors)
         stores = _parse_stores(doc.get("stores"), errors)
         if errors:
             raise DataMapError(errors, source)
@@ -191,7 +190,8 @@ def _order(targets: list[TargetConfig], errors: list[str]) -> tuple[TargetConfig
     return tuple(by_name[name] for name in order)
 
 
-def _parse_datasets(raw: Any, names: set[str], errors: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def _parse_datasets(raw: Any, targets: dict[str, TargetConfig],
+                    errors: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -203,10 +203,15 @@ def _parse_datasets(raw: Any, names: set[str], errors: list[str]) -> dict[str, d
             errors.append(f"dataset {ds_name!r} must map target names to selectors")
             continue
         for target_name, selector in per_target.items():
-            if target_name not in names:
+            if target_name not in targets:
                 errors.append(f"dataset {ds_name!r}: unknown target {target_name!r}")
-            if not isinstance(selector, dict):
+            elif not isinstance(selector, dict):
                 errors.append(f"dataset {ds_name!r}: selector for {target_name!r} must be a mapping")
+            else:
+                try:
+                    targets[target_name].check_dataset_selector(selector)
+                except (ValueError, TemplateError) as exc:
+                    errors.append(f"dataset {ds_name!r}: selector for {target_name!r}: {exc}")
         result[str(ds_name)] = per_target
     return result
 

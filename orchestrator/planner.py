@@ -29,14 +29,17 @@ class PlannedTask:
 
 
 def plan(request_id: str, datamap: DataMap, subject: Subject,
-         only: Collection[str] | None = None) -> list[PlannedTask]:
-    """One task per target, or per target named in ``only`` (a follow-up erasure of some targets; their
-    ``after`` then only waits for targets that are planned too)."""
+         only: Collection[str] | None = None, dataset: str | None = None) -> list[PlannedTask]:
+    """One task per target, or per target named in ``only`` (a follow-up erasure of some targets) or in the
+    dataset's selectors (a dataset erasure); ``after`` then only waits for targets that are planned too."""
+    if dataset is not None:
+        only = set(datamap.datasets[dataset])
     tasks = []
     for position, target in enumerate(datamap.targets):
         if only is not None and target.name not in only:
             continue
-        missing = sorted(target.required_identifiers() - set(subject))
+        # A dataset's selectors are literal: they need no identifier.
+        missing = [] if dataset is not None else sorted(target.required_identifiers() - set(subject))
         tasks.append(
             PlannedTask(
                 id=task_id(request_id, target.name),

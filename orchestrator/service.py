@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import Settings, get_settings
 from orchestrator.datamap import DataMap
+from orchestrator.identifiers import Subject
 from orchestrator.ledger.store import TERMINAL_REQUEST, Dispatch, Ledger
 from orchestrator.logs import get_logger
 
@@ -70,13 +71,15 @@ class Lethe:
     # -- requests ---------------------------------------------------------------------------------
     def submit(self, subject: Mapping[str, object], *, dry_run: bool = False, regime: str = "gdpr",
                idempotency_key: str | None = None, actor: str = "cli", datamap: DataMap | None = None,
-               only_targets: list[str] | None = None, origin: dict[str, Any] | None = None) -> tuple[str, bool]:
-        """Validate, record, plan and dispatch an erasure request. Returns (request id, created)."""
+               only_targets: list[str] | None = None, origin: dict[str, Any] | None = None,
+               dataset: str | None = None) -> tuple[str, bool]:
+        """Validate, record, plan and dispatch an erasure request (of a subject, or with ``dataset`` of a
+        whole data source declared in the map). Returns (request id, created)."""
         datamap = datamap or self.load_map()
-        parsed = datamap.parse_subject(subject)
+        parsed = Subject({}) if dataset is not None else datamap.parse_subject(subject)
         request_id, created, dispatches = self.ledger.file_request(
             datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor,
-            only_targets=only_targets, origin=origin)
+            only_targets=only_targets, origin=origin, dataset=dataset)
         self.send(dispatches)
         log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches))
         return request_id, created

@@ -86,7 +86,10 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
     started = time.monotonic()
     residue: int | None = None
     try:
-        config = ledger.data_map(run.data_map_digest).target(run.target)
+        datamap = ledger.data_map(run.data_map_digest)
+        config = datamap.target(run.target)
+        if run.dataset is not None:  # the dataset's literal selector replaces the subject's template
+            config = config.model_copy(update=datamap.datasets[run.dataset][run.target])
         context = TaskContext(run.request_id, run.subject_hashes, ledger.datasets_for(run.subject_hashes.values()))
         target = build_target(config, context)
         max_items = config.max_items or DEFAULT_MAX_ITEMS

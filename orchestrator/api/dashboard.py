@@ -209,7 +209,8 @@ def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, token: Annotated[str, Form(max_length=512)] = "",
-          csrf: Annotated[str, Form(max_length=200)] = "", next: Annotated[str, Form(max_length=512)] = "/") -> Response:
+          csrf: Annotated[str, Form(max_length=200)] = "",
+          next: Annotated[str, Form(max_length=512)] = "/") -> Response:
     tokens = _tokens(request)
     session = current_session(request)
     key = tokens.session_secret

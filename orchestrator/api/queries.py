@@ -87,8 +87,9 @@ def snapshot(ledger: Ledger) -> Snapshot:
                 select(Task.kind, Task.started_at, Task.finished_at)
                 .where(Task.status.in_(("completed", "failed")), Task.started_at.is_not(None),
                        Task.finished_at.is_not(None))):
-            snap.durations_by_kind.setdefault(kind, []).append(
-                max(0.0, (_aware(finished) - _aware(started)).total_seconds()))
+            if started is not None and finished is not None:
+                snap.durations_by_kind.setdefault(kind, []).append(
+                    max(0.0, (_aware(finished) - _aware(started)).total_seconds()))
     return snap
 
 
@@ -122,9 +123,10 @@ def overview(ledger: Ledger, hours: int = 24) -> Overview:
     with ledger.sessions() as s:
         for (t,) in s.execute(select(Request.received_at).where(Request.received_at >= start)):
             received[slot(t)] += 1
-        for (t,) in s.execute(select(Request.completed_at).where(Request.status == "completed",
-                                                                   Request.completed_at >= start)):
-            completed[slot(t)] += 1
+        for (done,) in s.execute(select(Request.completed_at).where(Request.status == "completed",
+                                                                      Request.completed_at >= start)):
+            if done is not None:
+                completed[slot(done)] += 1
         for t, n in s.execute(select(CompletionRecord.verified_at, CompletionRecord.deleted)
                               .where(CompletionRecord.verified_at >= start)):
             erased[slot(t)] += n

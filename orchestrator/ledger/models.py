@@ -63,6 +63,7 @@ class Request(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     scope: Mapped[str] = mapped_column(String(16), default="subject")
+    dataset: Mapped[str | None] = mapped_column(String(200), nullable=True)  # scope "dataset": its name
     status: Mapped[str] = mapped_column(String(24), index=True)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     regime: Mapped[str] = mapped_column(String(8), default="gdpr")

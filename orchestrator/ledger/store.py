@@ -94,6 +94,7 @@ class TaskRun:
     subject_hashes: dict[str, str]
     data_map_digest: str
     approved: bool = False  # an admin approved the request: no blast-radius check
+    dataset: str | None = None  # a dataset erasure: the target's selector comes from the map's datasets
 
 
 def now() -> datetime:
@@ -148,6 +149,7 @@ class Ledger:
         actor: str = "cli",
         only_targets: Collection[str] | None = None,
         origin: dict[str, Any] | None = None,
+        dataset: str | None = None,
     ) -> tuple[str, bool, list[Dispatch]]:
         """Record a request and plan its tasks. Returns (id, created, dispatches).
 
@@ -156,9 +158,12 @@ class Ledger:
         """
         if regime not in REGIMES:
             raise LedgerError(f"unknown regime {regime!r} (gdpr or ccpa)")
+        if dataset is not None and (dataset not in datamap.datasets or len(subject)):
+            known = ", ".join(sorted(datamap.datasets)) or "none"
+            raise LedgerError(f"unknown dataset {dataset!r} (the data map declares: {known})")
         hashes = subject.hashes(self.subject_key)
         digest = hashlib.sha256(
-            json.dumps({"subject": hashes, "dry_run": dry_run, "regime": regime,
+            json.dumps({"subject": hashes, "dataset": dataset, "dry_run": dry_run, "regime": regime,
                         "targets": sorted(only_targets) if only_targets is not None else None},
                        sort_keys=True).encode()
         ).hexdigest()
@@ -174,7 +179,8 @@ class Ledger:
                                   created_at=received)
                 request = Request(
                     id=request_id,
-                    scope="subject",
+                    scope="dataset" if dataset is not None else "subject",
+                    dataset=dataset,
                     status="planned",
                     dry_run=dry_run,
                     regime=regime,
@@ -189,9 +195,9 @@ class Ledger:
                 )
                 s.add(request)
                 self._audit(s, "request.received", request_id, actor=actor,
-                            detail={"subject_hashes": hashes, "dry_run": dry_run, "regime": regime,
-                                    "data_map_digest": datamap.digest, **(origin or {})})
-                for p in plan(request_id, datamap, subject, only=only_targets):
+                            detail={"subject_hashes": hashes, "dataset": dataset, "dry_run": dry_run,
+                                    "regime": regime, "data_map_digest": datamap.digest, **(origin or {})})
+                for p in plan(request_id, datamap, subject, only=only_targets, dataset=dataset):
                     s.add(Task(id=p.id, request_id=request_id, target=p.target, kind=p.kind,
                                position=p.position, after=list(p.after), status=p.status, reason=p.reason,
                                attempts=0, finished_at=received if p.status == "skipped" else None))
@@ -202,6 +208,10 @@ class Ledger:
                 if hold is not None:
                     pending = [t for t in self._tasks(s, request_id) if t.status == "pending"]
                     self._park(s, request, pending, "held", f"legal hold: {hold.reason}", actor=actor)
+                elif dataset is not None and not dry_run:  # a whole source goes only with an admin's approval
+                    pending = [t for t in self._tasks(s, request_id) if t.status == "pending"]
+                    self._park(s, request, pending, "awaiting_approval",
+                               "a dataset erasure waits for an admin's approval", actor=actor)
                 dispatches = self._release_ready(s, request)
                 self._refresh(s, request, actor=actor)
         except IntegrityError:
@@ -251,7 +261,8 @@ class Ledger:
             self._refresh(s, request)
             return TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
                            self._unseal(request.id, request.sealed_subject), dict(request.subject_hashes),
-                           request.data_map_digest, approved=request.approved_at is not None)
+                           request.data_map_digest, approved=request.approved_at is not None,
+                           dataset=request.dataset)
 
     def renew_lease(self, task_id: str) -> None:
         with self.sessions.begin() as s:
@@ -665,7 +676,7 @@ class Ledger:
             "version": certificates.CERTIFICATE_VERSION,
             "request_id": request.id,
             "scope": request.scope,
-            "subject_hashes": request.subject_hashes,
+            **({"dataset": request.dataset} if request.dataset else {"subject_hashes": request.subject_hashes}),
             "regime": request.regime,
             "received_at": rfc3339(request.received_at),
             "due_at": rfc3339(request.due_at),
@@ -927,6 +938,7 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
     return {
         "id": request.id,
         "scope": request.scope,
+        "dataset": request.dataset,
         "status": request.status,
         "dry_run": request.dry_run,
         "regime": request.regime,

@@ -121,6 +121,11 @@ def test_user_errors_exit_2_without_traceback(env: dict[str, str], tmp_path: Pat
         ("submit", "--subject", "user_id"),
         ("submit", "--subject", "user_id=5", "--regime", "lgpd"),
         ("check-map", str(tmp_path / "missing.yaml")),
+        ("submit", "--dataset", "not-declared"),
+        ("submit", "--dataset", "x", "--subject", "user_id=5"),
+        ("submit",),
+        ("approve", "00000000-0000-0000-0000-000000000000"),
+        ("hold", "add", "--subject", "user_id=*", "--reason", "r"),
     ]
     for args in cases:
         result = lethe(env, *args)

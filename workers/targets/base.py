@@ -97,6 +97,17 @@ class TargetConfig(BaseModel):
         """Identifier kinds this target's selector needs; a request without one skips the target."""
         return set().union(*(placeholders_in(getattr(self, f)) for f in self.template_fields))
 
+    def check_dataset_selector(self, selector: dict[str, Any]) -> None:
+        """Raise ValueError unless ``selector`` (from the map's ``datasets:``) can replace this target's
+        subject selector: known fields, literal values (no placeholders), nothing empty."""
+        unknown = set(selector) - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        if placeholders_in(selector):
+            raise ValueError("dataset selectors are literal: no {identifier} placeholders")
+        if any(value in ("", None, {}, []) for value in selector.values()):
+            raise ValueError("a dataset selector value is empty")
+
 
 @runtime_checkable
 class Target(Protocol):

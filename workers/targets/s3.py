@@ -105,6 +105,14 @@ class S3Config(TargetConfig):
             raise ValueError("give exactly one of prefix or keys_query")
         return self
 
+    def check_dataset_selector(self, selector: dict[str, Any]) -> None:
+        super().check_dataset_selector(selector)
+        prefix = selector.get("prefix")
+        if prefix is not None and (not isinstance(prefix, str) or len(prefix) < 2 or not prefix.endswith("/")):
+            raise ValueError("a dataset prefix must be a non-trivial path ending at '/'")
+        if "prefix" in selector and "keys_query" in selector:
+            raise ValueError("give one of prefix or keys_query")
+
     def required_identifiers(self) -> set[str]:
         needed = super().required_identifiers()
         return needed | (self.keys_query.parameters() if self.keys_query else set())
