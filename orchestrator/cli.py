@@ -133,7 +133,9 @@ def wait_with_progress(lethe: Lethe, request_id: str, timeout: float | None) -> 
         def update(status: dict[str, Any]) -> None:
             tasks = status["tasks"]
             done = sum(1 for t in tasks if t["status"] in TERMINAL_TASK)
-            progress.update(bar, total=len(tasks), completed=done, description=status["status"])
+            items = [t["progress"] for t in tasks if t["status"] == "running" and t.get("progress")]
+            detail = "".join(f" · {p['done'] or 0:,}/{p['estimated'] or '?'} items" for p in items)
+            progress.update(bar, total=len(tasks), completed=done, description=status["status"] + detail)
 
         return lethe.wait(request_id, timeout=timeout, on_progress=update)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -21,6 +20,7 @@ from orchestrator.logs import get_logger, redact_values, scrub
 from orchestrator.service import Lethe
 from workers.targets.base import (
     DEFAULT_MAX_ITEMS,
+    Heartbeat,
     HeldError,
     PermanentError,
     RetryableError,
@@ -99,12 +99,14 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
             if deleted > max_items:
                 note = f"would wait for approval: {deleted} items exceed max_items {max_items}"
         else:
+            estimated = None
             if not run.approved:  # blast radius: count before deleting anything
-                items = target.count(run.subject)
-                if items > max_items:
-                    log.warning("task.awaiting_approval", items=items, max_items=max_items)
-                    ledger.await_approval(run.task_id, items, max_items)
+                estimated = target.count(run.subject)
+                if estimated > max_items:
+                    log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
+                    ledger.await_approval(run.task_id, estimated, max_items)
                     return "awaiting_approval"
+                ledger.renew_lease(run.task_id, done=0, estimated=estimated)
             deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id))
             residue = target.verify(run.subject)
             if residue:
@@ -143,15 +145,16 @@ def _retryable_types(kind: str) -> tuple[type[BaseException], ...]:
         return ()
 
 
-def _heartbeat(lethe: Lethe, task_id: str) -> Callable[[], None]:
-    """Renew the task's lease at most every tenth of it, however often the target calls."""
-    every = lethe.settings.task_lease_seconds / 10
+def _heartbeat(lethe: Lethe, task_id: str) -> Heartbeat:
+    """Renew the task's lease (and record progress) at most every 2 s, however often the target calls;
+    the lease needs far less, progress reads better live."""
+    every = min(2.0, lethe.settings.task_lease_seconds / 10)
     last = time.monotonic()
 
-    def beat() -> None:
+    def beat(done: int | None = None) -> None:
         nonlocal last
         if time.monotonic() - last >= every:
-            lethe.ledger.renew_lease(task_id)
+            lethe.ledger.renew_lease(task_id, done=done)
             last = time.monotonic()
 
     return beat

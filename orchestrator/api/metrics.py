@@ -11,6 +11,7 @@ ledger sees everything: each scrape reads it. Names (all prefixed ``lethe_``):
   (histogram)
 - ``lethe_task_retries_total{kind}``: retryable errors that were retried (counter)
 - ``lethe_operator_retries_total``: operator retries of failed requests (counter)
+- ``lethe_events_dead_lettered_total{reason}``: platform events sent to ``lethe.events.dead``, by reason (counter)
 - ``lethe_oldest_open_request_age_seconds``: age of the oldest request not yet finished (gauge)
 - ``lethe_requests_overdue``: unfinished requests past their legal deadline (gauge)
 - ``lethe_requests_due_soon``: unfinished requests due within 3 days (gauge)
@@ -37,7 +38,7 @@ log = get_logger("lethe.metrics")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 METRIC_NAMES = (
     "lethe_requests", "lethe_tasks", "lethe_items_erased_total", "lethe_task_duration_seconds",
-    "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_oldest_open_request_age_seconds",
+    "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_events_dead_lettered_total", "lethe_oldest_open_request_age_seconds",
     "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up",
 )
 
@@ -97,6 +98,12 @@ class LedgerCollector(Collector):
         for kind, n in sorted(snap.retries_by_kind.items()):
             retries.add_metric([kind], n)
         yield retries
+
+        dead = CounterMetricFamily("lethe_events_dead_lettered", "Platform events sent to the dead-letter queue, "
+                                   "by reason (unsigned, bad-signature, malformed, ...).", labels=["reason"])
+        for reason, n in sorted(snap.dead_letters_by_reason.items()):
+            dead.add_metric([reason], n)
+        yield dead
 
         yield CounterMetricFamily("lethe_operator_retries", "Operator retries of requests with failed tasks.",
                                   value=snap.operator_retries)

@@ -56,6 +56,7 @@ class Snapshot:
     retries_by_kind: dict[str, int] = field(default_factory=dict)
     operator_retries: int = 0
     durations_by_kind: dict[str, list[float]] = field(default_factory=dict)
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def snapshot(ledger: Ledger) -> Snapshot:
@@ -90,6 +91,7 @@ def snapshot(ledger: Ledger) -> Snapshot:
             if started is not None and finished is not None:
                 snap.durations_by_kind.setdefault(kind, []).append(
                     max(0.0, (_aware(finished) - _aware(started)).total_seconds()))
+    snap.dead_letters_by_reason = ledger.dead_letter_counts()
     return snap
 
 

@@ -108,6 +108,9 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     level: Mapped[str | None] = mapped_column(String(24), nullable=True)  # erasure level the purge reached
+    # Progress of a long purge, reported with its heartbeats: items done / estimated (the pre-purge count).
+    progress_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progress_estimated: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Set when the task is handed to the broker and renewed while it runs; reconcile re-dispatches a
     # non-terminal task whose lease has run out. NULL: not dispatched yet (waiting for `after`).
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -264,11 +264,16 @@ class Ledger:
                            request.data_map_digest, approved=request.approved_at is not None,
                            dataset=request.dataset)
 
-    def renew_lease(self, task_id: str) -> None:
+    def renew_lease(self, task_id: str, done: int | None = None, estimated: int | None = None) -> None:
+        """A running task is alive: extend its lease, and record its progress when given."""
         with self.sessions.begin() as s:
             task = s.get(Task, task_id)
             if task is not None and task.status == "running":
                 task.lease_expires_at = now() + self.lease
+                if done is not None:
+                    task.progress_done = done
+                if estimated is not None:
+                    task.progress_estimated = estimated
 
     def complete(self, task_id: str, deleted: int, residue: int, level: str = "bytes_reclaimed",
                  events: Sequence[tuple[str, dict[str, Any]]] = (), note: str | None = None) -> list[Dispatch]:
@@ -295,6 +300,8 @@ class Ledger:
                 task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
                 task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
                 task.reason = note or task.reason
+                if task.progress_estimated is not None:
+                    task.progress_done = record["deleted"]
                 entry = self._audit(s, "task.completed", request.id, task.id,
                                     detail={**record, "dry_run": request.dry_run})
                 if not request.dry_run:
@@ -958,6 +965,8 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
                 "error": t.error,
                 "reason": t.reason,
                 "level": t.level,
+                "progress": {"done": t.progress_done, "estimated": t.progress_estimated}
+                if t.progress_done is not None or t.progress_estimated is not None else None,
                 "after": list(t.after),
             }
             for t in tasks

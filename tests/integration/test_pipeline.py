@@ -84,6 +84,7 @@ def test_erasure_removes_every_version_and_nothing_of_others(running, s3_endpoin
     photos = next(t for t in status["tasks"] if t["target"] == "profile-photos")
     assert photos["deleted"] == before["12"] == 3 * 2 + 2  # 3 objects x 2 versions + 1 version + 1 marker
     assert photos["residue"] == 0 and photos["attempts"] == 1
+    assert photos["progress"] == {"done": 8, "estimated": 8}
     assert sorted(r["owner"] for r in MemoryStore.records("sessions")).count("12") == 0
     assert len(MemoryStore.records("sessions")) == 6
     assert lethe.ledger.completion_record_count(request_id) == 2

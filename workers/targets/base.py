@@ -26,7 +26,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -36,7 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.identifiers import Subject
 from orchestrator.templates import placeholders_in
 
-Heartbeat = Callable[[], None]
+
+class Heartbeat(Protocol):
+    """Called by a purge at least once per page: keeps the task's lease, and with ``done`` (items removed
+    so far) shows progress in status, CLI and dashboard."""
+
+    def __call__(self, done: int | None = None) -> None: ...
+
+
 DEFAULT_MAX_ITEMS = 100_000  # blast radius of a target without max_items: more waits for an admin
 
 
@@ -136,6 +143,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "feast": "workers.targets.feast:FeastTarget",
     "qdrant": "workers.targets.qdrant:QdrantTarget",
     "lancedb": "workers.targets.lancedb:LanceDBTarget",
+    "mlflow": "workers.targets.mlflow:MLflowTarget",
 }
 ENTRY_POINT_GROUP = "lethe.targets"
 

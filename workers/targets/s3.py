@@ -223,7 +223,7 @@ class S3Target:
             batch = list(islice(fresh, BATCH))
             if batch:
                 deleted += self._delete(batch, refused, skip)
-            heartbeat()
+            heartbeat(deleted)
             if len(batch) < BATCH:
                 break
         if refused.get("AccessDenied"):
