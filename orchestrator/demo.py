@@ -1,8 +1,9 @@
 """``lethe demo``: a synthetic estate on embedded stores, erased through the real pipeline.
 
-Stores: a versioned S3 photo bucket on moto's server (every user has photos with old versions, some with
-delete markers) and an in-memory session store. Broker and worker run in-process; the ledger is SQLite.
-Later work adds features, embeddings and models to the estate.
+Stores: a versioned S3 photo bucket on moto's server (photos with old versions, some delete markers), a Feast
+feature repo (SQLite online store, Parquet offline files), a LanceDB face-embedding table, and an in-memory
+session store. Broker and worker run in-process; the ledger is SQLite. Every erased user must be gone from
+every store, and every other user intact, as read back through each target's own count.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator.config import Settings
+from orchestrator.identifiers import Subject
 from orchestrator.service import Lethe
-from orchestrator.testing import make_bucket, put_objects, s3_server, versions_per_owner
+from orchestrator.testing import make_bucket, put_objects, s3_server
+from workers.targets.base import build_target
 from workers.targets.memory import MemoryStore
 
 BUCKET = "demo-photos"
@@ -33,6 +37,16 @@ targets:
     endpoint_url: {endpoint}
     bucket: {bucket}
     prefix: "users/{{user_id}}/"
+  - name: user-features
+    kind: feast
+    repo_path: {feature_repo}
+    entity: user_id
+  - name: face-embeddings
+    kind: lancedb
+    location: {vectors}
+    table: faces
+    match: {{owner: "{{user_id}}"}}
+    after: [profile-photos]
   - name: sessions
     kind: memory
     store: demo-sessions
@@ -50,27 +64,52 @@ def pick_subjects(subjects: int, erase: int, seed: int = 7) -> list[str]:
     return (chosen + rest)[:erase]
 
 
+def seed_faces(location: Path, users: list[str]) -> None:
+    """Two 8-dimensional face embeddings per user in a LanceDB table."""
+    import lancedb
+    import pyarrow as pa
+
+    rng = random.Random(11)
+    rows = [{"owner": u, "photo": p, "vector": [rng.random() for _ in range(8)]} for u in users for p in (1, 2)]
+    schema = pa.schema([("owner", pa.string()), ("photo", pa.int64()), ("vector", pa.list_(pa.float32(), 8))])
+    lancedb.connect(str(location)).create_table("faces", data=pa.Table.from_pylist(rows, schema=schema))
+
+
 def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
+    from workers.targets.feast import build_demo_repo
+
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     started = time.monotonic()
+    users = [str(i) for i in range(1, subjects + 1)]
+    doomed = pick_subjects(subjects, erase)
+    # Every erased user, and a sample of the others (all look-alikes of the erased ids among them).
+    kept_sample = sorted({u for u in users if u not in doomed and any(u.startswith(d) or d.startswith(u)
+                                                                       for d in doomed)}
+                         | set(random.Random(3).sample([u for u in users if u not in doomed], min(20, subjects - erase))))
     with s3_server() as endpoint:
-        map_path = workdir / "datamap.yaml"
-        map_path.write_text(DATA_MAP.format(endpoint=endpoint, bucket=BUCKET))
-        settings = Settings(database_url=f"sqlite:///{workdir / 'lethe.db'}", data_map=map_path, broker_url=None)
-        lethe = Lethe(settings)
-
-        users = [str(i) for i in range(1, subjects + 1)]
-        console.print(f"seeding {subjects} users: photos (2 versions each, some deleted) and sessions …")
+        console.print(f"seeding {subjects} users: photos (2 versions each, some deleted), features, face embeddings, "
+                      "sessions …")
         make_bucket(endpoint, BUCKET)
         put_objects(endpoint, BUCKET, [f"users/{u}/photo-{p}.jpg" for u in users for p in (1, 2)], versions=2)
         put_objects(endpoint, BUCKET, [f"users/{u}/old-avatar.jpg" for u in users[::3]], delete_marker=True)
+        build_demo_repo(workdir / "feature_repo", users)
+        seed_faces(workdir / "vectors", users)
         MemoryStore.clear()
         MemoryStore.add("demo-sessions", *({"owner": u, "session": s} for u in users for s in range(2)))
-        before = versions_per_owner(endpoint, BUCKET)
 
-        doomed = pick_subjects(subjects, erase)
-        statuses = []
+        map_path = workdir / "datamap.yaml"
+        map_path.write_text(DATA_MAP.format(endpoint=endpoint, bucket=BUCKET, feature_repo=workdir / "feature_repo",
+                                            vectors=workdir / "vectors"))
+        lethe = Lethe(Settings(database_url=f"sqlite:///{workdir / 'lethe.db'}", data_map=map_path, broker_url=None))
+        targets = {t.name: build_target(t) for t in lethe.load_map().targets}
+
+        def counts() -> dict[str, dict[str, int]]:
+            return {name: {u: target.count(Subject({"user_id": u})) for u in [*doomed, *kept_sample]}
+                    for name, target in targets.items()}
+
+        before = counts()
+        statuses: list[dict[str, Any]] = []
         with lethe.embedded_worker(), Progress(
             TextColumn("erasing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
@@ -79,14 +118,8 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
             for request_id in ids:
                 statuses.append(lethe.wait(request_id, timeout=300))
                 progress.advance(bar)
+        after = counts()
 
-        after = versions_per_owner(endpoint, BUCKET)
-        erased_residue = sum(after[u] for u in doomed)
-        sessions = MemoryStore.records("demo-sessions")
-        erased_sessions = sum(1 for r in sessions if r["owner"] in doomed)
-        kept = [u for u in users if u not in doomed]
-        damaged = [u for u in kept if after[u] != before[u]]
-        damaged_sessions = len(kept) * 2 - sum(1 for r in sessions if r["owner"] not in doomed)
         certs = workdir / "certificates"
         certs.mkdir()
         for status in statuses:
@@ -97,19 +130,24 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
         ledger_problems = lethe.ledger.verify()
 
     completed = sum(1 for s in statuses if s["status"] == "completed")
-    deleted = sum(t["deleted"] or 0 for s in statuses for t in s["tasks"])
-    table = Table(title="lethe demo", title_justify="left", show_header=False)
-    table.add_row("requests completed", f"{completed}/{len(doomed)}")
-    table.add_row("items deleted (S3 versions + markers, sessions)", str(deleted))
-    table.add_row("residue of erased subjects (S3, sessions)", f"{erased_residue}, {erased_sessions}")
-    table.add_row("other subjects damaged (S3, sessions)", f"{len(damaged)}, {damaged_sessions}")
-    table.add_row("erased subject ids (shown only in this demo)", ", ".join(doomed))
-    table.add_row("ledger", f"{workdir / 'lethe.db'} ({'verified' if not ledger_problems else ledger_problems[0]})")
-    table.add_row("certificates", f"{workdir / 'certificates'}/<request id>.json, key {workdir / 'lethe-public.pem'}")
-    table.add_row("seconds", f"{time.monotonic() - started:.1f}")
+    table = Table(title=f"lethe demo: {len(doomed)} of {subjects} users erased", title_justify="left")
+    for col in ("target", "kind", "deleted", "residue", "others changed", "level"):
+        table.add_column(col)
+    ok = completed == len(doomed) and not ledger_problems
+    for name, target in targets.items():
+        deleted = sum(t["deleted"] or 0 for s in statuses for t in s["tasks"] if t["target"] == name)
+        residue = sum(after[name][u] for u in doomed)
+        changed = sum(1 for u in kept_sample if after[name][u] != before[name][u])
+        ok = ok and residue == 0 and changed == 0 and all(before[name][u] for u in doomed)
+        levels = {t["level"] for s in statuses for t in s["tasks"] if t["target"] == name}
+        table.add_row(name, target.kind, str(deleted), str(residue), f"{changed}/{len(kept_sample)}",
+                      ", ".join(sorted(str(level) for level in levels)))
     console.print(table)
-    ok = completed == len(doomed) and not erased_residue and not erased_sessions and not damaged \
-        and not damaged_sessions and not ledger_problems
-    console.print("[green]every erased subject is gone and everyone else is intact[/green]" if ok
+    console.print(f"requests completed: {completed}/{len(doomed)} · erased ids (shown only in this demo): "
+                  f"{', '.join(doomed)}")
+    console.print(f"ledger: {workdir / 'lethe.db'} ({'verified' if not ledger_problems else ledger_problems[0]})")
+    console.print(f"certificates: {certs}/<request id>.json · public key: {workdir / 'lethe-public.pem'}")
+    console.print(f"{time.monotonic() - started:.1f} s")
+    console.print("[green]every erased user is gone from every store and everyone else is intact[/green]" if ok
                   else "[red]demo failed: see the table above[/red]")
     return 0 if ok else 1
