@@ -84,9 +84,9 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
     users = [str(i) for i in range(1, subjects + 1)]
     doomed = pick_subjects(subjects, erase)
     # Every erased user, and a sample of the others (all look-alikes of the erased ids among them).
-    kept_sample = sorted({u for u in users if u not in doomed and any(u.startswith(d) or d.startswith(u)
-                                                                       for d in doomed)}
-                         | set(random.Random(3).sample([u for u in users if u not in doomed], min(20, subjects - erase))))
+    kept = [u for u in users if u not in doomed]
+    look_alikes = {u for u in kept if any(u.startswith(d) or d.startswith(u) for d in doomed)}
+    kept_sample = sorted(look_alikes | set(random.Random(3).sample(kept, min(20, len(kept)))))
     with s3_server() as endpoint:
         console.print(f"seeding {subjects} users: photos (2 versions each, some deleted), features, face embeddings, "
                       "sessions …")
