@@ -57,6 +57,7 @@ online stores other than SQLite and Redis, Parquet files with other hard links.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import sqlite3
@@ -550,6 +551,18 @@ def _rewrite_without(path: Path, column: str, value: int | str, heartbeat: Heart
     fsynced, then ``os.replace``. Streams by row group; other rows keep their schema and order.
     Returns how many rows went.
     """
+    # Two workers purging different subjects from the same file would each write a copy without only their
+    # own subject, and the later replace would bring the other's rows back: one rewrite per directory at a
+    # time (the directory is locked, not the file, whose inode the replace swaps; no lock file is left).
+    lock = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _rewrite_locked(path, column, value, heartbeat)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _rewrite_locked(path: Path, column: str, value: int | str, heartbeat: Heartbeat) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 

@@ -379,3 +379,34 @@ def test_online_store_connection_failure_is_retryable(dead_redis_repo: DemoRepo)
         with pytest.raises(RetryableError, match="online store unreachable"):
             call()
     assert {v: p.read_bytes() for v, p in dead_redis_repo.files.items()} == original
+
+
+def test_concurrent_purges_of_one_file_lose_no_erasure(tmp_path: Path) -> None:
+    """Workers purging different subjects from the same Parquet files at once both succeed: no rewrite
+    brings back rows another one removed."""
+    import threading
+
+    from orchestrator.identifiers import Subject
+    from workers.targets.feast import FeastTarget
+
+    repo = build_demo_repo(tmp_path / "repo", USERS, rows_per_user=3, row_group_size=5)
+    before = offline_tables(repo)
+    doomed = ["3", "4", "5", "6"]
+    targets = [FeastTarget(config(repo_path=str(repo.path), entity="user_id")) for _ in doomed]
+    barrier = threading.Barrier(len(doomed))
+
+    def purge(target: FeastTarget, user: str) -> None:
+        barrier.wait()
+        target.purge(Subject({"user_id": user}), lambda done=None: None)
+
+    threads = [threading.Thread(target=purge, args=(t, u)) for t, u in zip(targets, doomed, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = offline_tables(repo)
+    for view, table in before.items():
+        expected = table
+        for user in doomed:
+            expected = without(expected, repo, user)
+        assert after[view].equals(expected), view
