@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test ci services lint bench
+.PHONY: help setup demo test ci services lint bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ ci: services test ## what CI runs: services, then the whole suite
 lint: setup ## ruff and mypy
 	$(BIN)/ruff check orchestrator workers tests
 	$(BIN)/mypy
+
+chaos: setup ## erasures under fire (worker kills, broker restarts, S3 faults, ledger cuts), then the invariants
+	$(BIN)/python -m tests.chaos
 
 bench: setup ## benchmarks, as ratios against baselines measured in the same run (results in bench-out/)
 	$(BIN)/python -m tests.bench --out bench-out

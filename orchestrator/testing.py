@@ -6,6 +6,7 @@ production endpoint. It stores only ~100-250 objects/s, so seeding fans out over
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,9 @@ def s3_server() -> Iterator[str]:
 
     for name, value in FAKE_AWS_ENV.items():
         os.environ.setdefault(name, value)
+    # moto's server logs every request, and tracebacks of its own races under concurrent calls (answered
+    # 500 and retried by the client): noise for lethe's logs.
+    logging.getLogger("werkzeug").disabled = True
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
