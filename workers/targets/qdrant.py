@@ -11,7 +11,9 @@ Data map::
       # api_key_env: QDRANT_API_KEY  # or api_key: ... (server mode only)
       # vacuum: {min_vectors: 100, wait_seconds: 60}   # server mode, opt-in; see "Levels"
 
-Selectors (at least one; with both, a point goes if either selects it):
+Selectors (at least one; with both, a point goes if either selects it). A dataset erasure (``datasets:``
+in the map, e.g. ``face-embeddings: {match: {source: okcupid-2014}}``) replaces ``match`` with a literal
+one and leaves the ids query out.
 
 - ``match``: payload field -> templated value; every field must be equal (AND). Filters are Qdrant's
   structured ``Filter``/``FieldCondition`` models, sent as JSON: a value is data, never filter syntax,
@@ -32,12 +34,16 @@ Type conversion (SPEC: "an integer payload ... never a silent zero"). For each m
   matches the string form *or*, when the value is a canonical int64, the integer form, as a ``should``
   on the same key, so a payload stored as ``"12"`` and one stored as ``12`` both go. When the value is
   not an integer, the string form finds nothing and the field's stored values are integers (one point
-  sampled), the value cannot be converted: PermanentError rather than reporting zero.
+  sampled), the value cannot be converted: PermanentError rather than reporting zero. (On a field that
+  mixes both types this may refuse a subject who simply has no data: a failed task an operator sees,
+  never a silent zero.)
 
 Purge reads the selected points page by page (with their vectors; ``heartbeat`` once per page), deletes
-each page by a filter that is the page's ids AND the selector (``wait=True``), and scans again until
-nothing matches; ``deleted`` is the number of points removed. The vectors read are kept on the instance
-(at most ``MAX_PROBES``) so ``verify`` can search with them.
+each page by a filter that is the page's ids AND the selector (``wait=True``, strong write ordering), and
+scans again from the start until the last page; ``deleted`` is the number of points removed. Purge's and
+verify's reads use read consistency ``all``: a point left on any replica is residue, and a replica that
+cannot answer makes the task retry. The vectors read are kept on the instance (the first ``MAX_PROBES``;
+the selector count still covers every point) so ``verify`` can search with them.
 
 Verify: residue = the points the selector still matches, united with any of the purged points that a
 nearest-neighbour query with each kept vector still returns (limit 10; filtered to the purged ids on a
@@ -60,9 +66,11 @@ Levels (``self.level``, recorded with the completion record):
   the original upsert. Level: ``invisible``. With ``vacuum`` configured, purge sets the collection's
   ``deleted_threshold`` to 0 and ``vacuum_min_vector_number`` to ``min_vectors`` (this persists: every
   later deletion in the collection also triggers a rebuild; the operator opts in) and waits up to
-  ``wait_seconds`` for the optimizer to report nothing running or queued; only then the level is
-  ``unindexed`` (rebuilt segments hold no trace; segments under ``min_vectors`` points are plain,
-  unindexed ones). Never ``bytes_reclaimed``: WAL segments and snapshots are outside the API's view.
+  ``wait_seconds`` for the optimizer to report nothing running or queued (twice, a second apart; the
+  queue is the server's own estimate); only then the level is
+  ``unindexed``: every segment of at least ``min_vectors`` points that held a deleted point has been
+  rebuilt without it (smaller segments are not vacuumed; they are normally the plain, unindexed
+  appendable ones). Never ``bytes_reclaimed``: the WAL and snapshots are outside the API's view.
 
 Local mode locks its folder to one client per process: ``qdrant_client()`` caches one client per
 location (and per server URL), and every operation on a local store holds that location's lock, so
@@ -190,6 +198,21 @@ class QdrantConfig(TargetConfig):
     def required_identifiers(self) -> set[str]:
         needed = super().required_identifiers()
         return needed | (self.ids_query.parameters() if self.ids_query else set())
+
+    def check_dataset_selector(self, selector: dict[str, Any]) -> None:
+        """A dataset (``datasets:`` in the map) is found by a literal payload match, e.g.
+        ``{match: {source: okcupid-2014}}``; it replaces ``match``, and ``ids_query`` is not used for it."""
+        super().check_dataset_selector(selector)
+        if set(selector) != {"match"}:
+            raise ValueError("a qdrant dataset selector is {match: {field: value}} only")
+        match = selector["match"]
+        if not isinstance(match, dict) or not match:
+            raise ValueError("a dataset match must name at least one payload field")
+        for field, value in match.items():
+            if not isinstance(field, str) or not FIELD_NAME.fullmatch(field):
+                raise ValueError(f"match field {field!r} is not a plain payload key (letters, digits, _ . -)")
+            if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+                raise ValueError(f"dataset match value for {field!r} must be a non-empty string or an integer")
 
     def server_api_key(self) -> str | None:
         if self.api_key is not None:
@@ -374,8 +397,10 @@ class QdrantTarget:
                 return 0
             while True:
                 with self._translate("scroll"):
-                    records, _next = client.scroll(self.config.collection, scroll_filter=selector, limit=PAGE,
-                                                   with_payload=False, with_vectors=True)
+                    records, next_offset = client.scroll(
+                        self.config.collection, scroll_filter=selector, limit=PAGE, with_payload=False,
+                        with_vectors=True, consistency=models.ReadConsistencyType.ALL,
+                    )
                 heartbeat()
                 if not records:
                     break
@@ -388,12 +413,12 @@ class QdrantTarget:
                 page = models.Filter(must=[models.HasIdCondition(has_id=ids), selector])
                 with self._translate("delete"):
                     client.delete(self.config.collection, points_selector=models.FilterSelector(filter=page),
-                                  wait=True)
+                                  wait=True, ordering=models.WriteOrdering.STRONG)
                 removed.update(ids)
                 self._purged_ids.update(ids)
                 deleted += len(ids)
-                if len(ids) < PAGE:
-                    break  # the last page; anything selected since is residue for verify to find
+                if next_offset is None:
+                    break  # that was the last page; anything selected since is residue for verify to find
             if self.local:
                 self.level = self._compact_local(client)
                 if deleted:
@@ -412,8 +437,10 @@ class QdrantTarget:
             offset = None
             while selector is not None:
                 with self._translate("scroll"):
-                    records, offset = client.scroll(self.config.collection, scroll_filter=selector,
-                                                    limit=PAGE * 4, offset=offset, with_payload=False)
+                    records, offset = client.scroll(
+                        self.config.collection, scroll_filter=selector, limit=PAGE * 4, offset=offset,
+                        with_payload=False, consistency=models.ReadConsistencyType.ALL,
+                    )
                 residue.update(record.id for record in records)
                 if offset is None:
                     break
@@ -442,7 +469,8 @@ class QdrantTarget:
                 for using, vector in self._probes[start:start + QUERY_BATCH]
             ]
             with self._translate("query"):
-                answers = client.query_batch_points(self.config.collection, requests=requests)
+                answers = client.query_batch_points(self.config.collection, requests=requests,
+                                                    consistency=models.ReadConsistencyType.ALL)
             for answer in answers:
                 found.update(point.id for point in answer.points if point.id in self._purged_ids)
         return found
@@ -471,20 +499,24 @@ class QdrantTarget:
         if self.config.match is not None:
             values: dict[str, str] = fill(self.config.match, subject)
             conditions = []
-            for field, value in values.items():
+            for field, raw in values.items():
+                value = str(raw)  # a dataset's literal selector may hold an integer
                 condition = field_condition(field, value, schema.get(field))
                 if field not in schema and as_int64(value) is None:
                     self._refuse_unconvertible(client, field, condition)
                 conditions.append(condition)
             assert conditions
             parts.append(models.Filter(must=conditions))
-        if self.config.ids_query is not None:
+        # A dataset erasure replaces match with a literal one and carries no identifier for the ids query.
+        if self.config.ids_query is not None and self.config.ids_query.parameters() <= set(subject):
             ids = self._query_ids(subject)
             if ids:
                 parts.append(models.HasIdCondition(has_id=ids))
         if not parts:
             return None
-        return parts[0] if len(parts) == 1 else models.Filter(should=parts)
+        if len(parts) == 1:
+            return parts[0] if isinstance(parts[0], models.Filter) else models.Filter(must=parts)
+        return models.Filter(should=parts)
 
     def _payload_schema(self, client: Any) -> dict[str, Any]:
         """The collection's payload index schema; PermanentError when the collection does not exist."""
@@ -570,25 +602,35 @@ class QdrantTarget:
         vacuum = self.config.vacuum
         if vacuum is None:
             return "invisible"
-        with self._translate("update_collection"):
+        try:
             client.update_collection(
                 self.config.collection,
                 optimizers_config=models.OptimizersConfigDiff(
                     deleted_threshold=0.0, vacuum_min_vector_number=vacuum.min_vectors
                 ),
             )
+        except Exception:
+            # The points are deleted; a key without rights on collection settings (or an outage now) only
+            # means the vacuum is not confirmed, which the level says. Failing here would re-run the purge.
+            return "invisible"
+        # With deleted_threshold 0, a segment holding a deleted point needs optimizing, so it is queued or
+        # running until rebuilt. Idle must be seen twice, a second apart, so a rebuild the new settings
+        # have not scheduled yet is not mistaken for one that is done.
         deadline = time.monotonic() + vacuum.wait_seconds
+        idle_seen = 0
         while True:
             heartbeat()
             try:
                 progress = client.get_optimizations(self.config.collection, with_="queued")
             except Exception:
                 return "invisible"  # a server without the optimizations API: nothing confirmed
-            if not progress.running and progress.summary.queued_optimizations == 0:
+            idle = not progress.running and progress.summary.queued_optimizations == 0
+            idle_seen = idle_seen + 1 if idle else 0
+            if idle_seen >= 2:
                 return "unindexed"
             if time.monotonic() >= deadline:
                 return "invisible"
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            time.sleep(1.0)
 
     # -- errors -----------------------------------------------------------------------------------
     @contextmanager
@@ -630,7 +672,7 @@ def _translated(exc: BaseException, operation: str, collection: str) -> TargetEr
         if isinstance(source, httpx.TransportError | ConnectionError | TimeoutError):
             return RetryableError(f"{where}: {type(source).__name__}")
         return PermanentError(f"{where}: unexpected response ({type(source).__name__})")
-    if isinstance(exc, QdrantTarget.retryable_errors | sqlite3.OperationalError):
+    if isinstance(exc, (*QdrantTarget.retryable_errors, sqlite3.OperationalError)):
         return RetryableError(f"{where}: {type(exc).__name__}")
     if isinstance(exc, RuntimeError) and "already accessed by another instance" in str(exc):
         return RetryableError(f"{where}: the local storage folder is in use by another process")
