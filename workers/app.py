@@ -1,6 +1,6 @@
 """The Celery app: one queue per target kind, late acks, prefetch 1. Celery is only the transport.
 
-``celery -A workers.app worker`` and ``lethe worker`` both use it; the ledger decides what runs.
+``lethe worker`` runs it (``workers.celery_app`` exposes it to Celery's own tools); the ledger decides what runs.
 """
 
 from __future__ import annotations

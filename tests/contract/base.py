@@ -50,7 +50,7 @@ class Beats:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self) -> None:
+    def __call__(self, done: int | None = None) -> None:
         self.calls += 1
 
 

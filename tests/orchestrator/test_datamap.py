@@ -11,7 +11,7 @@ import pytest
 from orchestrator.datamap import DataMap, DataMapError, DeclaredStore
 from orchestrator.identifiers import InvalidIdentifier
 
-# The SPEC's example map, verbatim: feast, qdrant and mlflow have no adapter yet.
+# The SPEC's example map, verbatim: mlflow has no adapter yet; feast and qdrant have one.
 SPEC_EXAMPLE = """\
 version: 1
 identifiers: [user_id, email]          # kinds a request may carry; or a mapping kind -> regex
@@ -86,7 +86,7 @@ datasets:
   okcupid-2014:
     profile-photos: {prefix: "sources/okcupid-2014/"}
     face-embeddings: {match: {source: okcupid-2014}}
-    face-models: {dataset_name: okcupid-2014}
+    face-models: {match: {dataset: okcupid-2014}}
 stores:
   - {name: billing-archive, not_erased: "kept 10 years by tax law (Art. 17(3)(b))"}
 """
@@ -161,20 +161,55 @@ def test_target_lookup_of_unknown_name_raises_key_error() -> None:
 
 
 def test_verbatim_spec_example_refuses_unimplemented_kinds() -> None:
-    """feast, qdrant and mlflow have no adapter yet: each is refused with 'no target adapter'."""
+    """mlflow has no adapter yet: it is refused with 'no target adapter'."""
     errors = errors_of(SPEC_EXAMPLE)
-    for kind, name in (("feast", "user-features"), ("qdrant", "face-embeddings"), ("mlflow", "face-models")):
+    for kind, name in (("mlflow", "face-models"),):
         assert any(
             e.startswith(f"target {name!r}: no target adapter for kind {kind!r}") for e in errors
         ), errors
-    # the implemented s3 targets of the same map have nothing wrong with them
+    # the implemented s3 and qdrant targets of the same map have nothing wrong with them
     assert not any("'profile-photos':" in e or "'uploads':" in e for e in errors), errors
+    assert not any("'face-embeddings':" in e for e in errors), errors
+    assert not any("'user-features':" in e for e in errors), errors  # feast: checked without loading the repo
+
+
+def test_verbatim_spec_example_qdrant_entry_validates() -> None:
+    """The SPEC example's qdrant entry (location, collection, match) is a valid QdrantConfig."""
+    import yaml
+
+    from workers.targets.qdrant import QdrantConfig
+
+    entry = next(t for t in yaml.safe_load(SPEC_EXAMPLE)["targets"] if t["name"] == "face-embeddings")
+    config = QdrantConfig.model_validate(entry)
+    assert (config.location, config.collection, config.match) == ("./vectors", "faces", {"subject_id": "{user_id}"})
+    assert config.required_identifiers() == {"user_id"}
+
+
+def test_verbatim_spec_example_feast_entry_validates() -> None:
+    """The SPEC example's feast entry is a valid FeastConfig; value defaults to the entity's placeholder."""
+    import yaml
+
+    from workers.targets.feast import FeastConfig
+
+    entry = next(t for t in yaml.safe_load(SPEC_EXAMPLE)["targets"] if t["name"] == "user-features")
+    config = FeastConfig.model_validate(entry)
+    assert (config.repo_path, config.entity, config.feature_views) == (
+        "./feature_repo", "user_id", ("user_profile_stats",)
+    )
+    assert config.value == "{user_id}"
+    assert config.required_identifiers() == {"user_id"}
+
+
+def test_feast_value_of_undeclared_kind_is_refused() -> None:
+    """A feast target whose value: names an identifier the map does not declare is refused."""
+    error = one_error(map_text("  - {name: f, kind: feast, repo_path: ./r, entity: customer_id}\n"))
+    assert "undeclared identifiers: customer_id" in error
 
 
 def test_unknown_kind_lists_known_kinds() -> None:
     """A kind nothing resembles is refused, listing the kinds that exist."""
-    error = one_error(map_text("  - {name: a, kind: feast, repo_path: ./r}\n"))
-    assert "no target adapter for kind 'feast'" in error
+    error = one_error(map_text("  - {name: a, kind: hopsworks, repo_path: ./r}\n"))
+    assert "no target adapter for kind 'hopsworks'" in error
     assert "s3" in error
     assert "memory" in error
 
