@@ -99,10 +99,11 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
             if deleted > max_items:
                 note = f"would wait for approval: {deleted} items exceed max_items {max_items}"
         else:
-            estimated = None
-            if not run.approved:  # blast radius: count before deleting anything
+            # Count before deleting anything: the blast-radius check, and the estimate progress is shown
+            # against (a dataset purge is approved but long, so it is counted too).
+            if not run.approved or run.dataset is not None:
                 estimated = target.count(run.subject)
-                if estimated > max_items:
+                if not run.approved and estimated > max_items:
                     log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
                     ledger.await_approval(run.task_id, estimated, max_items)
                     return "awaiting_approval"
