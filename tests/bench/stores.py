@@ -1,0 +1,117 @@
+"""Benchmarks of the vector and feature targets against their engines' raw calls, each run in a fresh
+process so peak memory (ru_maxrss) belongs to that run alone."""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+SUBJECT = 42
+SUBJECTS = 100_000
+
+
+def _in_child(fn: Any, *args: Any) -> dict[str, Any]:
+    """Run fn(*args) -> seconds in a new process; return its seconds and peak RSS (MiB)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(_measure, (fn, *args))
+    return result
+
+
+def _measure(fn: Any, *args: Any) -> dict[str, Any]:
+    seconds = fn(*args)
+    return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# -- Feast offline store: rewrite Parquet files without one subject's rows -----------------------------------
+def make_parquet(folder: Path, rows: int, files: int) -> list[Path]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_file = rows // files
+    for f in range(files):
+        ids = (np.arange(per_file, dtype=np.int64) + f * per_file) % SUBJECTS
+        table = pa.table({"user_id": ids, "score": np.random.default_rng(f).random(per_file),
+                          "logins": np.arange(per_file, dtype=np.int64)})
+        path = folder / f"part-{f}.parquet"
+        pq.write_table(table, path, row_group_size=50_000)
+        paths.append(path)
+    return paths
+
+
+def raw_parquet_rewrite(paths: list[Path]) -> float:
+    """Baseline: pyarrow reads each file whole, filters, writes it back."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    for path in paths:
+        table = pq.read_table(path)
+        pq.write_table(table.filter(pc.not_equal(table.column("user_id"), SUBJECT)), path)
+    return time.perf_counter() - start
+
+
+def lethe_parquet_rewrite(paths: list[Path]) -> float:
+    from workers.targets.feast import _rewrite_without
+
+    start = time.perf_counter()
+    for path in paths:
+        _rewrite_without(path, "user_id", SUBJECT, lambda done=None: None)
+    return time.perf_counter() - start
+
+
+def bench_feast_offline(workdir: Path, rows: int, files: int) -> dict[str, Any]:
+    raw = _in_child(raw_parquet_rewrite, make_parquet(workdir / "raw", rows, files))
+    lethe = _in_child(lethe_parquet_rewrite, make_parquet(workdir / "lethe", rows, files))
+    return {"rows": rows, "files": files, "raw": raw, "lethe": lethe,
+            "rows_per_second": rows / lethe["seconds"], "rate_ratio": raw["seconds"] / lethe["seconds"],
+            "peak_memory_ratio": lethe["peak_mib"] / raw["peak_mib"]}
+
+
+# -- LanceDB: delete one subject's vectors from a large table -----------------------------------------------
+def make_lance(location: Path, rows: int, dim: int = 16) -> None:
+    import lancedb
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(7)
+    owners = (np.arange(rows) % 1000).astype(str)  # 1,000 subjects: the subject has rows/1000 vectors
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(rng.random(rows * dim, dtype=np.float32)), dim)
+    lancedb.connect(str(location)).create_table("faces", data=pa.table({"owner": owners, "vector": vectors}))
+
+
+def raw_lance_delete(location: Path) -> float:
+    import lancedb
+
+    table = lancedb.connect(str(location)).open_table("faces")
+    start = time.perf_counter()
+    table.delete("owner = '42'")
+    return time.perf_counter() - start
+
+
+def lethe_lance_purge(location: Path) -> float:
+    from orchestrator.identifiers import Subject
+    from workers.targets.lancedb import LanceDBConfig, LanceDBTarget
+
+    target = LanceDBTarget(LanceDBConfig(name="faces", kind="lancedb", location=str(location), table="faces",
+                                         match={"owner": "{user_id}"}))
+    start = time.perf_counter()
+    target.purge(Subject({"user_id": "42"}), lambda done=None: None)
+    return time.perf_counter() - start
+
+
+def bench_lancedb(workdir: Path, rows: int) -> dict[str, Any]:
+    make_lance(workdir / "raw", rows)
+    make_lance(workdir / "lethe", rows)
+    raw = _in_child(raw_lance_delete, workdir / "raw")
+    lethe = _in_child(lethe_lance_purge, workdir / "lethe")
+    erased = rows // 1000
+    return {"rows": rows, "erased": erased, "raw_delete": raw, "lethe_purge": lethe,
+            "vectors_per_second": erased / lethe["seconds"],
+            "compaction_cost_ratio": lethe["seconds"] / raw["seconds"]}
