@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from orchestrator.certificates import create_private_key
+from orchestrator import logs
 from orchestrator.config import Settings
 from orchestrator.service import Lethe
 from orchestrator.testing import FAKE_AWS_ENV, make_bucket, put_objects, s3_server, versions_per_owner
@@ -284,6 +285,7 @@ def main() -> None:
     parser.add_argument("--redis-restarts", type=int, default=defaults.redis_restarts)
     parser.add_argument("--time-limit", type=float, default=defaults.time_limit)
     args = parser.parse_args()
+    logs.configure(level="WARNING")
     figures = run(Options(requests=args.requests, objects=args.objects, workers=args.workers,
                           fault_rate=args.fault_rate, kill_every=args.kill_every,
                           redis_restarts=args.redis_restarts, time_limit=args.time_limit))
