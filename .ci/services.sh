@@ -32,3 +32,9 @@ if ! port_open 5672; then
 fi
 # RabbitMQ is not needed by every test: report, do not fail, when it is slow to start.
 wait_port 5672 RabbitMQ || true
+
+# Browser tests drive Debian's Chromium with Playwright (never a downloaded browser build).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || echo "chromium could not be installed: browser tests will be skipped" >&2
+fi

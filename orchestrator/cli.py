@@ -392,9 +392,9 @@ def api(
         web = create_app(lethe)
     if lethe.settings.api_tokens is None:
         err.print("[yellow]warning:[/yellow] LETHE_API_TOKENS is not set: every API call and sign-in is refused")
-    logs.configure(level=lethe.settings.log_level)
     # Embedded mode: requests filed through the API are run by an in-process worker while the server lives.
     with lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
+        logs.configure(level=lethe.settings.log_level)  # after the worker, which sets up logging its own way
         uvicorn.run(web, host=host, port=port, log_config=None, server_header=False)
 
 

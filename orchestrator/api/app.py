@@ -67,6 +67,10 @@ def create_app(lethe: Lethe) -> FastAPI:
         """Liveness: the process answers. Open, no token."""
         return {"status": "ok"}
 
+    @app.head("/healthz", include_in_schema=False)
+    def healthz_head() -> Response:
+        return Response(status_code=200)
+
     @app.get("/metrics", tags=["service"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})
     def prometheus_metrics() -> Response:

@@ -30,6 +30,15 @@ from orchestrator.service import Lethe
 
 log = get_logger("lethe.dashboard")
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def when(value: str | None) -> str:
+    """An RFC 3339 time as '2026-11-26 13:30:18 UTC' (the exact value is in the title attribute)."""
+    moment = parse_time(value)
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if moment else "—"
+
+
+templates.env.filters["when"] = when
 router = APIRouter(include_in_schema=False)
 REFRESH_SECONDS = 3
 PAGE_SIZE = 50
@@ -58,10 +67,13 @@ def deadline(status: dict[str, Any], at: datetime) -> tuple[str, str]:
     """(text, css class) of the time left to due_at: overdue and due within 3 days are highlighted."""
     due = parse_time(status["due_at"])
     assert due is not None
-    if status["status"] in TERMINAL_REQUEST:
+    if status["status"] in queries.FINISHED:
         done = parse_time(status["completed_at"])
-        late = done is not None and done > due
-        return (f"finished {span((done - due).total_seconds())} late", "late") if late and done else ("—", "")
+        if status["status"] == "completed" and done is not None:
+            if done > due:
+                return f"finished {span((done - due).total_seconds())} late", "late"
+            return "met", "met"
+        return "—", ""
     left = (due - at).total_seconds()
     if left < 0:
         return f"overdue by {span(left)}", "overdue"
@@ -114,6 +126,8 @@ def audit_summary(detail: dict[str, Any]) -> str:
     """One line of an audit entry's detail (hashes are shortened; there is no raw identifier to show)."""
     parts = []
     for key, value in detail.items():
+        if value is None:
+            continue
         if key == "subject_hashes" and isinstance(value, dict):
             value = ", ".join(f"{k}:{str(v)[:10]}…" for k, v in value.items())
         elif isinstance(value, dict):

@@ -12,9 +12,10 @@ ledger sees everything: each scrape reads it. Names (all prefixed ``lethe_``):
 - ``lethe_task_retries_total{kind}``: retryable errors that were retried (counter)
 - ``lethe_operator_retries_total``: operator retries of failed requests (counter)
 - ``lethe_events_dead_lettered_total{reason}``: platform events sent to ``lethe.events.dead``, by reason (counter)
-- ``lethe_oldest_open_request_age_seconds``: age of the oldest request not yet finished (gauge)
-- ``lethe_requests_overdue``: unfinished requests past their legal deadline (gauge)
-- ``lethe_requests_due_soon``: unfinished requests due within 3 days (gauge)
+- ``lethe_oldest_open_request_age_seconds``: age of the oldest request not completed or cancelled (gauge)
+- ``lethe_requests_overdue``: requests not completed or cancelled past their legal deadline (gauge); a failed
+  request still owes its erasure, so it counts
+- ``lethe_requests_due_soon``: the same, due within 3 days (gauge)
 - ``lethe_ledger_up``: 1 when the ledger answered this scrape (gauge)
 
 No label carries an identifier: labels are statuses, target kinds and target names from the data map.
@@ -38,7 +39,8 @@ log = get_logger("lethe.metrics")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 METRIC_NAMES = (
     "lethe_requests", "lethe_tasks", "lethe_items_erased_total", "lethe_task_duration_seconds",
-    "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_events_dead_lettered_total", "lethe_oldest_open_request_age_seconds",
+    "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_events_dead_lettered_total",
+    "lethe_oldest_open_request_age_seconds",
     "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up",
 )
 
@@ -108,11 +110,12 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily("lethe_operator_retries", "Operator retries of requests with failed tasks.",
                                   value=snap.operator_retries)
         yield GaugeMetricFamily("lethe_oldest_open_request_age_seconds",
-                                "Age of the oldest request not finished yet (0 when none is open).",
+                                "Age of the oldest request not completed or cancelled (0 when none).",
                                 value=snap.oldest_open_age)
-        yield GaugeMetricFamily("lethe_requests_overdue", "Unfinished requests past their legal deadline.",
+        yield GaugeMetricFamily("lethe_requests_overdue",
+                                "Requests not completed or cancelled (failed ones included) past their legal deadline.",
                                 value=snap.overdue)
-        yield GaugeMetricFamily("lethe_requests_due_soon", "Unfinished requests due within 3 days.",
+        yield GaugeMetricFamily("lethe_requests_due_soon", "Requests not completed or cancelled due within 3 days.",
                                 value=snap.due_soon)
 
 

@@ -17,12 +17,15 @@ from typing import Any
 from sqlalchemy import func, select
 
 from orchestrator.ledger.models import AuditEntry, CompletionRecord, Request, Task
-from orchestrator.ledger.store import TERMINAL_REQUEST, Ledger
+from orchestrator.ledger.store import Ledger
 
 REQUEST_STATUSES = ("received", "planned", "running", "completed", "failed", "cancelled", "on_hold",
                     "awaiting_approval")
 TASK_STATUSES = ("pending", "running", "completed", "failed", "skipped", "held", "awaiting_approval")
 DUE_SOON = timedelta(days=3)
+# The erasure is owed until it completed (or the request was cancelled): a failed request still counts
+# against its deadline, and is the one most likely to miss it.
+FINISHED = frozenset({"completed", "cancelled"})
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 
 
@@ -62,7 +65,7 @@ class Snapshot:
 def snapshot(ledger: Ledger) -> Snapshot:
     at = now()
     snap = Snapshot()
-    open_ = Request.status.notin_(TERMINAL_REQUEST)
+    open_ = Request.status.notin_(FINISHED)
     with ledger.sessions() as s:
         for status, n in s.execute(select(Request.status, func.count()).group_by(Request.status)):
             snap.requests_by_status[status] = n
@@ -140,7 +143,7 @@ def overview(ledger: Ledger, hours: int = 24) -> Overview:
     snap = snapshot(ledger)
     counts: Counter[str] = Counter(snap.requests_by_status)
     counts_out = {
-        "open": sum(n for st, n in counts.items() if st not in TERMINAL_REQUEST),
+        "open": sum(n for st, n in counts.items() if st not in FINISHED),
         "overdue": snap.overdue,
         "due_soon": snap.due_soon,
         "failed": counts.get("failed", 0),
