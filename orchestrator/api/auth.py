@@ -31,6 +31,7 @@ class Action(StrEnum):
     READ = "read"
     RETRY = "retry"
     CANCEL = "cancel"
+    APPROVE = "approve"
 
 
 # SPEC "HTTP API": requester may create and read, operator may read and retry, admin all.

@@ -73,16 +73,20 @@ def create_request(
         description="A retried POST with the same key and body returns the same request (200); the same key "
         "with another body is 409. Keys are kept 30 days.")] = None,
 ) -> JSONResponse:
-    """File an erasure request for one subject."""
+    """File an erasure request for one subject, or (admin) for a whole dataset declared in the data map."""
     if body.dataset is not None:
         if principal.role is not Role.ADMIN:
             raise ApiError(403, "forbidden", "dataset scope needs the admin role")
-        raise ApiError(422, "unsupported", "dataset scope not supported yet by the API (use lethe submit --dataset)")
-    if body.subject is None:
+        if body.subject is not None:
+            raise ApiError(422, "invalid_request", "give subject or dataset, not both")
+        if body.dataset not in lethe_of(request).load_map().datasets:
+            raise ApiError(422, "unknown_dataset", "the data map declares no dataset of that name")
+    elif body.subject is None:
         raise ApiError(422, "invalid_request", "subject is required, e.g. {\"subject\": {\"user_id\": \"…\"}}")
     lethe = lethe_of(request)
-    request_id, created = lethe.submit(body.subject, dry_run=body.dry_run, regime=body.regime,
-                                       idempotency_key=idempotency_key, actor=principal.actor("api"))
+    request_id, created = lethe.submit(body.subject or {}, dry_run=body.dry_run, regime=body.regime,
+                                       idempotency_key=idempotency_key, actor=principal.actor("api"),
+                                       dataset=body.dataset)
     status = lethe.ledger.status(request_id)
     return JSONResponse(status, status_code=202 if created else 200,
                         headers={"Location": f"/v1/erasure-requests/{request_id}"})
@@ -129,6 +133,16 @@ def cancel_request(request_id: str, request: Request,
     """Cancel a request that has not started executing (409 once any task started)."""
     lethe = lethe_of(request)
     lethe.cancel(request_id, actor=principal.actor("api"))
+    return JSONResponse(lethe.ledger.status(request_id))
+
+
+@router.post(REQUEST_ID + "/approve", response_model=None,
+             responses={200: {"model": StatusOut}, **_errors(404, 409)})
+def approve_request(request_id: str, request: Request,
+                    principal: Annotated[Principal, Depends(require(Action.APPROVE))]) -> JSONResponse:
+    """Let a request waiting on a target's max_items, or a dataset request, go ahead (admin)."""
+    lethe = lethe_of(request)
+    lethe.approve(request_id, actor=principal.actor("api"))
     return JSONResponse(lethe.ledger.status(request_id))
 
 

@@ -37,6 +37,9 @@ targets:
     store: sessions
     match: {{owner: "{{user_id}}"}}
     after: [profile-photos]
+datasets:
+  legacy-sessions:
+    sessions: {{match: {{owner: "123"}}}}
 """
 USERS = ["12", "123", "90210777"]
 

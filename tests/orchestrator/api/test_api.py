@@ -17,6 +17,7 @@ from orchestrator.api.metrics import METRIC_NAMES
 from orchestrator.service import Lethe
 from orchestrator.testing import make_bucket
 from tests.orchestrator.api.conftest import NAMES, TOKENS, auth, missing_bucket, wait_for
+from workers.targets.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
 SUBJECT = {"subject": {"user_id": "12"}}
@@ -169,7 +170,8 @@ BAD_BODIES: list[tuple[object, int, str]] = [
     ({"subject": {"user_id": "12"}, "surprise": 1}, 422, "invalid_request"),
     ({"subject": {"user_id": "12"}, "dry_run": "maybe"}, 422, "invalid_request"),
     ({"subject": "12"}, 422, "invalid_request"),
-    ({"dataset": "okcupid-2014"}, 422, "unsupported"),
+    ({"dataset": "okcupid-2014"}, 422, "unknown_dataset"),
+    ({"dataset": "okcupid-2014", "subject": {"user_id": "12"}}, 422, "invalid_request"),
     ([1, 2], 422, "invalid_request"),
     (None, 422, "invalid_request"),
 ]
@@ -293,3 +295,20 @@ def test_metrics_come_from_the_ledger_without_identifiers(client: TestClient, wo
     for path in ("/metrics", "/v1/erasure-requests", f"/v1/erasure-requests/{rid}",
                  f"/v1/erasure-requests/{rid}/certificate"):
         assert raw not in client.get(path, headers=auth("admin")).text, path
+
+
+def test_admin_files_a_dataset_request_and_approves_it(client: TestClient, worker: None) -> None:
+    """Dataset scope is admin-only, waits for approval, and an admin's approval (audited) runs it."""
+    filed = client.post("/v1/erasure-requests", json={"dataset": "legacy-sessions"}, headers=auth("admin"))
+    assert filed.status_code == 202, filed.text
+    request_id = filed.json()["id"]
+    assert filed.json()["scope"] == "dataset"
+    status = wait_for(client, request_id, frozenset({"awaiting_approval"}))
+    assert status["status"] == "awaiting_approval"
+    assert client.post(f"/v1/erasure-requests/{request_id}/approve", headers=auth("operator")).status_code == 403
+    approved = client.post(f"/v1/erasure-requests/{request_id}/approve", headers=auth("admin"))
+    assert approved.status_code == 200, approved.text
+    assert wait_for(client, request_id)["status"] == "completed"
+    assert sorted(r["owner"] for r in MemoryStore.records("sessions")) == ["12", "12", "90210777", "90210777"]
+    again = client.post(f"/v1/erasure-requests/{request_id}/approve", headers=auth("admin"))
+    assert again.status_code == 409 and error_of(again)["code"]
