@@ -8,6 +8,7 @@ is scrubbed of them before it is rendered, including log lines from libraries (b
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -31,8 +32,10 @@ def redact_values(values: Iterable[str]) -> Iterator[None]:
 
 
 def scrub(text: str, values: Iterable[str] | None = None) -> str:
+    """Replace each value where it stands alone (not inside a longer word or number): "users/12/a.jpg" is
+    scrubbed for subject 12, a UUID or timestamp that happens to contain "12" is not mangled."""
     for value in values if values is not None else _secrets.get():
-        text = text.replace(value, REDACTED)
+        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", REDACTED, text)
     return text
 
 

@@ -983,6 +983,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, rid = raw.split("|", 1)
-        return datetime.fromisoformat(at), rid
+        when = datetime.fromisoformat(at)
+        uuid.UUID(rid)
     except (ValueError, UnicodeDecodeError):
         raise LedgerError("bad cursor") from None
+    if when.tzinfo is None:
+        raise LedgerError("bad cursor")
+    return when, rid

@@ -260,3 +260,22 @@ def test_lineage_records_members_as_hashes_and_finds_datasets(ledger: Ledger, su
         stored = conn.execute(text("SELECT subject_hash FROM dataset_members WHERE dataset_name = 'voices'")).all()
     assert [row[0] for row in stored] == [h("123")]
     assert ledger.verify() == []
+
+
+def test_forged_cursors_are_a_clear_error(ledger: Ledger) -> None:
+    """A cursor that lethe did not hand out (naive time, NUL in the id, garbage) is refused, not a 500."""
+    import base64
+
+    for raw in (b"2026-01-01T00:00:00|00000000-0000-0000-0000-000000000000", b"2026-01-01T00:00:00+00:00|\x00",
+                b"not a cursor"):
+        with pytest.raises(LedgerError, match="bad cursor"):
+            ledger.list_requests(cursor=base64.urlsafe_b64encode(raw).decode())
+
+
+def test_log_scrubbing_spares_ids_that_contain_the_value() -> None:
+    """Scrubbing removes a subject value standing alone but not digits inside a UUID or a longer number."""
+    from orchestrator.logs import REDACTED, scrub
+
+    assert scrub("key users/12/a.jpg", ["12"]) == f"key users/{REDACTED}/a.jpg"
+    assert scrub("task 3ef3e4912b-77 and 123", ["12"]) == "task 3ef3e4912b-77 and 123"
+    assert scrub("email a.b@example.org!", ["a.b@example.org"]) == f"email {REDACTED}!"
