@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
+from orchestrator import logs
 from orchestrator.certificates import create_private_key
 from orchestrator.config import Settings
 from orchestrator.identifiers import Subject
@@ -160,10 +161,12 @@ def main() -> None:
     parser.add_argument("--s3-objects", type=int, default=3000)
     parser.add_argument("--offline-rows", type=int, default=1_000_000)
     parser.add_argument("--vectors", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["orchestration", "s3", "feast", "lancedb"], action="append")
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--only", choices=["orchestration", "s3", "feast", "lancedb", "events"], action="append")
     args = parser.parse_args()
-    only = set(args.only or ["orchestration", "s3", "feast", "lancedb"])
+    only = set(args.only or ["orchestration", "s3", "feast", "lancedb", "events"])
     args.out.mkdir(parents=True, exist_ok=True)
+    logs.configure(level="WARNING")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -192,6 +195,12 @@ def main() -> None:
             print(f"lancedb purge: {v['erased']:,} of {v['rows']:,} vectors: {v['vectors_per_second']:,.0f} vectors/s "
                   f"with compaction and cleanup = {v['compaction_cost_ratio']:.1f}x a bare delete "
                   f"({v['lethe_purge']['seconds']:.2f} s vs {v['raw_delete']['seconds']:.2f} s)")
+        if "events" in only:
+            redis.Redis.from_url(REDIS).flushdb()
+            with pg_database() as db:
+                e = results["events"] = stores.bench_intake(REDIS, db, work, args.events)
+            print(f"event intake: {e['events']:,} signed events filed as requests at {e['events_per_second']:,.0f}/s "
+                  f"= {e['ratio']:.1f}x the time of a raw kombu publish+consume of the same bodies")
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"written: {args.out / 'results.json'}")
 

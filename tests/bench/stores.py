@@ -115,3 +115,72 @@ def bench_lancedb(workdir: Path, rows: int) -> dict[str, Any]:
     return {"rows": rows, "erased": erased, "raw_delete": raw, "lethe_purge": lethe,
             "vectors_per_second": erased / lethe["seconds"],
             "compaction_cost_ratio": lethe["seconds"] / raw["seconds"]}
+
+
+# -- event intake: signed events accepted per second --------------------------------------------------------
+def raw_kombu_roundtrip(broker: str, bodies: list[bytes]) -> float:
+    """Baseline: publish the same bodies to a queue and consume them back with kombu."""
+    from kombu import Connection
+
+    with Connection(broker) as conn:
+        queue = conn.SimpleBuffer("bench.raw-events")
+        queue.clear()
+        start = time.perf_counter()
+        for body in bodies:
+            queue.put(body)
+        for _ in bodies:
+            queue.get(timeout=30).ack()
+        elapsed = time.perf_counter() - start
+        queue.close()
+    return elapsed
+
+
+def bench_intake(broker: str, database_url: str, workdir: Path, events: int) -> dict[str, Any]:
+    import threading
+
+    from kombu import Connection
+    from sqlalchemy import text
+
+    from orchestrator.certificates import create_private_key
+    from orchestrator.config import Settings
+    from orchestrator.events import ERASURE_REQUESTED, Intake, declare, make_event, publish
+    from orchestrator.ledger.models import Base  # noqa: F401 - tables for the count below
+    from orchestrator.service import Lethe
+
+    key = b"bench-event-key"
+    data_map = workdir / "events-map.yaml"
+    data_map.write_text('version: 1\nidentifiers: [user_id]\ntargets:\n'
+                        '  - {name: t, kind: memory, store: s, match: {owner: "{user_id}"}}\n')
+    signing = workdir / "events-signing.pem"
+    create_private_key(signing)
+    lethe = Lethe(Settings(broker_url=broker, database_url=database_url, subject_key="be" * 32,
+                           signing_key=signing, data_map=data_map, event_key=key.decode()))
+    lethe.ledger  # noqa: B018 - migrate
+    signed = [make_event(ERASURE_REQUESTED, {"subject": {"user_id": str(i)}}, source="bench", key=key)
+              for i in range(events)]
+    raw = raw_kombu_roundtrip(broker, [json_bytes(e) for e in signed])
+    with Connection(broker) as conn:
+        declare(conn)
+        intake = Intake(lethe, conn, key)
+        start = time.perf_counter()
+        for event in signed:
+            publish(conn, event)
+        thread = threading.Thread(target=intake.run, daemon=True)
+        thread.start()
+        while True:
+            with lethe.ledger.engine.connect() as c:
+                if (c.execute(text("SELECT count(*) FROM requests")).scalar() or 0) >= events:
+                    break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        intake.should_stop = True
+        thread.join(10)
+    lethe.ledger.engine.dispose()
+    return {"events": events, "raw_seconds": raw, "lethe_seconds": elapsed, "events_per_second": events / elapsed,
+            "ratio": elapsed / raw}
+
+
+def json_bytes(event: dict[str, Any]) -> bytes:
+    from orchestrator.certificates import canonical_json
+
+    return canonical_json(event)
