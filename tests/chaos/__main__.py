@@ -29,8 +29,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from orchestrator.certificates import create_private_key
 from orchestrator import logs
+from orchestrator.certificates import create_private_key
 from orchestrator.config import Settings
 from orchestrator.service import Lethe
 from orchestrator.testing import FAKE_AWS_ENV, make_bucket, put_objects, s3_server, versions_per_owner
