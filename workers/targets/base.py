@@ -9,7 +9,8 @@ Contract (tests/contract/ checks it against every adapter's real engine):
   so a long purge keeps its lease.
 - ``level`` says how far the last purge went, recorded with the completion record and certificate:
   ``invisible`` (no read or search returns it, bytes may remain until compaction), ``unindexed`` (also out
-  of every index), ``bytes_reclaimed`` (physically gone: no version, tombstone or old file holds it).
+  of every index), ``bytes_reclaimed`` (physically gone: no version, tombstone or old file holds it), and
+  for models ``quarantined`` (kept but withdrawn from serving: no alias or stage, tagged with the request).
   An adapter that only reaches a lower level after some purges sets it on the instance in ``purge``.
 - ``verify(subject)`` reads the store back and returns the residue: how many matching items remain.
   A purge is only recorded as complete when verify returns 0.
@@ -126,7 +127,7 @@ class Target(Protocol):
     capabilities: ClassVar[frozenset[str]]
     # Vendor exception types that mean "try again later" when they escape untranslated.
     retryable_errors: ClassVar[tuple[type[BaseException], ...]]
-    # Erasure level reached by purge: "invisible", "unindexed" or "bytes_reclaimed" (see above).
+    # Erasure level reached by purge: "invisible", "unindexed", "bytes_reclaimed" or "quarantined" (see above).
     level: str
 
     def count(self, subject: Subject) -> int: ...

@@ -1,0 +1,615 @@
+"""MLflow model registry: the model versions trained on a dataset that holds the subject are quarantined or
+deleted (SPEC "Keyed hashes, completion records and certificates", model lineage).
+
+Data map::
+
+    - name: face-models
+      kind: mlflow
+      tracking_uri: sqlite:///mlruns.db     # or postgresql://…, a file store path, http(s):// (quarantine)
+      # registry_uri: …                     # when the registry lives elsewhere than the tracking store
+      action: quarantine                     # or delete
+      # registered_model: face-attributes    # only this registered model's versions
+      after: [profile-photos, face-embeddings]
+      max_items: 20
+    datasets:
+      okcupid-2014:
+        face-models: {dataset_name: okcupid-2014}   # lethe submit --dataset okcupid-2014
+
+Selection. The worker gives the task the recorded training datasets (name, digest) that hold the subject
+(``TaskContext.datasets``, from ``lethe lineage record``). A subject in no recorded dataset has nothing here:
+count, purge and verify return 0 without contacting MLflow. Otherwise:
+
+1. runs, over every experiment (deleted experiments and deleted runs included: a soft-deleted run still
+   holds its artifacts and may still back a registered version), whose dataset inputs
+   (``mlflow.log_input``) carry one of those datasets: name AND digest equal on the same input. The search
+   filter narrows by name and digest; each run's inputs are then checked pair by pair in Python, since
+   the filter cannot tie a name to a digest of the same input. A dataset with the subject's dataset name
+   but another digest (another build of it, without the subject or before it joined) does not match;
+2. the live registered model versions whose ``run_id`` is one of those runs (``registered_model`` limits
+   them to one registered model). A version trained on several datasets is reached if any one holds the
+   subject; in a sharded ensemble (SISA, versions tagged ``lethe.shard``) only the shards whose dataset
+   holds the subject are reached, the others keep serving.
+
+Dataset scope (``lethe submit --dataset NAME``): the map's selector ``{dataset_name: NAME}`` replaces the
+lineage lookup, and every run that logged an input of that name, whatever its digest, is reached (the whole
+source goes, every build of it). ``dataset_name`` is refused in the target's own entry, where it would widen
+every subject's erasure to the whole dataset.
+
+Actions (``deleted`` counts the model versions acted on):
+
+- ``quarantine``: every alias pointing at the version is removed, a legacy ``Production``/``Staging``
+  stage is archived (``models:/name/Production`` would still serve it), and the version is tagged
+  ``lethe.quarantined=<request id>`` and ``lethe.reason="erasure request <id>: trained on dataset <name>"``.
+  A version already quarantined (tag present, no alias, no serving stage) is not acted on again.
+- ``delete`` (what ``mlflow gc`` does for the reached versions, needs direct access to the backend store,
+  so a database or file-store ``tracking_uri``): the source runs are marked deleted, the model versions
+  deleted (the registry keeps a redacted tombstone row so version numbers are not reused), then the logged
+  models (MLflow 3 keeps a model's files under ``<experiment>/models/<id>/``) and the runs are purged: their
+  artifact directories deleted through MLflow's artifact repository and their rows hard-deleted.
+  Versions go before any artifact, so no model version ever points at emptied artifacts. A run or logged
+  model that still backs a live version outside the selection (another registered model when
+  ``registered_model`` is set) is left in place. Matched runs already marked deleted that back no live
+  version (someone deleted them, or an earlier attempt stopped half-way) are purged too.
+
+Levels (``self.level``, recorded with the completion record and the certificate):
+
+- ``quarantined`` for ``quarantine``: the version is withdrawn from serving by alias and stage and marked,
+  but it still exists, is listed by searches and its artifacts can be read by version number. That is
+  below ``invisible`` (which promises no read or search returns it), so this adapter says so with a level
+  of its own rather than overclaim in a signed certificate.
+- ``bytes_reclaimed`` for ``delete`` with a local artifact store: the versions, runs and logged models are
+  gone and their artifact directories are removed from disk (verify checks). ``invisible`` when an
+  artifact location is remote (S3, GCS, …): deleted through its API, but object versions or backups there
+  are outside MLflow's view. The backend store's own rows (run parameters, metrics) carry no model bytes.
+
+Verify reads the registry back: for ``quarantine`` the residue is every reached version that still has an
+alias or a serving stage or lacks the tag; for ``delete`` the reached versions still live, plus matched
+runs left marked-deleted but not purged, plus files still present in the artifact locations this instance
+purged.
+
+``lethe.model.retrain_requested`` is emitted (through ``TaskContext.emit``, announced once the task's
+completion is recorded) once per affected registered model: the model name, its affected versions (the
+highest as ``version``), shards, the datasets (name, digest) and the action, never an identifier. For
+``quarantine``, versions an earlier attempt of the same request already quarantined count as affected,
+so a retried task still announces them. For ``delete`` the versions are gone after a purge: an attempt
+that purged and then died before its completion was recorded leaves the retry nothing to announce.
+
+Telemetry: MLflow reports usage by default. lethe sets ``MLFLOW_DISABLE_TELEMETRY=true`` and
+``DO_NOT_TRACK=true`` in the worker's environment before it imports MLflow, and drops a telemetry client
+MLflow may have started if something imported it earlier. MLflow takes seconds to import: it is imported
+on first use, never when the data map is validated.
+
+Errors: a tracking server that cannot be reached, 429/5xx answers (``INTERNAL_ERROR``,
+``TEMPORARILY_UNAVAILABLE``, …) and database connection failures are RetryableError; a bad URI, a missing
+SQLite file (it would be created empty, and every subject would verify 0), a missing ``registered_model``
+and any other error are PermanentError. "Does not exist" while deleting is success. Messages name the
+operation and MLflow's error code, never a path, a run id or an identifier.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import unquote, urlparse
+
+import requests.exceptions
+from pydantic import Field, field_validator, model_validator
+from sqlalchemy.exc import OperationalError
+
+from orchestrator.identifiers import Subject
+from workers.targets.base import (
+    Heartbeat,
+    PermanentError,
+    RetryableError,
+    TargetConfig,
+    TargetError,
+    TaskContext,
+)
+
+QUARANTINE_TAG = "lethe.quarantined"
+REASON_TAG = "lethe.reason"
+SHARD_TAG = "lethe.shard"
+RETRAIN_EVENT = "lethe.model.retrain_requested"
+SERVING_STAGES = frozenset({"Production", "Staging"})
+RETRYABLE_CODES = frozenset({
+    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED", "ABORTED", "IO_ERROR", "SERVICE_UNDER_MAINTENANCE", "WORKSPACE_TEMPORARILY_UNAVAILABLE",
+})
+GONE_CODE = "RESOURCE_DOES_NOT_EXIST"
+DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres", "mysql", "mssql"})
+SERVER_SCHEMES = frozenset({"http", "https"})
+PAGE = 1000
+RUN_IDS_PER_SEARCH = 100
+TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
+MODEL_ID_SOURCE = re.compile(r"^models:/(m-[0-9A-Za-z]+)/?$")
+
+T = TypeVar("T")
+
+
+def _scheme(uri: str) -> str:
+    """The URI scheme without a driver suffix (``postgresql+psycopg`` -> ``postgresql``); '' for a path."""
+    if "://" not in uri and not uri.startswith("file:"):
+        return ""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower()
+
+
+class MLflowConfig(TargetConfig):
+    tracking_uri: str = Field(min_length=1, description="MLflow tracking URI: database, file store or server.")
+    registry_uri: str | None = Field(None, description="Model registry URI when it differs from tracking_uri.")
+    action: Literal["quarantine", "delete"] = Field(
+        description="quarantine: remove aliases and tag the versions; delete: delete versions, runs, artifacts."
+    )
+    registered_model: str | None = Field(
+        None, min_length=1, description="Only act on this registered model's versions."
+    )
+    dataset_name: str | None = Field(
+        None, description="Dataset scope only (a `datasets:` selector): every model trained on any build of it."
+    )
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _dataset_name_is_a_dataset_selector(cls, name: str | None) -> str | None:
+        # The worker puts a dataset's selector in with model_copy (no validation); in a target's own entry it
+        # would widen every subject's erasure to the whole dataset.
+        if name is not None:
+            raise ValueError("dataset_name belongs in a `datasets:` selector (lethe submit --dataset), "
+                             "not in the target's entry")
+        return name
+
+    def check_dataset_selector(self, selector: dict[str, Any]) -> None:
+        """A dataset (``datasets:`` in the map) is found by the name runs logged it under:
+        ``{dataset_name: okcupid-2014}`` reaches the models trained on any build (digest) of it."""
+        super().check_dataset_selector(selector)
+        if set(selector) != {"dataset_name"}:
+            raise ValueError("an mlflow dataset selector is {dataset_name: NAME} only")
+        name = selector["dataset_name"]
+        if not isinstance(name, str) or not name.strip() or not name.isprintable():
+            raise ValueError("dataset_name must be a non-empty, printable string")
+
+    @field_validator("tracking_uri", "registry_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        if not uri.strip():
+            raise ValueError("must not be empty")
+        scheme = _scheme(uri)
+        if scheme not in DATABASE_SCHEMES | SERVER_SCHEMES | {"", "file"}:
+            raise ValueError(
+                f"unsupported MLflow URI scheme {scheme!r} (use a database URI such as sqlite:///mlruns.db, "
+                "a file store path, or an http(s) tracking server)"
+            )
+        return uri
+
+    @model_validator(mode="after")
+    def _delete_needs_the_backend_store(self) -> MLflowConfig:
+        if self.action == "delete" and _scheme(self.tracking_uri) in SERVER_SCHEMES:
+            raise ValueError(
+                "action delete purges runs as `mlflow gc` does, which needs the backend store: give tracking_uri "
+                "as the tracking server's database URI (or file store), not its http(s) address"
+            )
+        return self
+
+
+# -- MLflow, imported on first use with telemetry off ----------------------------------------------------
+_load_lock = threading.Lock()
+_clients: dict[tuple[str, str | None], Any] = {}
+
+
+def disable_telemetry() -> None:
+    """Switch MLflow's usage telemetry off for this process (the variables MLflow 3 reads), before import."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["DO_NOT_TRACK"] = "true"
+
+
+def load_mlflow() -> Any:
+    """Import MLflow with its telemetry off; drop a telemetry client an earlier import may have started."""
+    with _load_lock:
+        disable_telemetry()
+        with warnings.catch_warnings():
+            # MLflow's SQL stores use SQLAlchemy features deprecated in 2.1; they warn once, at import.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import mlflow
+            import mlflow.store.model_registry.sqlalchemy_store
+            import mlflow.store.tracking.sqlalchemy_store
+        from mlflow.telemetry.client import get_telemetry_client, set_telemetry_client
+
+        telemetry = get_telemetry_client()
+        if telemetry is not None:  # MLflow was imported before lethe switched telemetry off
+            try:
+                telemetry._clean_up()
+            finally:
+                set_telemetry_client()  # telemetry is disabled now: this sets the client to None
+        return mlflow
+
+
+def mlflow_client(tracking_uri: str, registry_uri: str | None) -> Any:
+    """One MlflowClient per (tracking, registry) URI per process; MLflow caches its stores per URI too."""
+    load_mlflow()
+    from mlflow import MlflowClient
+
+    with _load_lock:
+        key = (tracking_uri, registry_uri)
+        if key not in _clients:
+            _clients[key] = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        return _clients[key]
+
+
+def _local_path(uri: str) -> Path | None:
+    """The filesystem path of a local sqlite database or artifact location, None when remote."""
+    scheme = _scheme(uri)
+    if scheme == "":
+        return Path(uri)
+    if scheme == "file":
+        parsed = urlparse(uri)
+        return Path(unquote(parsed.path))
+    return None
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if _scheme(uri) != "sqlite":
+        return None
+    path = uri.split("://", 1)[1]
+    if path.startswith("/"):
+        path = path[1:]  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
+    path = path.split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+# -- what the selection found ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """A live registered model version reached through a run that consumed one of the subject's datasets."""
+
+    name: str
+    version: str
+    run_id: str
+    model_id: str | None
+    aliases: tuple[str, ...]
+    stage: str | None
+    quarantined_by: str | None
+    shard: str | None
+    datasets: tuple[tuple[str, str], ...]
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_by is not None and not self.aliases and self.stage not in SERVING_STAGES
+
+
+@dataclass
+class Selection:
+    runs: dict[str, Any] = field(default_factory=dict)  # run id -> Run whose inputs carry a subject's dataset
+    versions: list[ModelVersionRef] = field(default_factory=list)  # in scope: the ones acted on
+    kept: list[ModelVersionRef] = field(default_factory=list)  # same runs, outside registered_model's scope
+
+    def leftover_runs(self) -> set[str]:
+        """Matched runs already marked deleted that back no live version: purged with the rest."""
+        backing = {v.run_id for v in (*self.versions, *self.kept)}
+        return {rid for rid, run in self.runs.items()
+                if run.info.lifecycle_stage == "deleted" and rid not in backing}
+
+
+class MLflowTarget:
+    kind: ClassVar[str] = "mlflow"
+    Config: ClassVar[type[TargetConfig]] = MLflowConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({"lineage", "quarantine", "delete", "retrain_events"})
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        OperationalError,
+        ConnectionError,
+        TimeoutError,
+    )
+    level: str
+
+    def __init__(self, config: MLflowConfig, context: TaskContext | None = None):
+        self.config = config
+        self.context = context
+        self.level = "quarantined" if config.action == "quarantine" else "bytes_reclaimed"
+        self._purged_locations: list[str] = []
+
+    # -- the contract -----------------------------------------------------------------------------
+    def count(self, subject: Subject) -> int:
+        return len(self._pending(self._select()))
+
+    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        heartbeat()
+        selection = self._select()
+        pending = self._pending(selection)
+        if self.config.action == "quarantine":
+            for version in pending:
+                self._quarantine(version)
+                heartbeat()
+            request_id = self._context().request_id
+            acted = {(v.name, v.version) for v in pending}
+            announced = [v for v in selection.versions
+                         if (v.name, v.version) in acted or v.quarantined_by == request_id]
+        else:
+            self._delete(selection, pending, heartbeat)
+            announced = pending
+        self._announce(announced)
+        return len(pending)
+
+    def verify(self, subject: Subject) -> int:
+        selection = self._select()
+        if self.config.action == "quarantine":
+            return sum(1 for v in selection.versions if not v.quarantined)
+        files = sum(self._files_left(uri) for uri in self._purged_locations)
+        return len(selection.versions) + len(selection.leftover_runs()) + files
+
+    # -- selection --------------------------------------------------------------------------------
+    def _context(self) -> TaskContext:
+        if self.context is None:
+            raise PermanentError("the mlflow target needs the task context (the subject's recorded datasets)")
+        return self.context
+
+    def _pending(self, selection: Selection) -> list[ModelVersionRef]:
+        if self.config.action == "quarantine":
+            return [v for v in selection.versions if not v.quarantined]
+        return list(selection.versions)
+
+    def _client(self) -> Any:
+        path = _sqlite_path(self.config.tracking_uri)
+        if path is not None and not path.is_file():
+            # MLflow would create an empty store there, and every subject would verify 0.
+            raise PermanentError("MLflow tracking database (sqlite) does not exist")
+        with _translate("connect"):
+            return mlflow_client(self.config.tracking_uri, self.config.registry_uri)
+
+    def _select(self) -> Selection:
+        # (name, digest) pairs from lineage; a dataset request's selector names every build: (name, None)
+        wanted: set[tuple[str, str | None]] = (
+            {(self.config.dataset_name, None)} if self.config.dataset_name is not None
+            else set(self._context().datasets)
+        )
+        if not wanted:
+            return Selection()
+        client = self._client()
+        if self.config.registered_model is not None:
+            with _translate("GetRegisteredModel"):
+                client.get_registered_model(self.config.registered_model)
+        from mlflow.entities import ViewType
+
+        experiment_ids = [e.experiment_id for e in _pages(
+            "SearchExperiments", client.search_experiments, view_type=ViewType.ALL, max_results=PAGE)]
+        selection = Selection()
+        used: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        for name, digest in sorted(wanted, key=lambda w: (w[0], w[1] or "")):
+            clauses = [f"dataset.{key} = '{value}'" for key, value in (("name", name), ("digest", digest))
+                       if value is not None and _quotable(value)]
+            for chunk in _chunks(experiment_ids, RUN_IDS_PER_SEARCH):
+                for run in _pages("SearchRuns", client.search_runs, chunk, filter_string=" AND ".join(clauses),
+                                  run_view_type=ViewType.ALL, max_results=PAGE):
+                    for consumed in run.inputs.dataset_inputs:
+                        pair = (consumed.dataset.name, consumed.dataset.digest)
+                        if pair[0] == name and digest in (None, pair[1]):
+                            selection.runs[run.info.run_id] = run
+                            used[run.info.run_id].add(pair)
+        versions: list[Any] = []
+        for chunk in _chunks(sorted(selection.runs), RUN_IDS_PER_SEARCH):
+            run_filter = "run_id IN ({})".format(", ".join(f"'{rid}'" for rid in chunk))
+            versions.extend(_pages("SearchModelVersions", client.search_model_versions,
+                                   filter_string=run_filter, max_results=PAGE))
+        scope = self.config.registered_model
+        aliases: dict[str, dict[str, list[str]]] = {}
+        for name in sorted({mv.name for mv in versions if scope is None or mv.name == scope}):
+            with _translate("GetRegisteredModel"):
+                registered = client.get_registered_model(name)
+            by_version: dict[str, list[str]] = defaultdict(list)
+            for alias, version in (registered.aliases or {}).items():
+                by_version[str(version)].append(alias)
+            aliases[name] = by_version
+        for mv in versions:
+            if mv.run_id not in selection.runs or mv.current_stage == "Deleted_Internal":
+                continue
+            tags = mv.tags or {}
+            model_id = getattr(mv, "model_id", None)
+            source_model = MODEL_ID_SOURCE.match(mv.source or "")
+            ref = ModelVersionRef(
+                name=mv.name, version=str(mv.version), run_id=mv.run_id,
+                model_id=model_id or (source_model.group(1) if source_model else None),
+                aliases=tuple(sorted(aliases.get(mv.name, {}).get(str(mv.version), ()))),
+                stage=mv.current_stage, quarantined_by=tags.get(QUARANTINE_TAG), shard=tags.get(SHARD_TAG),
+                datasets=tuple(sorted(used[mv.run_id])),
+            )
+            (selection.versions if scope is None or mv.name == scope else selection.kept).append(ref)
+        selection.versions.sort(key=lambda v: (v.name, int(v.version) if v.version.isdigit() else 0))
+        return selection
+
+    # -- quarantine -------------------------------------------------------------------------------
+    def _quarantine(self, version: ModelVersionRef) -> None:
+        client = self._client()
+        request_id = self._context().request_id
+        for alias in version.aliases:
+            _gone_ok("DeleteRegisteredModelAlias", client.delete_registered_model_alias, version.name, alias)
+        if version.stage in SERVING_STAGES:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
+                _gone_ok("TransitionModelVersionStage", client.transition_model_version_stage,
+                         version.name, version.version, "Archived")
+        names = ", ".join(sorted({name for name, _ in version.datasets}))
+        reason = f"erasure request {request_id}: trained on dataset {names}"[:TAG_VALUE_LIMIT]
+        _gone_ok("SetModelVersionTag", client.set_model_version_tag, version.name, version.version,
+                 QUARANTINE_TAG, request_id)
+        _gone_ok("SetModelVersionTag", client.set_model_version_tag, version.name, version.version,
+                 REASON_TAG, reason)
+
+    # -- delete -----------------------------------------------------------------------------------
+    def _delete(self, selection: Selection, pending: list[ModelVersionRef], heartbeat: Heartbeat) -> None:
+        protected_runs = {v.run_id for v in selection.kept}
+        protected_models = {v.model_id for v in selection.kept if v.model_id}
+        backing = {v.run_id for v in pending} - protected_runs
+        to_purge = backing | (selection.leftover_runs() - protected_runs)
+        if not pending and not to_purge:
+            return
+        client = self._client()
+        store = client._tracking_client.store
+        if not all(hasattr(store, m) for m in ("_hard_delete_run", "_hard_delete_logged_model")):
+            raise PermanentError("MLflow tracking store cannot hard-delete runs (mlflow gc needs the backend store)")
+
+        # 1. mark the runs deleted: the versions still resolve, their artifacts are untouched
+        for run_id in sorted(backing):
+            if selection.runs[run_id].info.lifecycle_stage != "deleted":
+                _gone_ok("DeleteRun", client.delete_run, run_id)
+        # 2. the versions go before any of their artifacts, so none points at emptied files
+        for version in pending:
+            _gone_ok("DeleteModelVersion", client.delete_model_version, version.name, version.version)
+            heartbeat()
+        # 3. purge, as `mlflow gc`: artifacts first, then the rows
+        models = {v.model_id for v in pending if v.model_id}
+        for run_id in sorted(to_purge):
+            models |= self._logged_models_of(client, selection.runs[run_id])
+        for model_id in sorted(models - protected_models):
+            self._purge_logged_model(client, store, model_id)
+            heartbeat()
+        for run_id in sorted(to_purge):
+            run = _gone_ok("GetRun", store.get_run, run_id)
+            if run is not None:
+                self._delete_artifacts(run.info.artifact_uri)
+                _gone_ok("HardDeleteRun", store._hard_delete_run, run_id)
+            heartbeat()
+
+    def _logged_models_of(self, client: Any, run: Any) -> set[str]:
+        """Logged models (MLflow 3) a run produced, live or marked deleted."""
+        run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        found = {m.model_id for m in _pages("SearchLoggedModels", client.search_logged_models, [experiment_id],
+                                            filter_string=f"source_run_id = '{run_id}'", max_results=PAGE)}
+        store = client._tracking_client.store
+        if hasattr(store, "_get_deleted_logged_models"):  # search leaves out the ones marked deleted
+            with _translate("GetDeletedLoggedModels"):
+                deleted = store._get_deleted_logged_models()
+            for model_id in deleted:
+                model = _gone_ok("GetLoggedModel", store.get_logged_model, model_id, allow_deleted=True)
+                if model is not None and model.source_run_id == run_id:
+                    found.add(model_id)
+        return found
+
+    def _purge_logged_model(self, client: Any, store: Any, model_id: str) -> None:
+        # A live version registered from this logged model outside the selection keeps it.
+        users = list(_pages("SearchModelVersions", client.search_model_versions,
+                            filter_string=f"source_path = 'models:/{model_id}'", max_results=PAGE))
+        if users:
+            return
+        model = _gone_ok("GetLoggedModel", store.get_logged_model, model_id, allow_deleted=True)
+        if model is None:
+            return
+        self._delete_artifacts(model.artifact_location)
+        _gone_ok("HardDeleteLoggedModel", store._hard_delete_logged_model, model_id)
+
+    def _delete_artifacts(self, uri: str | None) -> None:
+        if not uri:
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with _translate("DeleteArtifacts"):
+            get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
+                                    registry_uri=self.config.registry_uri).delete_artifacts()
+        self._purged_locations.append(uri)
+        path = _local_path(uri)
+        if path is None:
+            self.level = "invisible"  # deleted through a remote store's API: its versions/backups are unseen
+            return
+        parent = path.parent  # MLflow's layout: <root>/<run id>/artifacts, <root>/models/<model id>/artifacts
+        if path.name == "artifacts" and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+    def _files_left(self, uri: str) -> int:
+        path = _local_path(uri)
+        if path is not None:
+            if path.is_file():
+                return 1
+            return sum(len(files) for _, _, files in os.walk(path)) + (1 if path.is_dir() else 0)
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with _translate("ListArtifacts"):
+            return len(get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
+                                               registry_uri=self.config.registry_uri).list_artifacts())
+
+    # -- events -----------------------------------------------------------------------------------
+    def _announce(self, versions: Iterable[ModelVersionRef]) -> None:
+        context = self._context()
+        by_model: dict[str, list[ModelVersionRef]] = defaultdict(list)
+        for v in versions:
+            by_model[v.name].append(v)
+        for name, group in sorted(by_model.items()):
+            group.sort(key=lambda v: int(v.version) if v.version.isdigit() else 0)
+            latest = group[-1]
+            datasets = sorted({d for v in group for d in v.datasets})
+            context.emit(RETRAIN_EVENT, {
+                "registered_model": name,
+                "version": latest.version,
+                "versions": [v.version for v in group],
+                "dataset_name": latest.datasets[0][0],
+                "dataset_digest": latest.datasets[0][1],
+                "datasets": [{"name": n, "digest": d} for n, d in datasets],
+                "shards": sorted({v.shard for v in group if v.shard is not None}),
+                "action": self.config.action,
+            })
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+def _quotable(value: str) -> bool:
+    """Whether a value can go in an MLflow search filter literal as is (else it is matched in Python)."""
+    return not any(c in value for c in "'\"\\") and value.isprintable()
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _pages(operation: str, search: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """Every item of a paged MLflow search, one page (``page_token``) at a time."""
+    token: str | None = None
+    while True:
+        with _translate(operation):
+            page = search(*args, page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _gone_ok(operation: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Run an MLflow call; "does not exist" is success (None): deleting what is gone is done."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _translate(operation, passthrough=MlflowException):
+            return call(*args, **kwargs)
+    except MlflowException as exc:
+        if exc.error_code == GONE_CODE:
+            return None
+        raise _translated(operation, exc) from None
+
+
+@contextmanager
+def _translate(operation: str, passthrough: type[BaseException] | None = None) -> Iterator[None]:
+    """Vendor errors become TargetErrors whose text names the operation and MLflow's code, never a path."""
+    try:
+        yield
+    except TargetError:
+        raise
+    except Exception as exc:
+        if passthrough is not None and isinstance(exc, passthrough):
+            raise
+        raise _translated(operation, exc) from None
+
+
+def _translated(operation: str, exc: BaseException) -> TargetError:
+    code = getattr(exc, "error_code", None)
+    if isinstance(code, str) and code:
+        message = f"MLflow {operation}: {code}"
+        return RetryableError(message) if code in RETRYABLE_CODES else PermanentError(message)
+    message = f"MLflow {operation}: {type(exc).__name__}"
+    if isinstance(exc, MLflowTarget.retryable_errors):
+        return RetryableError(message)
+    return PermanentError(message)
