@@ -32,6 +32,7 @@ class Action(StrEnum):
     RETRY = "retry"
     CANCEL = "cancel"
     APPROVE = "approve"
+    HOLD = "hold"
 
 
 # SPEC "HTTP API": requester may create and read, operator may read and retry, admin all.

@@ -43,6 +43,7 @@ router = APIRouter(include_in_schema=False)
 REFRESH_SECONDS = 3
 PAGE_SIZE = 50
 NOTICES = {"retried": "Failed tasks sent back to the queue.", "cancelled": "Request cancelled.",
+           "approved": "Approved: the waiting tasks were sent to the workers.",
            "signed-in": "Signed in."}
 REDIS_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
 
@@ -177,6 +178,7 @@ def render(request: Request, name: str, context: dict[str, Any], session: Sessio
         "csrf": sessions.csrf_token(session, key) if session and key else "",
         "may_retry": bool(principal and principal.may(Action.RETRY)),
         "may_cancel": bool(principal and principal.may(Action.CANCEL)),
+        "may_approve": bool(principal and principal.may(Action.APPROVE)),
     }, status_code=status_code)
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
@@ -335,6 +337,8 @@ def _action(request: Request, request_id: str, csrf: str, action: Action) -> Res
     try:
         if action is Action.RETRY:
             lethe.retry(request_id, actor=principal.actor("dashboard"))
+        elif action is Action.APPROVE:
+            lethe.approve(request_id, actor=principal.actor("dashboard"))
         else:
             lethe.cancel(request_id, actor=principal.actor("dashboard"))
     except UnknownRequest:
@@ -343,13 +347,18 @@ def _action(request: Request, request_id: str, csrf: str, action: Action) -> Res
         known = error_for(exc)
         return _request_view(request, session, request_id, error=known.message if known else "refused",
                              status_code=409)
-    done = "retried" if action is Action.RETRY else "cancelled"
+    done = {Action.RETRY: "retried", Action.APPROVE: "approved"}.get(action, "cancelled")
     return RedirectResponse(f"/requests/{quote(request_id)}?done={done}", status_code=303)
 
 
 @router.post("/requests/{request_id}/retry")
 def retry(request: Request, request_id: str, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
     return _action(request, request_id, csrf, Action.RETRY)
+
+
+@router.post("/requests/{request_id}/approve")
+def approve(request: Request, request_id: str, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    return _action(request, request_id, csrf, Action.APPROVE)
 
 
 @router.post("/requests/{request_id}/cancel")

@@ -4,6 +4,7 @@ the caller's token name and role as its actor (``api:NAME(ROLE)``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -13,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from orchestrator.api import queries
 from orchestrator.api.auth import Action, Principal, Role, TokenStore
 from orchestrator.api.errors import ApiError, ErrorBody
-from orchestrator.api.schemas import ErasureRequestIn, RequestPage, RequestStatus, StatusOut
+from orchestrator.api.schemas import ErasureRequestIn, HoldIn, HoldRelease, RequestPage, RequestStatus, StatusOut
 from orchestrator.service import Lethe
 
 bearer = HTTPBearer(auto_error=False, description="A token from the LETHE_API_TOKENS file.")
@@ -153,3 +154,26 @@ def get_certificate(request_id: str, request: Request,
                     _principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
     """The signed erasure certificate of a completed request (409 while there is none)."""
     return JSONResponse(lethe_of(request).ledger.certificate(request_id))
+
+
+@router.get("/holds", responses=_errors())
+def list_holds(request: Request, _principal: Annotated[Principal, Depends(require(Action.HOLD))]) -> dict[str, Any]:
+    """Active legal holds, subjects as keyed hashes (admin)."""
+    return {"items": lethe_of(request).ledger.list_holds()}
+
+
+@router.post("/holds", status_code=201, responses=_errors(409))
+def add_hold(body: HoldIn, request: Request,
+             principal: Annotated[Principal, Depends(require(Action.HOLD))]) -> dict[str, Any]:
+    """Place a legal hold on a subject (admin): their requests wait on_hold, nothing of theirs is deleted."""
+    until = body.until if body.until is None or body.until.tzinfo else body.until.replace(tzinfo=UTC)
+    held = lethe_of(request).add_hold(body.subject, body.reason, until, actor=principal.actor("api"))
+    return {"held": held}
+
+
+@router.post("/holds/release", responses=_errors(409))
+def release_hold(body: HoldRelease, request: Request,
+                 principal: Annotated[Principal, Depends(require(Action.HOLD))]) -> dict[str, Any]:
+    """Release a subject's holds (admin); their waiting requests resume."""
+    lethe_of(request).release_hold(body.subject, actor=principal.actor("api"))
+    return {"released": True}

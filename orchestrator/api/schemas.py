@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,9 +22,27 @@ class ErasureRequestIn(BaseModel):
         None, description="Identifier kind -> value, e.g. {\"user_id\": \"12345\"}. Values are strings; one "
         "that could widen a selector (empty, wildcards, '/', '..', control characters, > 256 characters) is "
         "refused with 422 and nothing is created.")
-    dataset: str | None = Field(None, description="Dataset scope (admin only): not supported by the API yet.")
+    dataset: str | None = Field(None, max_length=200,
+                                description="Dataset scope (admin only): a source declared under datasets: in the "
+                                "data map; it waits for an admin's approval.")
     dry_run: bool = Field(False, description="Count what would be erased; delete nothing.")
     regime: Literal["gdpr", "ccpa"] = Field("gdpr", description="Sets due_at: GDPR one month, CCPA 45 days.")
+
+
+class HoldIn(BaseModel):
+    """A legal hold (Art. 17(3)): the subject's requests wait on_hold and nothing of theirs is deleted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: dict[str, Any] = Field(description="Identifier kind -> value, validated like a request's.")
+    reason: str = Field(min_length=1, max_length=1000, description="The legal ground, kept in the audit trail.")
+    until: datetime | None = Field(None, description="When the hold ends by itself (RFC 3339); none: until released.")
+
+
+class HoldRelease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: dict[str, Any]
 
 
 class TaskOut(BaseModel):

@@ -632,13 +632,18 @@ class Ledger:
             if s.get_bind().dialect.name == "postgresql":
                 raw = s.connection().connection.driver_connection
                 assert raw is not None
-                with raw.cursor() as cur, cur.copy(
-                        "COPY dataset_members (dataset_name, dataset_digest, subject_hash) FROM STDIN") as copy:
-                    for subject_hash in subject_hashes:
-                        copy.write_row((name, digest, subject_hash))
-                        count += 1
-                        if on_progress and count % 10_000 == 0:
-                            on_progress(count)
+                with raw.cursor() as cur:
+                    # COPY into a narrow temporary table, then one insert in hash order: index pages are
+                    # filled in sequence instead of at random (about twice as fast at millions of rows).
+                    cur.execute("CREATE TEMP TABLE lineage_load (subject_hash varchar(64)) ON COMMIT DROP")
+                    with cur.copy("COPY lineage_load (subject_hash) FROM STDIN") as copy:
+                        for subject_hash in subject_hashes:
+                            copy.write_row((subject_hash,))
+                            count += 1
+                            if on_progress and count % 10_000 == 0:
+                                on_progress(count)
+                    cur.execute("INSERT INTO dataset_members (dataset_name, dataset_digest, subject_hash) "
+                                "SELECT %s, %s, subject_hash FROM lineage_load ORDER BY subject_hash", (name, digest))
             else:
                 batch: list[dict[str, str]] = []
                 for subject_hash in subject_hashes:

@@ -145,7 +145,7 @@ def bench_s3(objects: int) -> dict[str, Any]:
                                    prefix="users/{user_id}/"))
         subject = Subject({"user_id": "42"})
         start = time.perf_counter()
-        deleted = target.purge(subject, lambda: None)
+        deleted = target.purge(subject, lambda done=None: None)
         purge_seconds = time.perf_counter() - start
         purge_calls = calls
         residue = target.verify(subject)

@@ -119,7 +119,7 @@ class TestFeastSqliteContract(TargetContract):
     def test_sqlite_level_is_bytes_reclaimed(self, target: FeastTarget, store: FeastStore) -> None:
         """With the SQLite online store and Parquet files the purge reports bytes_reclaimed."""
         store.seed(SUBJECT)
-        target.purge(subject(SUBJECT), lambda: None)
+        target.purge(subject(SUBJECT), lambda done=None: None)
         assert target.level == "bytes_reclaimed"
 
 
@@ -135,5 +135,5 @@ class TestFeastRedisContract(TargetContract):
     def test_redis_level_is_unindexed(self, target: FeastTarget, store: FeastStore) -> None:
         """Redis may keep purged fields in RDB/AOF files until its next save, so the level is unindexed."""
         store.seed(SUBJECT)
-        target.purge(subject(SUBJECT), lambda: None)
+        target.purge(subject(SUBJECT), lambda done=None: None)
         assert target.level == "unindexed"

@@ -30,7 +30,7 @@ def test_memory_target_erases_exactly_the_union(estate: dict[str, int], doomed: 
     MemoryStore.add("p", *({"owner": owner, "n": n} for owner, count in estate.items() for n in range(count)))
     target = MemoryTarget(MemoryConfig(name="p", kind="memory", store="p", match={"owner": "{user_id}"}))
     for subject in doomed:
-        target.purge(Subject({"user_id": subject}), lambda: None)
+        target.purge(Subject({"user_id": subject}), lambda done=None: None)
         assert target.verify(Subject({"user_id": subject})) == 0
     remaining = Counter(r["owner"] for r in MemoryStore.records("p"))
     assert remaining == Counter({o: c for o, c in estate.items() if o not in doomed and c})
@@ -46,6 +46,6 @@ def test_s3_target_erases_exactly_the_union(s3_endpoint: str, estate: dict[str, 
     target = S3Target(S3Config(name="p", kind="s3", endpoint_url=s3_endpoint, bucket=bucket,
                                prefix="users/{user_id}/"))
     for subject in doomed:
-        target.purge(Subject({"user_id": subject}), lambda: None)
+        target.purge(Subject({"user_id": subject}), lambda done=None: None)
     remaining = versions_per_owner(s3_endpoint, bucket)
     assert remaining == Counter({o: 2 * c for o, c in estate.items() if o not in doomed and c})

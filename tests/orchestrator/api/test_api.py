@@ -312,3 +312,22 @@ def test_admin_files_a_dataset_request_and_approves_it(client: TestClient, worke
     assert sorted(r["owner"] for r in MemoryStore.records("sessions")) == ["12", "12", "90210777", "90210777"]
     again = client.post(f"/v1/erasure-requests/{request_id}/approve", headers=auth("admin"))
     assert again.status_code == 409 and error_of(again)["code"]
+
+
+def test_admin_holds_and_releases_a_subject(client: TestClient, worker: None) -> None:
+    """A held subject's request waits on_hold and deletes nothing; only an admin holds; release resumes it."""
+    body = {"subject": {"user_id": "12"}, "reason": "litigation hold, case 2026-17"}
+    assert client.post("/v1/holds", json=body, headers=auth("operator")).status_code == 403
+    hostile = {**body, "subject": {"user_id": "*"}}
+    assert client.post("/v1/holds", json=hostile, headers=auth("admin")).status_code == 422
+    assert client.post("/v1/holds", json=body, headers=auth("admin")).status_code == 201
+    holds = client.get("/v1/holds", headers=auth("admin")).json()["items"]
+    assert len(holds) == 1 and holds[0]["reason"] == body["reason"] and len(holds[0]["subject_hash"]) == 64
+    rid = client.post("/v1/erasure-requests", json=SUBJECT, headers=auth("requester")).json()["id"]
+    assert wait_for(client, rid, frozenset({"on_hold"}))["status"] == "on_hold"
+    assert sorted(r["owner"] for r in MemoryStore.records("sessions")).count("12") == 2
+    released = client.post("/v1/holds/release", json={"subject": {"user_id": "12"}}, headers=auth("admin"))
+    assert released.status_code == 200, released.text
+    assert wait_for(client, rid)["status"] == "completed"
+    again = client.post("/v1/holds/release", json={"subject": {"user_id": "12"}}, headers=auth("admin"))
+    assert again.status_code == 409

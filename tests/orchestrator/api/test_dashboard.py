@@ -148,3 +148,21 @@ def test_overdue_and_due_soon_requests_stand_out(client: TestClient, lethe: Leth
     assert fine not in client.get("/", params={"status": "completed"}).text
     metrics = client.get("/metrics").text
     assert "lethe_requests_overdue 1.0" in metrics and "lethe_requests_due_soon 1.0" in metrics
+
+
+def test_only_an_admin_sees_and_uses_the_approve_button(client: TestClient, lethe: Lethe, worker: None) -> None:
+    """A dataset request waits; an operator sees no Approve button; an admin's approval (audited) runs it."""
+    rid = client.post("/v1/erasure-requests", json={"dataset": "legacy-sessions"}, headers=auth("admin")).json()["id"]
+    assert wait_for(client, rid, frozenset({"awaiting_approval"}))["status"] == "awaiting_approval"
+    sign_in(client, "operator")
+    page = client.get(f"/requests/{rid}")
+    assert 'id="approve"' not in page.text and "Waiting for an admin" in page.text
+    assert client.post(f"/requests/{rid}/approve", data={"csrf": csrf_of(page.text)}).status_code == 403
+    sign_in(client, "admin")
+    page = client.get(f"/requests/{rid}")
+    assert 'id="approve"' in page.text
+    done = client.post(f"/requests/{rid}/approve", data={"csrf": csrf_of(page.text)}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == f"/requests/{rid}?done=approved"
+    assert wait_for(client, rid)["status"] == "completed"
+    assert any(e["action"] == "request.approved" and e["actor"] == "dashboard:ada(admin)"
+               for e in lethe.ledger.audit_trail(rid))

@@ -61,6 +61,12 @@ class StubS3:
         # unless its keys were built to lie outside the prefix.
         yield {"Versions": [dict(v) for v in self.versions]}
 
+    def get_object_legal_hold(self, **_: Any) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "NoSuchObjectLockConfiguration"}}, "GetObjectLegalHold")
+
+    def get_object_retention(self, **_: Any) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "NoSuchObjectLockConfiguration"}}, "GetObjectRetention")
+
     def delete_objects(self, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:
         objects = Delete["Objects"]
         self.delete_calls.append([dict(o) for o in objects])
@@ -120,7 +126,7 @@ def test_purge_over_a_thousand_versions_uses_several_batches(s3_endpoint: str, b
 
     target.client = Spy()
     beats: list[None] = []
-    assert target.purge(subject("12"), lambda: beats.append(None)) == 1100
+    assert target.purge(subject("12"), lambda done=None: beats.append(done)) == 1100
     assert len(batches) >= 2 and max(batches) <= BATCH and sum(batches) == 1100
     assert len(beats) >= len(batches)
     assert target.verify(subject("12")) == 0
@@ -135,7 +141,7 @@ def test_unversioned_bucket(s3_endpoint: str) -> None:
     put_objects(s3_endpoint, name, ["users/12/a.jpg", "users/12/b.jpg", "users/123/a.jpg"], versions=2)
     target = make_target(name, s3_endpoint)
     assert target.count(subject("12")) == 2  # overwrites leave one object per key
-    assert target.purge(subject("12"), lambda: None) == 2
+    assert target.purge(subject("12"), lambda done=None: None) == 2
     assert target.verify(subject("12")) == 0
     assert version_keys(s3_endpoint, name) == ["users/123/a.jpg"]
 
@@ -145,7 +151,7 @@ def test_unversioned_bucket(s3_endpoint: str) -> None:
 def test_missing_bucket_is_permanent(s3_endpoint: str, operation: str) -> None:
     """A bucket that does not exist fails permanently with the vendor's code and no key in the text."""
     target = make_target(f"missing-{uuid.uuid4().hex[:12]}", s3_endpoint)
-    args = (subject(), lambda: None) if operation == "purge" else (subject(),)
+    args = (subject(), lambda done=None: None) if operation == "purge" else (subject(),)
     with pytest.raises(PermanentError, match="NoSuchBucket") as info:
         getattr(target, operation)(*args)
     assert "ListObjectVersions" in str(info.value)
@@ -161,7 +167,7 @@ def test_unreachable_endpoint_is_retryable() -> None:
         config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=1),
     )
     with pytest.raises(RetryableError, match="EndpointConnectionError") as info:
-        target.purge(subject(), lambda: None)
+        target.purge(subject(), lambda done=None: None)
     assert_sanitised(info.value)
     assert "127.0.0.1" not in str(info.value)
 
@@ -175,7 +181,7 @@ KEYS = [f"{PREFIX}{n}.jpg" for n in range(4)]
 def test_already_gone_is_success(code: str, sleeps: list[float]) -> None:
     """Per-key NoSuchKey/NoSuchVersion count as erased: no error, no re-send, not counted as removed."""
     stub = StubS3(KEYS, script={KEYS[1]: [code]})
-    assert stubbed(stub).purge(subject(), lambda: None) == len(KEYS) - 1
+    assert stubbed(stub).purge(subject(), lambda done=None: None) == len(KEYS) - 1
     assert len(stub.delete_calls) == 1 and sleeps == []
     assert stub.versions == []
 
@@ -183,7 +189,7 @@ def test_already_gone_is_success(code: str, sleeps: list[float]) -> None:
 def test_slowdown_keys_are_resent_then_succeed(sleeps: list[float]) -> None:
     """Keys answered SlowDown are re-sent alone, with backoff, until S3 deletes them."""
     stub = StubS3(KEYS, script={KEYS[0]: ["SlowDown", "SlowDown"], KEYS[2]: ["SlowDown"]})
-    assert stubbed(stub).purge(subject(), lambda: None) == len(KEYS)
+    assert stubbed(stub).purge(subject(), lambda done=None: None) == len(KEYS)
     assert [[o["Key"] for o in call] for call in stub.delete_calls] == [KEYS, [KEYS[0], KEYS[2]], [KEYS[0]]]
     assert stub.delete_calls[1][0] == {"Key": KEYS[0], "VersionId": "v-0"}  # the same version, re-sent
     assert len(sleeps) == 2 and all(s > 0 for s in sleeps)
@@ -194,7 +200,7 @@ def test_access_denied_keys_fail_permanently_after_the_rest_is_deleted(sleeps: l
     """Per-key AccessDenied ends in PermanentError naming the code, once the rest of the batch is gone."""
     stub = StubS3(KEYS, script={KEYS[1]: ["AccessDenied"] * 10, KEYS[3]: ["AccessDenied"] * 10})
     with pytest.raises(PermanentError, match="AccessDenied x2") as info:
-        stubbed(stub).purge(subject(), lambda: None)
+        stubbed(stub).purge(subject(), lambda done=None: None)
     assert [v["Key"] for v in stub.versions] == [KEYS[1], KEYS[3]]
     assert len(stub.delete_calls) == 1  # refused versions are not re-sent
     assert_sanitised(info.value)
@@ -204,7 +210,7 @@ def test_persistent_slowdown_is_retryable(sleeps: list[float]) -> None:
     """A key still throttled after every re-send ends in RetryableError; the others are deleted."""
     stub = StubS3(KEYS, script={KEYS[2]: ["SlowDown"] * (KEY_RETRIES + 5)})
     with pytest.raises(RetryableError, match="DeleteObjects") as info:
-        stubbed(stub).purge(subject(), lambda: None)
+        stubbed(stub).purge(subject(), lambda done=None: None)
     assert len(stub.delete_calls) == KEY_RETRIES + 1
     assert len(sleeps) == KEY_RETRIES
     assert [v["Key"] for v in stub.versions] == [KEYS[2]]
@@ -224,7 +230,7 @@ def test_listing_errors_are_translated(code: str, status: int, expected: type[Ex
                                        operation: str) -> None:
     """A ClientError from ListObjectVersions becomes Retryable (throttling, 5xx) or Permanent (the rest)."""
     stub = StubS3(KEYS, list_error=client_error(code, status, "ListObjectVersions"))
-    args = (subject(), lambda: None) if operation == "purge" else (subject(),)
+    args = (subject(), lambda done=None: None) if operation == "purge" else (subject(),)
     with pytest.raises(expected) as info:
         getattr(stubbed(stub), operation)(*args)
     assert type(info.value) is expected
@@ -239,7 +245,7 @@ def test_delete_call_errors_are_translated(code: str, status: int, expected: typ
     """A ClientError failing the whole DeleteObjects call is translated the same way."""
     stub = StubS3(KEYS, delete_error=client_error(code, status, "DeleteObjects"))
     with pytest.raises(expected, match=f"^S3 DeleteObjects on bucket photos: {code}$") as info:
-        stubbed(stub).purge(subject(), lambda: None)
+        stubbed(stub).purge(subject(), lambda done=None: None)
     assert type(info.value) is expected
     assert_sanitised(info.value)
 
@@ -248,7 +254,7 @@ def test_listing_outside_the_prefix_deletes_nothing() -> None:
     """A listing that returns a key outside the selector's prefix raises PermanentError, deleting nothing."""
     stub = StubS3([f"{PREFIX}a.jpg", f"users/{USER}-other/b.jpg", f"{PREFIX}c.jpg"])
     with pytest.raises(PermanentError, match="outside the selector") as info:
-        stubbed(stub).purge(subject(), lambda: None)
+        stubbed(stub).purge(subject(), lambda done=None: None)
     assert stub.delete_calls == []
     assert len(stub.versions) == 3
     assert USER not in str(info.value) and ".jpg" not in str(info.value)

@@ -47,9 +47,6 @@ def upgrade() -> None:
         sa.Column("dataset_name", sa.String(length=200), nullable=False),
         sa.Column("dataset_digest", sa.String(length=128), nullable=False),
         sa.Column("subject_hash", sa.String(length=64), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["dataset_name", "dataset_digest"], ["datasets.name", "datasets.digest"], ondelete="CASCADE"
-        ),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("dataset_members", schema=None) as batch_op:
