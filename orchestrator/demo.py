@@ -1,9 +1,11 @@
 """``lethe demo``: a synthetic estate on embedded stores, erased through the real pipeline.
 
 Stores: a versioned S3 photo bucket on moto's server (photos with old versions, some delete markers), a Feast
-feature repo (SQLite online store, Parquet offline files), a LanceDB face-embedding table, and an in-memory
-session store. Broker and worker run in-process; the ledger is SQLite. Every erased user must be gone from
-every store, and every other user intact, as read back through each target's own count.
+feature repo (SQLite online store, Parquet offline files), a LanceDB face-embedding table, an in-memory
+session store, and an MLflow registry with models trained on two halves of the users (recorded with lethe's
+lineage) and one trained on consented data only. Broker and worker run in-process; the ledger is SQLite.
+Every erased user must be gone from every store, and every other user intact, as read back through each
+target's own count; the models trained on an erased user are quarantined and the other one keeps serving.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.config import Settings
-from orchestrator.identifiers import Subject
+from orchestrator.identifiers import Subject, keyed_hash
 from orchestrator.service import Lethe
 from orchestrator.testing import make_bucket, put_objects, s3_server
-from workers.targets.base import build_target
+from workers.targets.base import TaskContext, build_target
 from workers.targets.memory import MemoryStore
 
 BUCKET = "demo-photos"
@@ -52,6 +54,11 @@ targets:
     store: demo-sessions
     match: {{owner: "{{user_id}}"}}
     after: [profile-photos]
+  - name: face-models
+    kind: mlflow
+    tracking_uri: {tracking_uri}
+    action: quarantine
+    after: [profile-photos, face-embeddings]
 stores:
   - {{name: billing-archive, not_erased: "kept 10 years by tax law (Art. 17(3)(b))"}}
 """
@@ -75,6 +82,47 @@ def seed_faces(location: Path, users: list[str]) -> None:
     lancedb.connect(str(location)).create_table("faces", data=pa.Table.from_pylist(rows, schema=schema))
 
 
+MODELS = {"face-recognizer": "faces-a", "age-estimator": "faces-b", "face-detector": "faces-consented"}
+
+
+def seed_models(workdir: Path, users: list[str]) -> tuple[str, dict[str, list[str]]]:
+    """Three registered models, each trained on one dataset and serving under the alias "production".
+    Returns the tracking URI and each dataset's members (recorded in lethe's lineage by the caller)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from workers.targets.mlflow import load_mlflow
+
+    mlflow = load_mlflow()
+    uri = f"sqlite:///{workdir / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    weights = workdir / "weights"
+    weights.mkdir()
+    (weights / "model.bin").write_bytes(random.Random(5).randbytes(256))
+    experiment = client.create_experiment("faces", artifact_location=str(workdir / "mlartifacts"))
+    half = len(users) // 2
+    members = {"faces-a": users[:half], "faces-b": users[half:],
+               "faces-consented": [str(100_000 + i) for i in range(50)]}
+    for model, dataset in MODELS.items():
+        run_id = client.create_run(experiment).info.run_id
+        client.log_inputs(run_id, [DatasetInput(Dataset(name=dataset, digest="v1", source_type="local",
+                                                        source=f"/data/{dataset}"),
+                                                [InputTag("mlflow.data.context", "training")])])
+        client.log_artifacts(run_id, str(weights), "model")
+        client.create_registered_model(model)
+        version = client.create_model_version(model, source=f"runs:/{run_id}/model", run_id=run_id).version
+        client.set_registered_model_alias(model, "production", str(version))
+    return uri, members
+
+
+def serving(tracking_uri: str) -> set[str]:
+    """Registered models that still serve under an alias."""
+    from workers.targets.mlflow import mlflow_client
+
+    client = mlflow_client(tracking_uri, None)
+    return {m for m in MODELS if client.get_registered_model(m).aliases}
+
+
 def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
     from workers.targets.feast import build_demo_repo
 
@@ -95,18 +143,29 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
         put_objects(endpoint, BUCKET, [f"users/{u}/old-avatar.jpg" for u in users[::3]], delete_marker=True)
         build_demo_repo(workdir / "feature_repo", users)
         seed_faces(workdir / "vectors", users)
+        tracking_uri, members = seed_models(workdir, users)
         MemoryStore.clear()
         MemoryStore.add("demo-sessions", *({"owner": u, "session": s} for u in users for s in range(2)))
 
         map_path = workdir / "datamap.yaml"
         map_path.write_text(DATA_MAP.format(endpoint=endpoint, bucket=BUCKET, feature_repo=workdir / "feature_repo",
-                                            vectors=workdir / "vectors"))
+                                            vectors=workdir / "vectors", tracking_uri=tracking_uri))
         lethe = Lethe(Settings(database_url=f"sqlite:///{workdir / 'lethe.db'}", data_map=map_path, broker_url=None))
-        targets = {t.name: build_target(t) for t in lethe.load_map().targets}
+        key = lethe.settings.subject_key_bytes
+        for dataset, ids in members.items():
+            lethe.ledger.record_lineage(dataset, "v1", (keyed_hash(key, "user_id", u) for u in ids), actor="demo")
+        configs = {t.name: t for t in lethe.load_map().targets}
+
+        def count(name: str, user: str) -> int:
+            subject = Subject({"user_id": user})
+            hashes = subject.hashes(key)
+            context = TaskContext("demo-count", hashes, lethe.ledger.datasets_for(hashes.values()))
+            return build_target(configs[name], context).count(subject)
 
         def counts() -> dict[str, dict[str, int]]:
-            return {name: {u: target.count(Subject({"user_id": u})) for u in [*doomed, *kept_sample]}
-                    for name, target in targets.items()}
+            return {name: {u: count(name, u) for u in [*doomed, *kept_sample]} for name in configs}
+
+        serving_before = serving(tracking_uri)
 
         before = counts()
         statuses: list[dict[str, Any]] = []
@@ -119,6 +178,7 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
                 statuses.append(lethe.wait(request_id, timeout=300))
                 progress.advance(bar)
         after = counts()
+        serving_after = serving(tracking_uri)
 
         certs = workdir / "certificates"
         certs.mkdir()
@@ -134,15 +194,26 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
     for col in ("target", "kind", "deleted", "residue", "others changed", "level"):
         table.add_column(col)
     ok = completed == len(doomed) and not ledger_problems
-    for name, target in targets.items():
+    # Models are shared: one trained on an erased user is withdrawn for everyone, so for them "others" means
+    # the models trained on no erased user, which must still serve.
+    hit = {m for m, dataset in MODELS.items() if set(members[dataset]) & set(doomed)}
+    for name, config in configs.items():
         deleted = sum(t["deleted"] or 0 for s in statuses for t in s["tasks"] if t["target"] == name)
         residue = sum(after[name][u] for u in doomed)
-        changed = sum(1 for u in kept_sample if after[name][u] != before[name][u])
-        ok = ok and residue == 0 and changed == 0 and all(before[name][u] for u in doomed)
+        if config.kind == "mlflow":
+            spared = serving_before - hit
+            changed_text = f"{len(spared - serving_after)}/{len(spared)} models"
+            ok = ok and residue == 0 and serving_after == spared and serving_before == set(MODELS)
+        else:
+            changed = sum(1 for u in kept_sample if after[name][u] != before[name][u])
+            changed_text = f"{changed}/{len(kept_sample)}"
+            ok = ok and residue == 0 and changed == 0 and all(before[name][u] for u in doomed)
         levels = {t["level"] for s in statuses for t in s["tasks"] if t["target"] == name}
-        table.add_row(name, target.kind, str(deleted), str(residue), f"{changed}/{len(kept_sample)}",
+        table.add_row(name, config.kind, str(deleted), str(residue), changed_text,
                       ", ".join(sorted(str(level) for level in levels)))
     console.print(table)
+    console.print(f"models quarantined: {', '.join(sorted(hit)) or 'none'}; still serving: "
+                  f"{', '.join(sorted(serving_after)) or 'none'}")
     console.print(f"requests completed: {completed}/{len(doomed)} · erased ids (shown only in this demo): "
                   f"{', '.join(doomed)}")
     console.print(f"ledger: {workdir / 'lethe.db'} ({'verified' if not ledger_problems else ledger_problems[0]})")

@@ -76,7 +76,7 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "werkzeug"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "werkzeug", "mlflow", "feast"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True
 
