@@ -31,6 +31,7 @@ from workers.targets.base import (
 
 log = get_logger("lethe.worker")
 MAX_ERROR_LENGTH = 500
+PROGRESS_FROM = 1_000  # items: a purge this large records its progress (one ledger write more per task)
 
 
 class LetheTask(Task):
@@ -107,7 +108,8 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
                     log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
                     ledger.await_approval(run.task_id, estimated, max_items)
                     return "awaiting_approval"
-                ledger.renew_lease(run.task_id, done=0, estimated=estimated)
+                if estimated > PROGRESS_FROM:  # worth showing; a small purge is done before anyone looks
+                    ledger.renew_lease(run.task_id, done=0, estimated=estimated)
             deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id))
             residue = target.verify(run.subject)
             if residue:

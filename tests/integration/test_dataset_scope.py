@@ -59,8 +59,7 @@ def test_dataset_erasure_waits_for_approval_then_removes_only_that_source(
     lethe.approve(request_id, actor="cli:admin")
     status = lethe.wait(request_id, timeout=60)
     assert status["status"] == "completed"
-    assert {t["target"]: t["progress"] for t in status["tasks"]} == {
-        "photos": {"done": 24, "estimated": 24}, "faces": {"done": 5, "estimated": 5}}
+    assert all(t["progress"] is None for t in status["tasks"])  # small purges are not tracked
     assert version_keys(s3_endpoint, bucket, "sources/okcupid-2014/") == []
     assert len(version_keys(s3_endpoint, bucket, "sources/consented/")) == 3
     assert version_keys(s3_endpoint, bucket, "users/") == ["users/1/a.jpg"]
