@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="How long a dispatched task may go without finishing or renewing its lease before "
         "`lethe reconcile` re-dispatches it.",
     )
+    task_slice_seconds: int = Field(
+        300,
+        ge=0,
+        description="A resumable purge (S3) hands its task back to the queue after this long, between pages, "
+        "so no broker message runs for hours and a dead worker loses at most one slice.",
+    )
     task_max_retries: int = Field(
         6, ge=0, description="Retries of a task after a retryable error before it fails for good."
     )

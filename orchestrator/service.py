@@ -122,7 +122,8 @@ class Lethe:
         the task keeps its lease in the ledger and reconcile sends it again when the lease runs out."""
         for d in dispatches:
             try:
-                self.app.send_task("lethe.purge", args=[d.task_id], queue=f"purge.{d.kind}")
+                self.app.send_task("lethe.purge", args=[d.task_id], queue=f"purge.{d.kind}",
+                                   kwargs={"continuation": True} if d.continuation else None)
             except Exception as exc:
                 log.warning("dispatch.failed", task_id=d.task_id, error=type(exc).__name__)
 

@@ -24,6 +24,7 @@ from workers.targets.base import (
     HeldError,
     PermanentError,
     RetryableError,
+    SliceExpired,
     TaskContext,
     build_target,
     target_class,
@@ -65,11 +66,11 @@ def sanitise(exc: BaseException, subject: Subject) -> str:
     return scrub(text, subject.values())[:MAX_ERROR_LENGTH]
 
 
-def purge(self: LetheTask, task_id: str) -> str:
+def purge(self: LetheTask, task_id: str, continuation: bool = False) -> str:
     lethe = self.lethe
     structlog.contextvars.bind_contextvars(task_id=task_id)
     try:
-        run = lethe.ledger.claim(task_id)
+        run = lethe.ledger.claim(task_id, continuation=continuation)
     except DBAPIError as exc:  # ledger unreachable: try again later; reconcile covers us if this runs out
         raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
                          exc=exc) from None
@@ -102,7 +103,7 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
         else:
             # Count before deleting anything: the blast-radius check, and the estimate progress is shown
             # against (a dataset purge is approved but long, so it is counted too).
-            if not run.approved or run.dataset is not None:
+            if not run.continuation and (not run.approved or run.dataset is not None):
                 estimated = target.count(run.subject)
                 if not run.approved and estimated > max_items:
                     log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
@@ -110,7 +111,14 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
                     return "awaiting_approval"
                 if estimated > PROGRESS_FROM:  # worth showing; a small purge is done before anyone looks
                     ledger.renew_lease(run.task_id, done=0, estimated=estimated)
-            deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id))
+            slice_ends = (time.monotonic() + lethe.settings.task_slice_seconds
+                          if "resumable" in target.capabilities else None)
+            try:
+                deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id, slice_ends))
+            except SliceExpired as expired:
+                log.info("task.slice_expired", deleted=expired.done)
+                lethe.send([d for d in [ledger.hand_back(run.task_id, expired.done)] if d])
+                return "continued"
             residue = target.verify(run.subject)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
@@ -148,14 +156,18 @@ def _retryable_types(kind: str) -> tuple[type[BaseException], ...]:
         return ()
 
 
-def _heartbeat(lethe: Lethe, task_id: str) -> Heartbeat:
+def _heartbeat(lethe: Lethe, task_id: str, slice_ends: float | None = None) -> Heartbeat:
     """Renew the task's lease (and record progress) at most every 2 s, however often the target calls;
-    the lease needs far less, progress reads better live."""
+    the lease needs far less, progress reads better live. For a resumable target, end the slice once its
+    time is up (between two pages, where the target calls)."""
     every = min(2.0, lethe.settings.task_lease_seconds / 10)
     last = time.monotonic()
 
     def beat(done: int | None = None) -> None:
         nonlocal last
+        # A slice ends only after it made progress: handing back a slice that removed nothing would loop.
+        if slice_ends is not None and done and time.monotonic() >= slice_ends:
+            raise SliceExpired(done)
         if time.monotonic() - last >= every:
             lethe.ledger.renew_lease(task_id, done=done)
             last = time.monotonic()

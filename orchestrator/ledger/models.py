@@ -110,6 +110,8 @@ class Task(Base):
     # Progress of a long purge, reported with its heartbeats: items done / estimated (the pre-purge count).
     progress_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
     progress_estimated: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Items deleted by earlier slices of a long purge that handed its message back (see task_slice_seconds).
+    carried_deleted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Set when the task is handed to the broker and renewed while it runs; reconcile re-dispatches a
     # non-terminal task whose lease has run out. NULL: not dispatched yet (waiting for `after`).
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -78,6 +78,7 @@ class Dispatch:
 
     task_id: str
     kind: str
+    continuation: bool = False  # the next slice of a resumable purge, not a new attempt
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class TaskRun:
     subject_hashes: dict[str, str]
     data_map_digest: str
     approved: bool = False  # an admin approved the request: no blast-radius check
+    continuation: bool = False  # a later slice of a long purge: not counted again, not a new attempt
     dataset: str | None = None  # a dataset erasure: the target's selector comes from the map's datasets
 
 
@@ -233,7 +235,7 @@ class Ledger:
             return row.id
 
     # -- workers ------------------------------------------------------------------------------------
-    def claim(self, task_id: str) -> TaskRun | None:
+    def claim(self, task_id: str, continuation: bool = False) -> TaskRun | None:
         """Mark a task running and return what it needs, or None when there is nothing to do (finished,
         cancelled, waiting for `after`, or held)."""
         with self.sessions.begin() as s:
@@ -251,18 +253,20 @@ class Ledger:
                 self._park(s, request, [task], "held", f"legal hold: {hold.reason}")
                 return None
             at = now()
+            continuing = continuation and task.status == "running"
             task.status = "running"
-            task.attempts += 1
             task.started_at = task.started_at or at
             task.lease_expires_at = at + self.lease
             task.error = None
-            self._audit(s, "task.started", request.id, task.id, detail={"target": task.target,
-                                                                        "attempt": task.attempts})
+            if not continuing:
+                task.attempts += 1
+                self._audit(s, "task.started", request.id, task.id, detail={"target": task.target,
+                                                                            "attempt": task.attempts})
             self._refresh(s, request)
             return TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
                            self._unseal(request.id, request.sealed_subject), dict(request.subject_hashes),
                            request.data_map_digest, approved=request.approved_at is not None,
-                           dataset=request.dataset)
+                           dataset=request.dataset, continuation=continuing)
 
     def renew_lease(self, task_id: str, done: int | None = None, estimated: int | None = None) -> None:
         """A running task is alive: extend its lease, and record its progress when given."""
@@ -274,6 +278,20 @@ class Ledger:
                     task.progress_done = done
                 if estimated is not None:
                     task.progress_estimated = estimated
+
+    def hand_back(self, task_id: str, done: int) -> Dispatch | None:
+        """A resumable purge used its time slice: keep what it deleted, renew the lease, send it again."""
+        with self.sessions.begin() as s:
+            task = s.get(Task, task_id, with_for_update=True)
+            if task is None or task.status != "running":
+                return None
+            task.carried_deleted = (task.carried_deleted or 0) + done
+            task.progress_done = task.carried_deleted
+            task.lease_expires_at = now() + self.lease
+            task.dispatched_at = now()
+            self._audit(s, "task.continued", task.request_id, task.id,
+                        detail={"target": task.target, "deleted_so_far": task.carried_deleted})
+            return Dispatch(task.id, task.kind, continuation=True)
 
     def complete(self, task_id: str, deleted: int, residue: int, level: str = "bytes_reclaimed",
                  events: Sequence[tuple[str, dict[str, Any]]] = (), note: str | None = None) -> list[Dispatch]:
@@ -287,6 +305,7 @@ class Ledger:
             request = s.get(Request, task.request_id, with_for_update=True)
             assert request is not None
             at = now()
+            deleted += task.carried_deleted or 0  # what earlier slices of this purge removed
             record: dict[str, Any] = {"target": task.target, "deleted": deleted, "residue": residue,
                                       "level": level, "verified_at": rfc3339(at)}
             if not request.dry_run:

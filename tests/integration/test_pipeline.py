@@ -187,3 +187,22 @@ def test_large_purge_reports_progress(running) -> None:
     status = lethe.wait(request_id, timeout=60)
     sessions = next(t for t in status["tasks"] if t["target"] == "sessions")
     assert sessions["progress"] == {"done": 1_502, "estimated": 1_502}
+
+
+def test_long_purge_runs_as_several_messages_and_counts_them_all(pipeline, s3_endpoint: str, bucket: str) -> None:
+    """With a zero time slice every 1,000-version round hands the task back; the record counts every slice."""
+    put_objects(s3_endpoint, bucket, [f"users/1234/bulk-{i:04d}.jpg" for i in range(550)], versions=2)
+    lethe = pipeline()
+    lethe.settings.task_slice_seconds = 0
+    before = versions_per_owner(s3_endpoint, bucket)
+    with lethe.embedded_worker():
+        request_id, _ = lethe.submit({"user_id": "1234"})
+        status = lethe.wait(request_id, timeout=120)
+    assert status["status"] == "completed", status
+    photos = status["tasks"][0]
+    assert photos["deleted"] == before["1234"] == 1_108 and photos["attempts"] == 1
+    assert versions_per_owner(s3_endpoint, bucket)["1234"] == 0
+    assert versions_per_owner(s3_endpoint, bucket)["123"] == before["123"]
+    continued = [e for e in lethe.ledger.audit_trail(request_id) if e["action"] == "task.continued"]
+    assert len(continued) >= 2 and continued[0]["detail"]["deleted_so_far"] == 1_000
+    assert lethe.ledger.verify() == []

@@ -12,6 +12,9 @@ Contract (tests/contract/ checks it against every adapter's real engine):
   of every index), ``bytes_reclaimed`` (physically gone: no version, tombstone or old file holds it), and
   for models ``quarantined`` (kept but withdrawn from serving: no alias or stage, tagged with the request).
   An adapter that only reaches a lower level after some purges sets it on the instance in ``purge``.
+- A target with the capability ``resumable`` may be interrupted at any heartbeat (it raises SliceExpired
+  there) and finished later by calling ``purge`` again: what is gone stays gone, so a long purge runs as
+  several short messages. It must call ``heartbeat(done)`` with the items it removed so far.
 - ``verify(subject)`` reads the store back and returns the residue: how many matching items remain.
   A purge is only recorded as complete when verify returns 0.
 - Vendor errors are translated at the edge: "already gone" is success, throttling and outages raise
@@ -63,6 +66,14 @@ class TaskContext:
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         self.events.append((event_type, data))
+
+
+class SliceExpired(Exception):
+    """Raised by a heartbeat when a resumable purge has used its time slice: the task goes back to the queue."""
+
+    def __init__(self, done: int):
+        self.done = done
+        super().__init__(f"slice expired after {done} items")
 
 
 class TargetError(Exception):

@@ -170,7 +170,8 @@ def _keys_engine(url: str) -> Any:
 class S3Target:
     kind: ClassVar[str] = "s3"
     Config: ClassVar[type[TargetConfig]] = S3Config
-    capabilities: ClassVar[frozenset[str]] = frozenset({"versions", "delete_markers", "keys_query"})
+    # resumable: every round lists afresh, so a purge stopped between rounds continues where it was.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"versions", "delete_markers", "keys_query", "resumable"})
     level = "bytes_reclaimed"  # every version and delete marker is gone: nothing is recoverable through S3
     retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (
         EndpointConnectionError,
