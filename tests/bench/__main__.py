@@ -18,13 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, text
 
 from orchestrator import logs
 from orchestrator.certificates import create_private_key
@@ -33,10 +31,10 @@ from orchestrator.identifiers import Subject
 from orchestrator.service import Lethe
 from orchestrator.testing import FAKE_AWS_ENV, make_bucket, put_objects, s3_server
 from tests.bench import stores
+from tests.fixtures.services import temporary_database
 from workers.targets.s3 import S3Config, S3Target, s3_client
 
 BIN = Path(sys.executable).parent
-PG_ADMIN = os.environ.get("LETHE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/12")
 KEY = "be" * 32
 
@@ -55,18 +53,6 @@ def process(args: list[str], env: dict[str, str], log: Path):  # type: ignore[no
             proc.kill()
 
 
-@contextmanager
-def pg_database():  # type: ignore[no-untyped-def]
-    name = f"lethe_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def bench_baseline(tasks: int, workdir: Path) -> float:
@@ -96,7 +82,7 @@ def bench_lethe(requests: int, workdir: Path) -> float:
     data_map.write_text(f"version: 1\nidentifiers: [user_id]\ntargets:\n{targets}\n")
     signing = workdir / "signing.pem"
     create_private_key(signing)
-    with pg_database() as db:
+    with temporary_database("lethe_bench") as db:
         env = {**os.environ, "LETHE_BROKER_URL": REDIS, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY,
                "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
         lethe = Lethe(Settings(broker_url=REDIS, database_url=db, subject_key=KEY, signing_key=signing,
@@ -197,7 +183,7 @@ def main() -> None:
                   f"({v['lethe_purge']['seconds']:.2f} s vs {v['raw_delete']['seconds']:.2f} s)")
         if "events" in only:
             redis.Redis.from_url(REDIS).flushdb()
-            with pg_database() as db:
+            with temporary_database("lethe_bench") as db:
                 e = results["events"] = stores.bench_intake(REDIS, db, work, args.events)
             print(f"event intake: {e['events']:,} signed events filed as requests at {e['events_per_second']:,.0f}/s "
                   f"= {e['ratio']:.1f}x the time of a raw kombu publish+consume of the same bodies")

@@ -23,38 +23,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 
 from orchestrator.certificates import create_private_key
 from orchestrator.config import Settings
 from orchestrator.identifiers import keyed_hash
 from orchestrator.service import Lethe
+from tests.fixtures.services import temporary_database
 
 BIN = Path(sys.executable).parent
-PG_ADMIN = os.environ.get("LETHE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KEY = "1e" * 32
 MAP = ("version: 1\nidentifiers: {user_id: '[0-9]+'}\ntargets:\n"
        "  - {name: t, kind: memory, store: s, match: {owner: '{user_id}'}}\n")
 
 
-@contextmanager
-def pg_database() -> Iterator[str]:
-    name = f"lethe_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def member(n: int) -> str:
@@ -70,7 +55,7 @@ def bench(members: int, work: Path) -> dict[str, Any]:
     signing = work / "signing.pem"
     create_private_key(signing)
     results: dict[str, Any] = {"members": members}
-    with pg_database() as db:
+    with temporary_database("lethe_bench") as db:
         env = {**os.environ, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY, "LETHE_SIGNING_KEY": str(signing),
                "LETHE_DATA_MAP": str(work / "datamap.yaml"), "LETHE_LOG_LEVEL": "WARNING"}
         subprocess.run([str(BIN / "lethe"), "migrate"], env=env, check=True, capture_output=True)

@@ -21,8 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ from orchestrator.config import Settings
 from orchestrator.service import Lethe
 from orchestrator.testing import FAKE_AWS_ENV, make_bucket, put_objects, s3_server, versions_per_owner
 from tests.chaos.faultproxy import FaultProxy
+from tests.fixtures.services import PG_ADMIN_URL, temporary_database
 
 BIN = Path(sys.executable).parent
-PG_ADMIN = os.environ.get("LETHE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KEY = "c4" * 32
 MAP = """\
 version: 1
@@ -148,24 +147,16 @@ class Processes:
                 proc.wait()
 
 
-@contextmanager
-def pg_database():  # type: ignore[no-untyped-def]
-    name = f"lethe_chaos_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+
+def cut_ledger_connections(database: str) -> int:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", name, admin
-    finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return len(conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                         "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).all())
+    finally:
         admin.dispose()
-
-
-def cut_ledger_connections(admin: Any, database: str) -> int:
-    with admin.connect() as conn:
-        return len(conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                     "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).all())
 
 
 def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
@@ -175,7 +166,8 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lethe-chaos-")))
         endpoint = stack.enter_context(s3_server())
         proxy = stack.enter_context(FaultProxy(endpoint, opts.fault_rate))
-        db_url, db_name, admin = stack.enter_context(pg_database())
+        db_url = stack.enter_context(temporary_database("lethe_chaos"))
+        db_name = db_url.rsplit("/", 1)[1]
         redis = Redis(workdir)
         redis.start()
         stack.callback(redis.stop)
@@ -224,7 +216,7 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
                 redis.restart()
                 events.append(f"redis restarted at {now - started:.0f}s")
             if cut_at is not None and progress >= cut_at:
-                cut = cut_ledger_connections(admin, db_name)
+                cut = cut_ledger_connections(db_name)
                 events.append(f"{cut} ledger connections cut at {now - started:.0f}s")
                 cut_at = None
             if now >= next_kill:
