@@ -128,6 +128,13 @@ class TargetConfig(BaseModel):
             raise ValueError("a dataset selector value is empty")
 
 
+def require_placeholder(field: str, value: Any) -> None:
+    """The rule every subject selector obeys, checked when the map loads: a selector without an
+    ``{identifier}`` placeholder would match every subject."""
+    if not placeholders_in(value):
+        raise ValueError(f"{field} must hold an {{identifier}} placeholder, or it would match every subject")
+
+
 @runtime_checkable
 class Target(Protocol):
     """One configured store a subject's data is erased from. See the module docstring for the contract."""

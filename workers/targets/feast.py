@@ -74,13 +74,14 @@ import redis.exceptions
 from pydantic import Field, field_validator, model_validator
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill, placeholders
+from orchestrator.templates import fill
 from workers.targets.base import (
     Heartbeat,
     PermanentError,
     RetryableError,
     TargetConfig,
     TargetError,
+    require_placeholder,
 )
 
 # Feast phones home nowhere in 0.67, but older releases read this; a GDPR tool never sends usage data.
@@ -139,8 +140,8 @@ class FeastConfig(TargetConfig):
     @field_validator("value")
     @classmethod
     def _value_names_the_subject(cls, value: str | None) -> str | None:
-        if value is not None and not placeholders(value):
-            raise ValueError("value must hold an {identifier} placeholder, or it would match every subject")
+        if value is not None:
+            require_placeholder("value", value)
         return value
 
     @field_validator("feature_views")

@@ -73,8 +73,8 @@ from pydantic import Field, field_validator, model_validator
 from sqlalchemy import text
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill, placeholders_in
-from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
+from orchestrator.templates import fill
+from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig, require_placeholder
 from workers.targets.s3 import KeysQuery
 
 COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -148,8 +148,7 @@ class LanceDBConfig(TargetConfig):
         bad = [column for column in match if not COLUMN.fullmatch(column)]
         if bad:
             raise ValueError(f"match columns must be plain column names (letters, digits, _): {bad[0]!r}")
-        if not placeholders_in(match):
-            raise ValueError("match must hold an {identifier} placeholder, or it would match every subject")
+        require_placeholder("match", match)
         return match
 
     @model_validator(mode="after")

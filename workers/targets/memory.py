@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill, placeholders_in
-from workers.targets.base import Heartbeat, RetryableError, TargetConfig
+from orchestrator.templates import fill
+from workers.targets.base import Heartbeat, RetryableError, TargetConfig, require_placeholder
 
 
 class MemoryStore:
@@ -82,8 +82,7 @@ class MemoryConfig(TargetConfig):
     @field_validator("match")
     @classmethod
     def _match_names_the_subject(cls, match: dict[str, str]) -> dict[str, str]:
-        if not placeholders_in(match):
-            raise ValueError("match must hold an {identifier} placeholder, or it would match every subject")
+        require_placeholder("match", match)
         return match
 
 

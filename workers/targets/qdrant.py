@@ -101,8 +101,15 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from sqlalchemy import text
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill, placeholders_in
-from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig, TargetError
+from orchestrator.templates import fill
+from workers.targets.base import (
+    Heartbeat,
+    PermanentError,
+    RetryableError,
+    TargetConfig,
+    TargetError,
+    require_placeholder,
+)
 from workers.targets.s3 import KeysQuery, _keys_engine
 
 PAGE = 256  # points read (with vectors) and deleted per round
@@ -179,8 +186,7 @@ class QdrantConfig(TargetConfig):
         bad = [field for field in match if not FIELD_NAME.fullmatch(field)]
         if bad:
             raise ValueError(f"match field {bad[0]!r} is not a plain payload key (letters, digits, _ . -)")
-        if not placeholders_in(match):
-            raise ValueError("match must hold an {identifier} placeholder, or it would match every subject")
+        require_placeholder("match", match)
         return match
 
     @model_validator(mode="after")

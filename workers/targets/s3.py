@@ -35,8 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import text
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill, placeholders
-from workers.targets.base import Heartbeat, HeldError, PermanentError, RetryableError, TargetConfig
+from orchestrator.templates import fill
+from workers.targets.base import (
+    Heartbeat,
+    HeldError,
+    PermanentError,
+    RetryableError,
+    TargetConfig,
+    require_placeholder,
+)
 
 BATCH = 1000  # DeleteObjects' limit
 RETRYABLE_CODES = frozenset(
@@ -93,8 +100,7 @@ class S3Config(TargetConfig):
     def _prefix_is_safe(cls, prefix: str | None) -> str | None:
         if prefix is None:
             return None
-        if not placeholders(prefix):
-            raise ValueError("prefix must hold an {identifier} placeholder, or it would match every subject")
+        require_placeholder("prefix", prefix)
         if not prefix.endswith("/"):
             raise ValueError("prefix must end at a separator '/', so subject 12 never matches 123")
         return prefix
