@@ -69,8 +69,14 @@ def create_private_key(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
+    write_secret_file(path, pem)
+    return key
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``data``; FileExistsError if it exists, so two hosts or processes
+    starting at once never overwrite each other's secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    return key
+        f.write(data)

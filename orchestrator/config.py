@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import secrets
+from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
 
@@ -89,27 +89,25 @@ class Settings(BaseSettings):
         path = self.database_url.split("///", 1)[1] if "///" in self.database_url else ""
         return Path(path) if path and path != ":memory:" else None
 
+    def _beside_ledger(self, suffix: str, variable: str, how: str) -> Path:
+        """Where a key generated for an SQLite ledger lives; any other database needs ``variable`` set."""
+        db_file = self.sqlite_path()
+        if db_file is None:
+            raise ConfigError(f"{variable} is required with this ledger database: {how}")
+        return db_file.with_name(db_file.name + suffix)
+
     @cached_property
     def subject_key_bytes(self) -> bytes:
         """The secret behind every keyed hash (HMAC-SHA256) of a subject identifier."""
+        from orchestrator.certificates import write_secret_file
+
         if self.subject_key is not None:
             return _parse_hex_key(self.subject_key.get_secret_value())
-        db_file = self.sqlite_path()
-        if db_file is None:
-            raise ConfigError(
-                "LETHE_SUBJECT_KEY is required with this ledger database: set it to the same hex secret "
-                "(>= 32 bytes, e.g. `openssl rand -hex 32`) on every host"
-            )
-        key_file = db_file.with_name(db_file.name + ".subject-key")
+        key_file = self._beside_ledger(".subject-key", "LETHE_SUBJECT_KEY", "set it to the same hex secret "
+                                       "(>= 32 bytes, e.g. `openssl rand -hex 32`) on every host")
         if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process made it first
-                pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32) + "\n")
+            with suppress(FileExistsError):  # another process made it first
+                write_secret_file(key_file, (secrets.token_hex(32) + "\n").encode())
         return _parse_hex_key(key_file.read_text().strip())
 
     @cached_property
@@ -122,13 +120,9 @@ class Settings(BaseSettings):
                 return load_private_key(self.signing_key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"LETHE_SIGNING_KEY: cannot load an Ed25519 PEM private key: {exc}") from None
-        db_file = self.sqlite_path()
-        if db_file is None:
-            raise ConfigError(
-                "LETHE_SIGNING_KEY is required with this ledger database: the path of an Ed25519 private key "
-                "(PEM) shared by every host, e.g. `openssl genpkey -algorithm ed25519 -out lethe-signing.pem`"
-            )
-        key_file = db_file.with_name(db_file.name + ".signing-key.pem")
+        key_file = self._beside_ledger(
+            ".signing-key.pem", "LETHE_SIGNING_KEY", "the path of an Ed25519 private key (PEM) shared by every "
+            "host, e.g. `openssl genpkey -algorithm ed25519 -out lethe-signing.pem`")
         if key_file.exists():
             return load_private_key(key_file)
         try:
