@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,6 +97,27 @@ class TaskRun:
     approved: bool = False  # an admin approved the request: no blast-radius check
     continuation: bool = False  # a later slice of a long purge: not counted again, not a new attempt
     dataset: str | None = None  # a dataset erasure: the target's selector comes from the map's datasets
+    datasets: list[tuple[str, str]] = field(default_factory=list)  # recorded training sets holding the subject
+
+
+@dataclass(frozen=True)
+class Filing:
+    """One request to file: its subject (empty for a dataset erasure), idempotency key and origin."""
+
+    subject: Subject
+    idempotency_key: str | None = None
+    origin: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A verified purge to record: what it deleted, how far, and the events its target asked for."""
+
+    task_id: str
+    deleted: int
+    level: str = "bytes_reclaimed"
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()
+    note: str | None = None
 
 
 def now() -> datetime:
@@ -158,27 +179,68 @@ class Ledger:
         A replay with the same idempotency key and the same request returns the first one (created False);
         the same key with a different request raises IdempotencyConflict.
         """
+        filed, dispatches = self.file_requests(
+            datamap, [Filing(subject, idempotency_key, origin)], dry_run=dry_run, regime=regime, actor=actor,
+            only_targets=only_targets, dataset=dataset)
+        return filed[0][0], filed[0][1], dispatches
+
+    def file_requests(
+        self,
+        datamap: DataMap,
+        filings: Sequence[Filing],
+        *,
+        dry_run: bool = False,
+        regime: str = "gdpr",
+        actor: str = "cli",
+        only_targets: Collection[str] | None = None,
+        dataset: str | None = None,
+    ) -> tuple[list[tuple[str, bool]], list[Dispatch]]:
+        """Record many requests in one transaction (a bulk erasure files thousands at once). Returns
+        (id, created) per filing, in order, and the dispatches of all of them.
+
+        Idempotency as for ``file_request``: a key already used for the same request returns that request
+        (created False), for another request raises IdempotencyConflict and nothing is filed.
+        """
         if regime not in REGIMES:
             raise LedgerError(f"unknown regime {regime!r} (gdpr or ccpa)")
-        if dataset is not None and (dataset not in datamap.datasets or len(subject)):
+        if dataset is not None and (dataset not in datamap.datasets or any(len(f.subject) for f in filings)):
             known = ", ".join(sorted(datamap.datasets)) or "none"
             raise LedgerError(f"unknown dataset {dataset!r} (the data map declares: {known})")
-        hashes = subject.hashes(self.subject_key)
-        digest = hashlib.sha256(
-            json.dumps({"subject": hashes, "dataset": dataset, "dry_run": dry_run, "regime": regime,
-                        "targets": sorted(only_targets) if only_targets is not None else None},
-                       sort_keys=True).encode()
-        ).hexdigest()
-        if idempotency_key is not None:
-            existing = self._replay(idempotency_key, digest)
-            if existing:
-                return existing, False, []
-        request_id = str(uuid.uuid4())
+        prepared = []
+        for filing in filings:
+            hashes = filing.subject.hashes(self.subject_key)
+            digest = hashlib.sha256(
+                json.dumps({"subject": hashes, "dataset": dataset, "dry_run": dry_run, "regime": regime,
+                            "targets": sorted(only_targets) if only_targets is not None else None},
+                           sort_keys=True).encode()
+            ).hexdigest()
+            prepared.append((filing, hashes, digest))
+        keyed = [(f.idempotency_key, digest) for f, _, digest in prepared if f.idempotency_key is not None]
+        for attempt in (1, 2):
+            replays = self._replays(keyed)
+            try:
+                return self._file(datamap, prepared, replays, dry_run=dry_run, regime=regime, actor=actor,
+                                  only_targets=only_targets, dataset=dataset)
+            except IntegrityError:
+                if not keyed or attempt == 2:  # lost a race with the same key: the replay finds it next time
+                    raise
+        raise AssertionError("unreachable")
+
+    def _file(self, datamap: DataMap, prepared: list[tuple[Filing, dict[str, str], str]], replays: dict[str, str],
+              *, dry_run: bool, regime: str, actor: str, only_targets: Collection[str] | None,
+              dataset: str | None) -> tuple[list[tuple[str, bool]], list[Dispatch]]:
+        filed: list[tuple[str, bool]] = []
+        dispatches: list[Dispatch] = []
         received = now()
-        try:
-            with self.sessions.begin() as s:
-                _insert_if_absent(s, DataMapSnapshot, digest=datamap.digest, text=datamap.text,
-                                  created_at=received)
+        with self.sessions.begin() as s:
+            _insert_if_absent(s, DataMapSnapshot, digest=datamap.digest, text=datamap.text, created_at=received)
+            holds = self._active_holds(s, [h for _, hashes, _ in prepared for h in hashes.values()])
+            for filing, hashes, digest in prepared:
+                key = filing.idempotency_key
+                if key is not None and key in replays:
+                    filed.append((replays[key], False))
+                    continue
+                request_id = str(uuid.uuid4())
                 request = Request(
                     id=request_id,
                     scope="dataset" if dataset is not None else "subject",
@@ -190,83 +252,102 @@ class Ledger:
                     due_at=due_date(received, regime),
                     data_map_digest=datamap.digest,
                     subject_hashes=hashes,
-                    sealed_subject=self._seal(request_id, subject),
-                    idempotency_key=idempotency_key,
-                    idempotency_digest=digest if idempotency_key else None,
+                    sealed_subject=self._seal(request_id, filing.subject),
+                    idempotency_key=key,
+                    idempotency_digest=digest if key else None,
                     actor=actor,
                 )
                 s.add(request)
+                if key is not None:
+                    replays[key] = request_id  # the same key twice in one batch is a replay too
                 self._audit(s, "request.received", request_id, actor=actor,
                             detail={"subject_hashes": hashes, "dataset": dataset, "dry_run": dry_run,
-                                    "regime": regime, "data_map_digest": datamap.digest, **(origin or {})})
-                for p in plan(request_id, datamap, subject, only=only_targets, dataset=dataset):
-                    s.add(Task(id=p.id, request_id=request_id, target=p.target, kind=p.kind,
-                               position=p.position, after=list(p.after), status=p.status, reason=p.reason,
-                               attempts=0, finished_at=received if p.status == "skipped" else None))
-                s.flush()
+                                    "regime": regime, "data_map_digest": datamap.digest, **(filing.origin or {})})
+                tasks = [Task(id=p.id, request_id=request_id, target=p.target, kind=p.kind, position=p.position,
+                              after=list(p.after), status=p.status, reason=p.reason, attempts=0,
+                              carried_deleted=0, finished_at=received if p.status == "skipped" else None)
+                         for p in plan(request_id, datamap, filing.subject, only=only_targets, dataset=dataset)]
+                tasks.sort(key=lambda t: t.position)
+                s.add_all(tasks)
                 self._audit(s, "request.planned", request_id, actor=actor,
-                            detail={"targets": [t.target for t in self._tasks(s, request_id)]})
-                hold = self._active_hold(s, hashes.values())
+                            detail={"targets": [t.target for t in tasks]})
+                hold = next((holds[h] for h in hashes.values() if h in holds), None)
+                pending = [t for t in tasks if t.status == "pending"]
                 if hold is not None:
-                    pending = [t for t in self._tasks(s, request_id) if t.status == "pending"]
-                    self._park(s, request, pending, "held", f"legal hold: {hold.reason}", actor=actor)
+                    self._park(s, request, pending, "held", f"legal hold: {hold.reason}", actor=actor, tasks=tasks)
                 elif dataset is not None and not dry_run:  # a whole source goes only with an admin's approval
-                    pending = [t for t in self._tasks(s, request_id) if t.status == "pending"]
                     self._park(s, request, pending, "awaiting_approval",
-                               "a dataset erasure waits for an admin's approval", actor=actor)
-                dispatches = self._release_ready(s, request)
-                self._refresh(s, request, actor=actor)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            existing = self._replay(idempotency_key, digest)  # lost a race with the same key
-            if existing is None:
-                raise
-            return existing, False, []
-        return request_id, True, dispatches
+                               "a dataset erasure waits for an admin's approval", actor=actor, tasks=tasks)
+                dispatches += self._release_ready(s, request, tasks)
+                self._refresh(s, request, actor=actor, tasks=tasks)
+                filed.append((request_id, True))
+        return filed, dispatches
 
-    def _replay(self, key: str, digest: str) -> str | None:
+    def _replays(self, keyed: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """Idempotency key -> the request filed with it; a key used for a different request is a conflict."""
+        if not keyed:
+            return {}
         with self.sessions() as s:
-            row = s.scalars(select(Request).where(Request.idempotency_key == key)).first()
-            if row is None:
-                return None
-            if row.idempotency_digest != digest:
-                raise IdempotencyConflict("this idempotency key was already used for a different request")
-            return row.id
+            rows = s.execute(select(Request.idempotency_key, Request.idempotency_digest, Request.id)
+                             .where(Request.idempotency_key.in_({k for k, _ in keyed}))).all()
+        known = {key: (digest, request_id) for key, digest, request_id in rows}
+        replays: dict[str, str] = {}
+        for key, digest in keyed:
+            if key in known:
+                if known[key][0] != digest:
+                    raise IdempotencyConflict("this idempotency key was already used for a different request")
+                replays[key] = known[key][1]
+        return replays
 
     # -- workers ------------------------------------------------------------------------------------
     def claim(self, task_id: str, continuation: bool = False) -> TaskRun | None:
         """Mark a task running and return what it needs, or None when there is nothing to do (finished,
         cancelled, waiting for `after`, or held)."""
+        runs = self.claim_many([task_id], continuation)
+        return runs[0] if runs else None
+
+    def claim_many(self, task_ids: Sequence[str], continuation: bool = False) -> list[TaskRun]:
+        """Mark tasks running and return what each needs, in one transaction; a task with nothing to do
+        (finished, cancelled, waiting for `after`, parked, or its subject held) is left out."""
         with self.sessions.begin() as s:
-            task = s.get(Task, task_id, with_for_update=True)
-            if task is None or task.status in TERMINAL_TASK:
-                return None
-            request = s.get(Request, task.request_id, with_for_update=True)
-            assert request is not None
-            if request.status in TERMINAL_REQUEST or request.sealed_subject is None:
-                return None
-            if not self._after_done(s, task) or task.status in PARKED_TASK:
-                return None
-            hold = self._active_hold(s, request.subject_hashes.values())
-            if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
-                self._park(s, request, [task], "held", f"legal hold: {hold.reason}")
-                return None
+            # Rows are locked in id order (tasks, then requests) by every batch operation: no deadlocks.
+            live = [t for t in s.scalars(select(Task).where(Task.id.in_(set(task_ids))).order_by(Task.id)
+                                         .with_for_update()) if t.status not in TERMINAL_TASK]
+            if not live:
+                return []
+            requests = self._lock_requests(s, {t.request_id for t in live})
+            siblings = self._tasks_of(s, requests)
+            holds = self._active_holds(s, [h for r in requests.values() for h in r.subject_hashes.values()])
+            datasets = self._datasets_of(s, [h for r in requests.values() for h in r.subject_hashes.values()])
+            order = {task_id: n for n, task_id in enumerate(task_ids)}
             at = now()
-            continuing = continuation and task.status == "running"
-            task.status = "running"
-            task.started_at = task.started_at or at
-            task.lease_expires_at = at + self.lease
-            task.error = None
-            if not continuing:
-                task.attempts += 1
-                self._audit(s, "task.started", request.id, task.id, detail={"target": task.target,
-                                                                            "attempt": task.attempts})
-            self._refresh(s, request)
-            return TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
-                           self._unseal(request.id, request.sealed_subject), dict(request.subject_hashes),
-                           request.data_map_digest, approved=request.approved_at is not None,
-                           dataset=request.dataset, continuation=continuing)
+            runs = []
+            for task in sorted(live, key=lambda t: order[t.id]):
+                request = requests[task.request_id]
+                tasks = siblings[request.id]
+                if request.status in TERMINAL_REQUEST or request.sealed_subject is None:
+                    continue
+                if task.status in PARKED_TASK or not _after_done(task, tasks):
+                    continue
+                hold = next((holds[h] for h in request.subject_hashes.values() if h in holds), None)
+                if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
+                    self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=tasks)
+                    continue
+                continuing = continuation and task.status == "running"
+                task.status = "running"
+                task.started_at = task.started_at or at
+                task.lease_expires_at = at + self.lease
+                task.error = None
+                if not continuing:
+                    task.attempts += 1
+                self._refresh(s, request, tasks=tasks)
+                hashes = dict(request.subject_hashes)
+                runs.append(TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
+                                    self._unseal(request.id, request.sealed_subject), hashes,
+                                    request.data_map_digest, approved=request.approved_at is not None,
+                                    dataset=request.dataset, continuation=continuing,
+                                    datasets=sorted({d for h in hashes.values() for d in datasets.get(h, ())})))
+            return runs
 
     def renew_lease(self, task_id: str, done: int | None = None, estimated: int | None = None) -> None:
         """A running task is alive: extend its lease, and record its progress when given."""
@@ -299,37 +380,54 @@ class Ledger:
         For a dry run, ``deleted`` is what would go and no record is written."""
         if residue:
             raise ValueError("a task with residue cannot complete")
+        return self.complete_many([Outcome(task_id, deleted, level, tuple(events), note)])
+
+    def complete_many(self, outcomes: Sequence[Outcome]) -> list[Dispatch]:
+        """Record verified purges in one transaction: one completion record each (written once, whatever
+        redeliveries do), the audit entries and events, and the release of what waited on them."""
+        by_task = {o.task_id: o for o in outcomes}
         with self.sessions.begin() as s:
-            task = s.get(Task, task_id, with_for_update=True)
-            assert task is not None
-            request = s.get(Request, task.request_id, with_for_update=True)
-            assert request is not None
+            tasks = list(s.scalars(select(Task).where(Task.id.in_(set(by_task))).order_by(Task.id).with_for_update()))
+            requests = self._lock_requests(s, {t.request_id for t in tasks})
+            siblings = self._tasks_of(s, requests)
             at = now()
-            deleted += task.carried_deleted or 0  # what earlier slices of this purge removed
-            record: dict[str, Any] = {"target": task.target, "deleted": deleted, "residue": residue,
-                                      "level": level, "verified_at": rfc3339(at)}
-            if not request.dry_run:
+            order = {task_id: n for n, task_id in enumerate(by_task)}
+            records: dict[tuple[str, str], dict[str, Any]] = {}
+            totals = {t.id: by_task[t.id].deleted + (t.carried_deleted or 0) for t in tasks}  # earlier slices too
+            real = [t for t in tasks if not requests[t.request_id].dry_run]
+            if real:
                 # Insert-if-absent on (request, target): a redelivered or concurrent run keeps the first.
-                _insert_if_absent(s, CompletionRecord, request_id=task.request_id, target=task.target,
-                                  task_id=task.id, deleted=deleted, residue=residue, level=level, verified_at=at)
-                first = s.scalars(select(CompletionRecord).where(
-                    CompletionRecord.request_id == task.request_id, CompletionRecord.target == task.target)).one()
-                record = _record_detail(first)
-            if task.status != "completed":
+                dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+                s.execute(dialect.insert(CompletionRecord).values([
+                    {"request_id": t.request_id, "target": t.target, "task_id": t.id, "deleted": totals[t.id],
+                     "residue": 0, "level": by_task[t.id].level, "verified_at": at} for t in real
+                ]).on_conflict_do_nothing())
+                records = {(r.request_id, r.target): _record_detail(r) for r in s.scalars(
+                    select(CompletionRecord).where(CompletionRecord.request_id.in_({t.request_id for t in real})))}
+            for task in sorted(tasks, key=lambda t: order[t.id]):
+                request = requests[task.request_id]
+                outcome = by_task[task.id]
+                record: dict[str, Any] = records[(task.request_id, task.target)] if not request.dry_run else {
+                    "target": task.target, "deleted": totals[task.id], "residue": 0, "level": outcome.level,
+                    "verified_at": rfc3339(at)}
+                if task.status == "completed":
+                    continue
                 task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
                 task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
-                task.reason = note or task.reason
+                task.reason = outcome.note or task.reason
                 if task.progress_estimated is not None:
                     task.progress_done = record["deleted"]
                 entry = self._audit(s, "task.completed", request.id, task.id,
-                                    detail={**record, "dry_run": request.dry_run})
+                                    detail={**record, "attempt": task.attempts, "dry_run": request.dry_run})
                 if not request.dry_run:
                     self._emit(s, "lethe.erasure.task_completed", entry,
                                {"request_id": request.id, "subject_hashes": request.subject_hashes, **record})
-                    for n, (event_type, data) in enumerate(events):  # what the target asked to announce
+                    for n, (event_type, data) in enumerate(outcome.events):  # what the target asked to announce
                         self._emit(s, event_type, f"{entry}/{n}", {"request_id": request.id, **data})
-            dispatches = self._release_ready(s, request)
-            self._refresh(s, request)
+            dispatches = []
+            for request in requests.values():
+                dispatches += self._release_ready(s, request, siblings[request.id])
+                self._refresh(s, request, tasks=siblings[request.id])
             return dispatches
 
     def fail(self, task_id: str, error: str, residue: int | None = None) -> None:
@@ -470,17 +568,29 @@ class Ledger:
             return rfc3339(request.due_at) or ""
 
     def _active_hold(self, s: Session, subject_hashes: Iterable[str]) -> Hold | None:
-        return s.scalars(select(Hold).where(
-            Hold.subject_hash.in_(list(subject_hashes)), Hold.released_at.is_(None),
-            (Hold.until.is_(None)) | (Hold.until > now())).limit(1)).first()
+        holds = self._active_holds(s, subject_hashes)
+        return next(iter(holds.values()), None)
 
-    def _park(self, s: Session, request: Request, tasks: list[Task], status: str, reason: str,
-              actor: str = "worker") -> None:
-        for task in tasks:
+    @staticmethod
+    def _active_holds(s: Session, subject_hashes: Iterable[str]) -> dict[str, Hold]:
+        """Subject hash -> an active hold on it, for any number of subjects in one query."""
+        hashes = set(subject_hashes)
+        if not hashes:
+            return {}
+        rows = s.scalars(select(Hold).where(Hold.subject_hash.in_(hashes), Hold.released_at.is_(None),
+                                            (Hold.until.is_(None)) | (Hold.until > now())).order_by(Hold.id))
+        holds: dict[str, Hold] = {}
+        for hold in rows:
+            holds.setdefault(hold.subject_hash, hold)
+        return holds
+
+    def _park(self, s: Session, request: Request, parked: list[Task], status: str, reason: str,
+              actor: str = "worker", tasks: list[Task] | None = None) -> None:
+        for task in parked:
             task.status, task.reason, task.lease_expires_at, task.dispatched_at = status, reason, None, None
             self._audit(s, f"task.{status}", request.id, task.id, actor=actor,
                         detail={"target": task.target, "reason": reason})
-        self._refresh(s, request, actor=actor)
+        self._refresh(s, request, actor=actor, tasks=tasks)
 
     @staticmethod
     def _unpark(tasks: Iterable[Task]) -> None:
@@ -684,10 +794,20 @@ class Ledger:
     def datasets_for(self, subject_hashes: Iterable[str]) -> list[tuple[str, str]]:
         """(name, digest) of every recorded dataset that holds one of these subjects (one indexed lookup)."""
         with self.sessions() as s:
-            rows = s.execute(select(DatasetMember.dataset_name, DatasetMember.dataset_digest).distinct()
-                             .where(DatasetMember.subject_hash.in_(list(subject_hashes)))
-                             .order_by(DatasetMember.dataset_name, DatasetMember.dataset_digest)).all()
-            return [(r[0], r[1]) for r in rows]
+            found = self._datasets_of(s, subject_hashes)
+        return sorted({d for datasets in found.values() for d in datasets})
+
+    @staticmethod
+    def _datasets_of(s: Session, subject_hashes: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """Subject hash -> (name, digest) of the recorded datasets holding it, for a whole batch at once."""
+        hashes = set(subject_hashes)
+        found: dict[str, list[tuple[str, str]]] = {}
+        if hashes:
+            for name, digest, subject_hash in s.execute(
+                    select(DatasetMember.dataset_name, DatasetMember.dataset_digest, DatasetMember.subject_hash)
+                    .distinct().where(DatasetMember.subject_hash.in_(hashes))):
+                found.setdefault(subject_hash, []).append((name, digest))
+        return found
 
     # -- proof ----------------------------------------------------------------------------------------
     def _issue_certificate(self, s: Session, request: Request, tasks: list[Task], audit_head: str) -> None:
@@ -842,18 +962,30 @@ class Ledger:
     def _tasks(s: Session, request_id: str) -> list[Task]:
         return list(s.scalars(select(Task).where(Task.request_id == request_id).order_by(Task.position)))
 
-    def _after_done(self, s: Session, task: Task) -> bool:
-        if not task.after:
-            return True
-        done = {t.target for t in self._tasks(s, task.request_id) if t.status in DONE_TASK}
-        return set(task.after) <= done
+    @staticmethod
+    def _tasks_of(s: Session, request_ids: Iterable[str]) -> dict[str, list[Task]]:
+        """Every task of these requests, by request, in plan order: one query for a whole batch."""
+        tasks: dict[str, list[Task]] = {request_id: [] for request_id in request_ids}
+        if tasks:
+            for t in s.scalars(select(Task).where(Task.request_id.in_(tasks)).order_by(Task.position)):
+                tasks[t.request_id].append(t)
+        return tasks
 
-    def _release_ready(self, s: Session, request: Request) -> list[Dispatch]:
+    @staticmethod
+    def _lock_requests(s: Session, request_ids: Iterable[str]) -> dict[str, Request]:
+        """Lock requests in id order (after their tasks, also in id order), as every batch operation does."""
+        return {r.id: r for r in s.scalars(select(Request).where(Request.id.in_(set(request_ids)))
+                                           .order_by(Request.id).with_for_update())}
+
+    def _after_done(self, s: Session, task: Task) -> bool:
+        return _after_done(task, self._tasks(s, task.request_id) if task.after else [])
+
+    def _release_ready(self, s: Session, request: Request, tasks: list[Task] | None = None) -> list[Dispatch]:
         """Pending tasks whose `after` is satisfied and that were not sent yet get a lease and are sent."""
         if request.status in ("completed", "cancelled", "on_hold"):
             return []
         at = now()
-        tasks = self._tasks(s, request.id)
+        tasks = self._tasks(s, request.id) if tasks is None else tasks
         done = {t.target for t in tasks if t.status in DONE_TASK}
         dispatches = []
         for t in tasks:
@@ -862,11 +994,12 @@ class Ledger:
                 dispatches.append(Dispatch(t.id, t.kind))
         return dispatches
 
-    def _refresh(self, s: Session, request: Request, actor: str = "worker") -> None:
-        """Derive the request's status from its tasks: the ledger decides, not the broker."""
+    def _refresh(self, s: Session, request: Request, actor: str = "worker", tasks: list[Task] | None = None) -> None:
+        """Derive the request's status from its tasks (all of them, if the caller has them loaded): the ledger
+        decides, not the broker."""
         if request.status == "cancelled":
             return
-        tasks = self._tasks(s, request.id)
+        tasks = self._tasks(s, request.id) if tasks is None else tasks
         statuses = [t.status for t in tasks]
         before = request.status
         if all(st in DONE_TASK for st in statuses):
@@ -944,6 +1077,11 @@ class Ledger:
         s.add(entry)
         s.info["audit_head"] = (entry.id, entry.hash)
         return entry.hash
+
+
+def _after_done(task: Task, tasks: Iterable[Task]) -> bool:
+    """Every target this task runs `after` is done (completed or skipped)."""
+    return not task.after or set(task.after) <= {t.target for t in tasks if t.status in DONE_TASK}
 
 
 def audit_hash(entry: AuditEntry) -> str:
