@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = get_logger("lethe.service")
 WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
+DISPATCH_BATCH = 64  # task ids per message at most
 
 
 class Lethe:
@@ -117,15 +118,27 @@ class Lethe:
             log.info("reconcile.pruned", requests=pruned)
         return len(dispatches)
 
-    def send(self, dispatches: list[Dispatch]) -> None:
-        """Hand tasks to the broker, after the ledger committed them. A failed send is only a delay:
-        the task keeps its lease in the ledger and reconcile sends it again when the lease runs out."""
+    def send(self, dispatches: list[Dispatch], countdown: float | None = None) -> None:
+        """Hand tasks to the broker, after the ledger committed them: one message per kind carries up to
+        DISPATCH_BATCH task ids (a bulk erasure releases thousands at once; the worker claims and records
+        them in chunks). A failed send is only a delay: the task keeps its lease in the ledger and
+        reconcile sends it again when the lease runs out."""
+        by_kind: dict[str, list[str]] = {}
         for d in dispatches:
-            try:
-                self.app.send_task("lethe.purge", args=[d.task_id], queue=f"purge.{d.kind}",
-                                   kwargs={"continuation": True} if d.continuation else None)
-            except Exception as exc:
-                log.warning("dispatch.failed", task_id=d.task_id, error=type(exc).__name__)
+            if d.continuation:  # the next slice of one long purge travels alone
+                self._send([d.task_id], d.kind, countdown, continuation=True)
+            else:
+                by_kind.setdefault(d.kind, []).append(d.task_id)
+        for kind, task_ids in by_kind.items():
+            for start in range(0, len(task_ids), DISPATCH_BATCH):
+                self._send(task_ids[start:start + DISPATCH_BATCH], kind, countdown)
+
+    def _send(self, task_ids: list[str], kind: str, countdown: float | None, continuation: bool = False) -> None:
+        try:
+            self.app.send_task("lethe.purge", args=[task_ids], queue=f"purge.{kind}", countdown=countdown,
+                               kwargs={"kind": kind, **({"continuation": True} if continuation else {})})
+        except Exception as exc:
+            log.warning("dispatch.failed", tasks=len(task_ids), error=type(exc).__name__)
 
     @property
     def event_key(self) -> bytes | None:

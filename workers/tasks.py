@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from contextlib import suppress
 from typing import Any
 
@@ -16,6 +17,7 @@ from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.identifiers import Subject
+from orchestrator.ledger.store import Dispatch, Outcome, TaskRun
 from orchestrator.logs import get_logger, redact_values, scrub
 from orchestrator.service import Lethe
 from workers.targets.base import (
@@ -33,6 +35,12 @@ from workers.targets.base import (
 log = get_logger("lethe.worker")
 MAX_ERROR_LENGTH = 500
 PROGRESS_FROM = 1_000  # items: a purge this large records its progress (one ledger write more per task)
+# A message of many tasks (a bulk erasure) is claimed and recorded in chunks of up to MAX_CHUNK tasks, one
+# ledger transaction each; the chunk doubles while a chunk takes under FAST_CHUNK_SECONDS. After
+# BATCH_SECONDS the unclaimed rest goes back to the queue for whichever worker is free.
+MAX_CHUNK = 64
+FAST_CHUNK_SECONDS = 0.5
+BATCH_SECONDS = 5.0
 
 
 class LetheTask(Task):
@@ -47,9 +55,8 @@ class LetheTask(Task):
         return self.app.lethe
 
     def backoff(self) -> float:
-        """Exponential backoff with full jitter: 1, 2, 4 … 300 s ceilings."""
-        ceiling = min(300.0, 2.0 ** self.request.retries)
-        return random.uniform(ceiling / 2, ceiling)
+        """Backoff before this message is tried again (the ledger was unreachable)."""
+        return backoff(self.request.retries + 1)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
@@ -60,30 +67,78 @@ class LetheTask(Task):
             structlog.contextvars.clear_contextvars()
 
 
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter after the n-th attempt: 1, 2, 4 … 300 s ceilings."""
+    ceiling = min(300.0, 2.0 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
 def sanitise(exc: BaseException, subject: Subject) -> str:
     """Error text safe to keep: identifiers scrubbed, vendor noise truncated."""
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError | RetryableError) else str(exc)
     return scrub(text, subject.values())[:MAX_ERROR_LENGTH]
 
 
-def purge(self: LetheTask, task_id: str, continuation: bool = False) -> str:
+def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False, kind: str | None = None) -> str:
+    """Run the tasks one message names (one, or up to DISPATCH_BATCH of one kind in a bulk erasure).
+
+    They are claimed and recorded in chunks, one ledger transaction each; a chunk doubles while purges are
+    quick. Once the message has run BATCH_SECONDS, the tasks it has not claimed go back to the queue, so
+    idle workers share a batch of slow purges. Returns how the tasks ended, e.g. "completed=1" or
+    "completed=60 failed=1 noop=3".
+    """
+    ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
     lethe = self.lethe
-    structlog.contextvars.bind_contextvars(task_id=task_id)
-    try:
-        run = lethe.ledger.claim(task_id, continuation=continuation)
-    except DBAPIError as exc:  # ledger unreachable: try again later; reconcile covers us if this runs out
-        raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
-                         exc=exc) from None
-    if run is None:
-        log.info("task.skip", reason="nothing to do (finished, cancelled, or waiting)")
-        return "noop"
-    structlog.contextvars.bind_contextvars(request_id=run.request_id, target=run.target, kind=run.kind,
-                                           attempt=run.attempt, dry_run=run.dry_run)
-    with redact_values(run.subject.values()):
-        return _run(self, lethe, run)
+    began = time.monotonic()
+    ended: Counter[str] = Counter()
+    size, position = 1, 0
+    while position < len(ids):
+        if position and kind is not None and time.monotonic() - began > BATCH_SECONDS:
+            lethe.send([Dispatch(task_id, kind) for task_id in ids[position:]])
+            ended["handed_on"] += len(ids) - position
+            break
+        chunk_began = time.monotonic()
+        chunk = ids[position:position + size]
+        position += len(chunk)
+        try:
+            runs = lethe.ledger.claim_many(chunk, continuation=continuation)
+        except DBAPIError as exc:  # ledger unreachable: try the message again later (finished tasks are no-ops)
+            raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
+                             exc=exc) from None
+        ended["noop"] += len(chunk) - len(runs)
+        verified: list[tuple[TaskRun, Outcome]] = []
+        for run in runs:
+            structlog.contextvars.bind_contextvars(task_id=run.task_id, request_id=run.request_id,
+                                                   target=run.target, kind=run.kind, attempt=run.attempt,
+                                                   dry_run=run.dry_run)
+            with redact_values(run.subject.values()):
+                result = _run(self, lethe, run)
+            if isinstance(result, Outcome):
+                verified.append((run, result))
+            else:
+                ended[result] += 1
+        structlog.contextvars.unbind_contextvars("task_id", "request_id", "target", "kind", "attempt", "dry_run")
+        if verified:
+            try:
+                dispatches = lethe.ledger.complete_many([outcome for _, outcome in verified])
+            except DBAPIError as exc:  # the purges are done and idempotent: run them again when it is back
+                raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
+                                 exc=exc) from None
+            for run, outcome in verified:
+                log.info("task.completed", task_id=run.task_id, request_id=run.request_id, target=run.target,
+                         deleted=outcome.deleted)
+            ended["completed"] += len(verified)
+            lethe.send(dispatches)
+        if any(not run.dry_run for run in runs):
+            lethe.publish_events()
+        if time.monotonic() - chunk_began < FAST_CHUNK_SECONDS:
+            size = min(2 * size, MAX_CHUNK)
+    return " ".join(f"{k}={n}" for k, n in sorted(ended.items()) if n)
 
 
-def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
+def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
+    """Count, purge and verify one claimed task. Returns the verified Outcome to record, or how the task
+    stopped otherwise ("awaiting_approval", "continued", "held", "retrying", "failed")."""
     ledger = lethe.ledger
     started = time.monotonic()
     residue: int | None = None
@@ -92,7 +147,7 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
         config = datamap.target(run.target)
         if run.dataset is not None:  # the dataset's literal selector replaces the subject's template
             config = config.model_copy(update=datamap.datasets[run.dataset][run.target])
-        context = TaskContext(run.request_id, run.subject_hashes, ledger.datasets_for(run.subject_hashes.values()))
+        context = TaskContext(run.request_id, run.subject_hashes, run.datasets)
         target = build_target(config, context)
         max_items = config.max_items or DEFAULT_MAX_ITEMS
         note = None
@@ -122,8 +177,6 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
             residue = target.verify(run.subject)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
-        dispatches = ledger.complete(run.task_id, deleted, 0, level=target.level, events=context.events,
-                                     note=note)
     except HeldError as exc:
         reason = sanitise(exc, run.subject)
         log.warning("task.held", reason=reason)
@@ -132,21 +185,19 @@ def _run(self: LetheTask, lethe: Lethe, run: Any) -> str:
     except Exception as exc:
         retryable = isinstance(exc, (RetryableError, DBAPIError, *_retryable_types(run.kind)))
         error = sanitise(exc, run.subject)
-        if retryable and self.request.retries < lethe.settings.task_max_retries:
-            countdown = self.backoff()
+        # The ledger counts attempts (a redelivery or reconcile's re-send is one too): attempt n is retry n-1.
+        if retryable and run.attempt <= lethe.settings.task_max_retries:
+            countdown = backoff(run.attempt)
             log.warning("task.retry", error=error, countdown=round(countdown, 1))
             with suppress(DBAPIError):  # the ledger is down too: the lease still covers the retry
                 ledger.note_retry(run.task_id, error, countdown)
-            raise self.retry(countdown=countdown, max_retries=None) from None
+            lethe.send([Dispatch(run.task_id, run.kind)], countdown=countdown)
+            return "retrying"
         log.error("task.failed", error=error, retryable=retryable)
         ledger.fail(run.task_id, error, residue)
-        lethe.publish_events()
         return "failed"
-    log.info("task.completed", deleted=deleted, seconds=round(time.monotonic() - started, 3))
-    lethe.send(dispatches)
-    if not run.dry_run:
-        lethe.publish_events()
-    return "completed"
+    log.info("task.verified", deleted=deleted, seconds=round(time.monotonic() - started, 3))
+    return Outcome(run.task_id, deleted, target.level, tuple(context.events), note)
 
 
 def _retryable_types(kind: str) -> tuple[type[BaseException], ...]:
