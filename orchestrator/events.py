@@ -257,5 +257,14 @@ class Intake(ConsumerMixin):
 
 
 def publish_outbox(lethe: Lethe, connection: Connection, key: bytes | None) -> int:
-    """Publish the ledger's pending outbound events; signed when an event key is configured."""
-    return lethe.ledger.publish_outbox(lambda _type, event: publish(connection, sign(event, key) if key else event))
+    """Publish the ledger's pending outbound events; signed when an event key is configured. One producer
+    for the batch; a broker error leaves the rest in the outbox (consumers deduplicate on the event id)."""
+    producer = Producer(connection.default_channel)
+    EXCHANGE(connection.default_channel).declare()
+
+    def send(_type: str, event: dict[str, Any]) -> None:
+        event = sign(event, key) if key else event
+        producer.publish(canonical_json(event), exchange=EXCHANGE, routing_key=event["type"],
+                         content_type=CONTENT_TYPE, content_encoding="binary", delivery_mode=2)
+
+    return lethe.ledger.publish_outbox(send)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.config import Settings, get_settings
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
-from orchestrator.ledger.store import TERMINAL_REQUEST, Dispatch, Ledger
+from orchestrator.ledger.store import TERMINAL_REQUEST, Dispatch, Filing, Ledger
 from orchestrator.logs import get_logger
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = get_logger("lethe.service")
 WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
 DISPATCH_BATCH = 64  # task ids per message at most
+FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
 
 
 class Lethe:
@@ -84,6 +85,27 @@ class Lethe:
         self.send(dispatches)
         log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches))
         return request_id, created
+
+    def submit_many(self, subjects: Iterable[Mapping[str, object]], *, dry_run: bool = False, regime: str = "gdpr",
+                    actor: str = "cli", datamap: DataMap | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> list[str]:
+        """File one erasure request per subject, FILE_BATCH to a ledger transaction, each batch dispatched
+        as soon as it is committed (a bulk erasure of 100k people starts while the rest is filed).
+        Every subject is validated before anything is filed: one bad identifier files nothing.
+        Returns the request ids in order; ``on_progress(n)`` after each batch."""
+        datamap = datamap or self.load_map()
+        parsed = [datamap.parse_subject(subject) for subject in subjects]
+        request_ids: list[str] = []
+        for start in range(0, len(parsed), FILE_BATCH):
+            filed, dispatches = self.ledger.file_requests(
+                datamap, [Filing(subject) for subject in parsed[start:start + FILE_BATCH]], dry_run=dry_run,
+                regime=regime, actor=actor)
+            self.send(dispatches)
+            request_ids += [request_id for request_id, _ in filed]
+            if on_progress:
+                on_progress(len(request_ids))
+        log.info("requests.filed", requests=len(request_ids))
+        return request_ids
 
     def retry(self, request_id: str, actor: str = "cli") -> None:
         self.send(self.ledger.retry(request_id, actor=actor))

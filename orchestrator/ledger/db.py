@@ -36,7 +36,11 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # Batches of new rows (audit entries, events, tasks) go as one multi-row INSERT, not one statement per
+    # row: the server plans once, and a bulk erasure writes several rows per task.
+    engine.dialect.use_insertmanyvalues_wo_returning = True
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

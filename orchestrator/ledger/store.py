@@ -392,22 +392,23 @@ class Ledger:
             siblings = self._tasks_of(s, requests)
             at = now()
             order = {task_id: n for n, task_id in enumerate(by_task)}
-            records: dict[tuple[str, str], dict[str, Any]] = {}
+            records: dict[str, dict[str, CompletionRecord]] = {}  # request id -> target -> its record
             totals = {t.id: by_task[t.id].deleted + (t.carried_deleted or 0) for t in tasks}  # earlier slices too
             real = [t for t in tasks if not requests[t.request_id].dry_run]
             if real:
                 # Insert-if-absent on (request, target): a redelivered or concurrent run keeps the first.
                 dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-                s.execute(dialect.insert(CompletionRecord).values([
+                s.execute(dialect.insert(CompletionRecord).on_conflict_do_nothing(), [
                     {"request_id": t.request_id, "target": t.target, "task_id": t.id, "deleted": totals[t.id],
-                     "residue": 0, "level": by_task[t.id].level, "verified_at": at} for t in real
-                ]).on_conflict_do_nothing())
-                records = {(r.request_id, r.target): _record_detail(r) for r in s.scalars(
-                    select(CompletionRecord).where(CompletionRecord.request_id.in_({t.request_id for t in real})))}
+                     "residue": 0, "level": by_task[t.id].level, "verified_at": at} for t in real])
+                for r in s.scalars(select(CompletionRecord)
+                                   .where(CompletionRecord.request_id.in_({t.request_id for t in real}))):
+                    records.setdefault(r.request_id, {})[r.target] = r
             for task in sorted(tasks, key=lambda t: order[t.id]):
                 request = requests[task.request_id]
                 outcome = by_task[task.id]
-                record: dict[str, Any] = records[(task.request_id, task.target)] if not request.dry_run else {
+                record: dict[str, Any] = _record_detail(records[task.request_id][task.target]) \
+                    if not request.dry_run else {
                     "target": task.target, "deleted": totals[task.id], "residue": 0, "level": outcome.level,
                     "verified_at": rfc3339(at)}
                 if task.status == "completed":
@@ -427,7 +428,7 @@ class Ledger:
             dispatches = []
             for request in requests.values():
                 dispatches += self._release_ready(s, request, siblings[request.id])
-                self._refresh(s, request, tasks=siblings[request.id])
+                self._refresh(s, request, tasks=siblings[request.id], records=records.get(request.id))
             return dispatches
 
     def fail(self, task_id: str, error: str, residue: int | None = None) -> None:
@@ -721,11 +722,14 @@ class Ledger:
         locked (skipped by other publishers); a failed publish leaves them for the next call. Consumers
         deduplicate on the CloudEvent id if a crash after publishing sends one twice."""
         with self.sessions.begin() as s:
-            rows = s.scalars(select(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+            rows = s.execute(select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.body)
+                             .where(OutboxEvent.published_at.is_(None))
                              .order_by(OutboxEvent.id).limit(limit).with_for_update(skip_locked=True)).all()
-            for row in rows:
-                publish(row.type, json.loads(row.body))
-                row.published_at = now()
+            for _, event_type, body in rows:
+                publish(event_type, json.loads(body))
+            if rows:
+                published = [row[0] for row in rows]
+                s.execute(update(OutboxEvent).where(OutboxEvent.id.in_(published)).values(published_at=now()))
             return len(rows)
 
     def erased_recently(self, subject_hashes: Iterable[str], days: int) -> str | None:
@@ -810,9 +814,12 @@ class Ledger:
         return found
 
     # -- proof ----------------------------------------------------------------------------------------
-    def _issue_certificate(self, s: Session, request: Request, tasks: list[Task], audit_head: str) -> None:
-        records = {r.target: r for r in s.scalars(
-            select(CompletionRecord).where(CompletionRecord.request_id == request.id))}
+    def _issue_certificate(self, s: Session, request: Request, tasks: list[Task], audit_head: str,
+                           records: dict[str, CompletionRecord] | None = None) -> None:
+        if records is None:
+            with s.no_autoflush:  # records are written by INSERT statements, never pending in the session
+                records = {r.target: r for r in s.scalars(
+                    select(CompletionRecord).where(CompletionRecord.request_id == request.id))}
         datamap = self.data_map(request.data_map_digest, s)
         issued = now()
 
@@ -994,9 +1001,10 @@ class Ledger:
                 dispatches.append(Dispatch(t.id, t.kind))
         return dispatches
 
-    def _refresh(self, s: Session, request: Request, actor: str = "worker", tasks: list[Task] | None = None) -> None:
-        """Derive the request's status from its tasks (all of them, if the caller has them loaded): the ledger
-        decides, not the broker."""
+    def _refresh(self, s: Session, request: Request, actor: str = "worker", tasks: list[Task] | None = None,
+                 records: dict[str, CompletionRecord] | None = None) -> None:
+        """Derive the request's status from its tasks (all of them, and their completion records, if the caller
+        has them loaded): the ledger decides, not the broker."""
         if request.status == "cancelled":
             return
         tasks = self._tasks(s, request.id) if tasks is None else tasks
@@ -1027,7 +1035,7 @@ class Ledger:
             request.sealed_subject = None  # no raw identifier survives a completed request
         if request.status in ("completed", "failed") and not request.dry_run:
             if request.status == "completed":
-                self._issue_certificate(s, request, tasks, head)
+                self._issue_certificate(s, request, tasks, head, records)
                 for subject_hash in request.subject_hashes.values():
                     s.add(Tombstone(subject_hash=subject_hash, request_id=request.id, erased_at=now()))
             self._emit(s, f"lethe.erasure.{request.status}", head, {
