@@ -20,7 +20,7 @@ from orchestrator import logs
 from orchestrator.config import ConfigError, Settings
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import TERMINAL_TASK, LedgerError
+from orchestrator.ledger.store import TERMINAL_REQUEST, TERMINAL_TASK, LedgerError
 from orchestrator.service import WAITING_REQUEST, Lethe
 from workers.targets.base import UnknownTargetKind
 
@@ -87,14 +87,24 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the request to finish.")] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after S seconds (exit 3).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status object.")] = False,
+    subjects_file: Annotated[Path | None, typer.Option(
+        help="Bulk erasure: one identifier value per line, one request each.", exists=True, dir_okay=False)] = None,
+    identifier: Annotated[str, typer.Option(help="With --subjects-file: the identifier kind.")] = "user_id",
 ) -> None:
-    """File an erasure request for one subject, or (--dataset) for a whole data source."""
-    if bool(subject) == bool(dataset):
-        fail("give --subject KIND=VALUE (one subject) or --dataset NAME (a whole source), not both")
-    raw = parse_subject(subject or [])
+    """File an erasure request for one subject, for every subject in a file (--subjects-file), or (--dataset)
+    for a whole data source."""
+    if sum(map(bool, (subject, dataset, subjects_file))) != 1:
+        fail("give one of --subject KIND=VALUE (one subject), --subjects-file F (one request per line) "
+             "or --dataset NAME (a whole source)")
     if regime not in ("gdpr", "ccpa"):
         fail(f"--regime must be gdpr or ccpa, not {regime!r}")
     lethe = make_lethe()
+    if subjects_file is not None:
+        if idempotency_key is not None:
+            fail("--idempotency-key is for one request; a bulk erasure files one request per line")
+        submit_bulk(lethe, subjects_file, identifier, dry_run=dry_run, regime=regime, wait=wait, timeout=timeout,
+                    as_json=as_json)
+    raw = parse_subject(subject or [])
     with user_errors():  # refuse bad input before anything starts
         datamap = lethe.load_map()
         if dataset is None:
@@ -122,6 +132,52 @@ def submit(
     if code == Exit.WAITING and timeout is not None:
         err.print(f"still {status['status']} after {timeout:g} s")
     raise typer.Exit(code)
+
+
+def submit_bulk(lethe: Lethe, path: Path, identifier: str, *, dry_run: bool, regime: str, wait: bool,
+                timeout: float | None, as_json: bool) -> NoReturn:
+    """File one request per line of ``path``; every line is checked first, so one bad line files nothing."""
+    with user_errors():
+        datamap = lethe.load_map()
+        if identifier not in datamap.identifiers:
+            raise InvalidIdentifier(f"unknown identifier kind {identifier!r}")
+        subjects = []
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                value = line.rstrip("\r\n")
+                if not value:
+                    continue
+                try:
+                    datamap.parse_subject({identifier: value})
+                except InvalidIdentifier as exc:
+                    raise InvalidIdentifier(f"{path.name} line {number}: {exc}") from None
+                subjects.append({identifier: value})
+        if not subjects:
+            raise InvalidIdentifier(f"{path.name} holds no identifier")
+        lethe.ledger  # noqa: B018 - migrate
+    embedded = lethe.settings.embedded
+    columns = (TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with user_errors(), lethe.embedded_worker() if embedded else nullcontext(), \
+            Progress(*columns, console=err, disable=not err.is_terminal) as progress:
+        filing = progress.add_task("filed", total=len(subjects))
+        request_ids = lethe.submit_many(subjects, dry_run=dry_run, regime=regime, datamap=datamap,
+                                        on_progress=lambda n: progress.update(filing, completed=n))
+        counts: dict[str, int] = {}
+        if wait or embedded:
+            finished = progress.add_task("finished", total=len(request_ids))
+            counts = lethe.wait_many(request_ids, timeout=timeout, on_progress=lambda c: progress.update(
+                finished, completed=sum(n for st, n in c.items() if st in TERMINAL_REQUEST | WAITING_REQUEST)))
+    if as_json:
+        out.print_json(json.dumps({"requests": request_ids, "statuses": counts}))
+    else:
+        out.print("\n".join(request_ids))
+        if counts:
+            err.print(", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
+    if not counts:
+        raise typer.Exit(Exit.DONE)
+    if counts.get("failed") or counts.get("cancelled"):
+        raise typer.Exit(Exit.FAILED)
+    raise typer.Exit(Exit.DONE if counts.get("completed", 0) == len(request_ids) else Exit.WAITING)
 
 
 def wait_with_progress(lethe: Lethe, request_id: str, timeout: float | None) -> dict[str, Any]:

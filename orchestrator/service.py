@@ -193,6 +193,20 @@ class Lethe:
                 return status
             time.sleep(interval)
 
+    def wait_many(self, request_ids: list[str], timeout: float | None = None,
+                  on_progress: Callable[[dict[str, int]], None] | None = None,
+                  interval: float = 1.0) -> dict[str, int]:
+        """Poll the ledger until every request is terminal or waiting; returns how many are in each status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            counts = self.ledger.status_counts(request_ids)
+            if on_progress:
+                on_progress(counts)
+            settled = sum(n for status, n in counts.items() if status in TERMINAL_REQUEST | WAITING_REQUEST)
+            if settled == len(request_ids) or (deadline is not None and time.monotonic() >= deadline):
+                return counts
+            time.sleep(interval)
+
     # -- embedded mode ------------------------------------------------------------------------------
     @contextmanager
     def embedded_worker(self, concurrency: int = 2) -> Iterator[None]:

@@ -670,6 +670,16 @@ class Ledger:
             request = self._request(s, request_id)
             return status_object(request, self._tasks(s, request_id))
 
+    def status_counts(self, request_ids: Sequence[str]) -> dict[str, int]:
+        """How many of these requests are in each status (a bulk erasure's progress)."""
+        counts: dict[str, int] = {}
+        with self.sessions() as s:
+            for start in range(0, len(request_ids), 10_000):
+                for status, n in s.execute(select(Request.status, func.count()).where(
+                        Request.id.in_(request_ids[start:start + 10_000])).group_by(Request.status)):
+                    counts[status] = counts.get(status, 0) + n
+        return counts
+
     def list_requests(self, status: str | None = None, overdue: bool = False, limit: int = 100,
              cursor: str | None = None) -> dict[str, Any]:
         """Newest first; ``cursor`` is the opaque ``next`` of the previous page."""

@@ -88,6 +88,31 @@ def test_submit_wait_json_erases_12_and_not_123(env: dict[str, str], worker: Pat
     assert [i["id"] for i in listed["items"]] == [status["id"]] and listed["next"] is None
 
 
+def test_submit_subjects_file_erases_each_line_and_nothing_else(env: dict[str, str], worker: Path, s3_endpoint: str,
+                                                                bucket: str, tmp_path: Path) -> None:
+    """`lethe submit --subjects-file` files one request per line (12 and 1234), waits for all, and 123 and
+    8675309123 keep every version."""
+    before = versions_per_owner(s3_endpoint, bucket)
+    subjects = tmp_path / "subjects.txt"
+    subjects.write_text("12\n\n1234\n")
+    result = lethe(env, "submit", "--subjects-file", str(subjects), "--wait", "--json", "--timeout", "90")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["requests"]) == 2 and report["statuses"] == {"completed": 2}
+    after = versions_per_owner(s3_endpoint, bucket)
+    assert set(after) == {"123", "8675309123"} and after == {u: before[u] for u in ("123", "8675309123")}
+
+
+def test_subjects_file_with_one_bad_line_files_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    """A hostile value on line 2 exits 2 naming the line; no request is filed."""
+    subjects = tmp_path / "subjects.txt"
+    subjects.write_text("12\n*\n123\n")
+    result = lethe(env, "submit", "--subjects-file", str(subjects))
+    assert result.returncode == 2 and "line 2" in result.stderr and "Traceback" not in result.stderr
+    listed = lethe(env, "list", "--json")
+    assert json.loads(listed.stdout)["items"] == []
+
+
 def test_worker_logs_are_json_with_ids_and_no_identifier(env: dict[str, str], worker: Path) -> None:
     """Worker log lines are JSON, carry request and task ids, and never the subject's value."""
     result = lethe(env, "submit", "--subject", "user_id=8675309123", "--wait", "--json", "--timeout", "90")

@@ -134,6 +134,41 @@ def test_permanent_error_fails_the_task_and_keeps_the_error(running, s3_endpoint
     assert versions_per_owner(s3_endpoint, bucket)["1234"] == 8
 
 
+def test_bulk_erasure_erases_exactly_its_subjects_once(running, s3_endpoint: str, bucket: str) -> None:
+    """submit_many over three of four users: one message carries each wave of tasks, an injected failure is
+    retried on its own, every task records once, and the fourth user (123) keeps everything."""
+    lethe = running(fail_times=2)
+    request_ids = lethe.submit_many([{"user_id": u} for u in ("12", "1234", "7")])
+    counts = lethe.wait_many(request_ids, timeout=90, interval=0.2)
+    assert counts == {"completed": 3}, counts
+    statuses = [lethe.ledger.status(r) for r in request_ids]
+    attempts = [t["attempts"] for st in statuses for t in st["tasks"] if t["target"] == "sessions"]
+    assert sum(attempts) == 3 + 2, attempts  # the two injected failures, each retried once
+    assert all(lethe.ledger.completion_record_count(r) == 2 for r in request_ids)
+    assert set(versions_per_owner(s3_endpoint, bucket)) == {"123"}
+    assert versions_per_owner(s3_endpoint, bucket)["123"] == 8
+    assert sorted(r["owner"] for r in MemoryStore.records("sessions")) == ["123", "123"]
+    assert lethe.ledger.verify() == []
+
+
+def test_a_batch_past_its_time_budget_hands_the_rest_to_the_queue(running, s3_endpoint: str, bucket: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no time budget, each message runs one task and sends the rest on: all still complete, once."""
+    import workers.tasks
+
+    monkeypatch.setattr(workers.tasks, "BATCH_SECONDS", 0.0)
+    lethe = running()
+    sent: list[list[str]] = []
+    send = lethe.send
+    monkeypatch.setattr(lethe, "send", lambda dispatches, **kw: (sent.append([d.kind for d in dispatches]),
+                                                               send(dispatches, **kw)))
+    request_ids = lethe.submit_many([{"user_id": u} for u in USERS])
+    assert lethe.wait_many(request_ids, timeout=90, interval=0.2) == {"completed": 4}
+    assert sent[0] == ["s3"] * 4 and ["s3"] * 3 in sent[1:]  # 4 photo tasks in one message; 3 handed on
+    assert all(lethe.ledger.completion_record_count(r) == 2 for r in request_ids)
+    assert versions_per_owner(s3_endpoint, bucket) == {} and MemoryStore.records("sessions") == []
+
+
 def test_reconcile_recovers_a_lost_message(pipeline, running) -> None:
     """A task whose message never reached the broker is re-sent by reconcile after its lease."""
     lethe = running()
