@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Message, Producer, Queue
+from kombu.common import maybe_declare
 from kombu.mixins import ConsumerMixin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -256,11 +257,10 @@ class Intake(ConsumerMixin):
         message.ack()
 
 
-def publish_outbox(lethe: Lethe, connection: Connection, key: bytes | None) -> int:
-    """Publish the ledger's pending outbound events; signed when an event key is configured. One producer
-    for the batch; a broker error leaves the rest in the outbox (consumers deduplicate on the event id)."""
-    producer = Producer(connection.default_channel)
-    EXCHANGE(connection.default_channel).declare()
+def publish_outbox(lethe: Lethe, producer: Producer, key: bytes | None) -> int:
+    """Publish the ledger's pending outbound events; signed when an event key is configured. A broker error
+    leaves the rest in the outbox (consumers deduplicate on the event id)."""
+    maybe_declare(EXCHANGE, producer.channel)
 
     def send(_type: str, event: dict[str, Any]) -> None:
         event = sign(event, key) if key else event

@@ -173,8 +173,8 @@ class Lethe:
         from orchestrator.events import publish_outbox
 
         try:
-            with self.app.connection_for_write() as connection:
-                return publish_outbox(self, connection, self.event_key)
+            with self.app.producer_or_acquire() as producer:  # a pooled connection: no connect per call
+                return publish_outbox(self, producer, self.event_key)
         except Exception as exc:
             log.warning("events.publish_failed", error=type(exc).__name__)
             return 0

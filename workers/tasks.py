@@ -92,6 +92,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
     began = time.monotonic()
     ended: Counter[str] = Counter()
     size, position = 1, 0
+    announce = False
     while position < len(ids):
         if position and kind is not None and time.monotonic() - began > BATCH_SECONDS:
             lethe.send([Dispatch(task_id, kind) for task_id in ids[position:]])
@@ -129,10 +130,11 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
                          deleted=outcome.deleted)
             ended["completed"] += len(verified)
             lethe.send(dispatches)
-        if any(not run.dry_run for run in runs):
-            lethe.publish_events()
+        announce = announce or any(not run.dry_run for run in runs)
         if time.monotonic() - chunk_began < FAST_CHUNK_SECONDS:
             size = min(2 * size, MAX_CHUNK)
+    if announce:  # once per message: the outbox holds every chunk's events until then
+        lethe.publish_events()
     return " ".join(f"{k}={n}" for k, n in sorted(ended.items()) if n)
 
 
