@@ -61,7 +61,9 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, _scrub_event,
+        # filter_by_level first: a record below the logger's level costs nothing more (the worker logs
+        # every task at INFO; scrubbing and formatting them only to drop them was 0.2 ms a task).
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.processors.format_exc_info, _scrub_event,
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,

@@ -1,0 +1,234 @@
+"""Orchestration overhead and bulk scale: lethe against bare Celery on the same broker and worker settings.
+
+Both sides get the same number of tasks on the same Redis, each through a prefork worker with ``-c 2``:
+bare Celery runs no-op tasks (``tests.bench.noop``), lethe files N erasure requests over 4 in-memory targets
+(``Lethe.submit_many``, as ``lethe submit --subjects-file`` does) and runs them end to end through the
+PostgreSQL ledger: claim, purge, verify, completion record, audit chain, certificate, outbound events.
+The clock runs from the first submission to the last task done (bare) or the last request completed
+(lethe). While each side runs, the peak memory of every process involved is sampled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import create_engine, text
+
+from orchestrator.certificates import create_private_key
+from orchestrator.config import Settings
+from orchestrator.service import Lethe
+from tests.fixtures.services import temporary_database
+
+BIN = Path(sys.executable).parent
+BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/12")
+KEY = "be" * 32
+TARGETS = 4
+
+
+class Watch:
+    """Samples named process groups (a process, or a process and its children) every 0.2 s: each group's
+    peak resident memory (MiB) and the CPU seconds it used while watched."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, tuple[psutil.Process, bool]] = {}
+        self.peaks: dict[str, float] = {}
+        self._cpu_start: dict[str, float] = {}
+        self._cpu_last: dict[str, dict[int, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int, children: bool = False) -> None:
+        self.groups[name] = (psutil.Process(pid), children)
+        self._sample(name)
+        self._cpu_start[name] = sum(self._cpu_last[name].values())
+
+    def _sample(self, name: str) -> None:
+        root, children = self.groups[name]
+        try:
+            procs = [root, *(root.children(recursive=True) if children else [])]
+        except psutil.Error:
+            return
+        rss, cpu = 0, self._cpu_last.setdefault(name, {})
+        for proc in procs:
+            try:
+                rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                cpu[proc.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        self.peaks[name] = max(self.peaks.get(name, 0.0), rss / 2**20)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {name: round(sum(self._cpu_last[name].values()) - self._cpu_start[name], 2) for name in self.groups}
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for name in list(self.groups):
+                self._sample(name)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for name in self.groups:
+            self._sample(name)
+
+
+def postgres_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _memory_of_services(memory: Watch, broker: redis.Redis) -> None:
+    memory.watch("bench (submitter)", os.getpid())
+    memory.watch("redis-server", int(broker.info("server")["process_id"]))
+    for pid in postgres_pids()[:1]:  # the postmaster; backends are its children
+        memory.watch("postgresql (all backends)", pid, children=True)
+
+
+def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Seconds for ``tasks`` no-op Celery tasks, sent at once, through ``celery worker -c 2``."""
+    broker = redis.Redis.from_url(BROKER)
+    broker.flushdb()
+    env = {**os.environ, "BENCH_BROKER": BROKER, "PYTHONPATH": str(Path.cwd())}
+    args = [str(BIN / "celery"), "-A", "tests.bench.noop", "worker", "-c", "2", "--loglevel", "WARNING",
+            "--without-mingle", "--without-gossip"]
+    with process(args, env, workdir / "noop-worker.log") as worker, Watch() as memory:
+        from tests.bench.noop import app
+
+        app.send_task("bench.noop", args=["warm-up"])
+        while int(broker.get("bench:done") or 0) < 1:
+            time.sleep(0.05)
+        _memory_of_services(memory, broker)
+        memory.watch("worker (main + pool)", worker.pid, children=True)
+        bar = progress.add_task("bare Celery", total=tasks) if progress else None
+        start = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for i in range(tasks):
+                app.send_task("bench.noop", args=[str(i)], producer=producer)
+        while (done := int(broker.get("bench:done") or 0) - 1) < tasks:
+            if progress and bar is not None:
+                progress.update(bar, completed=done)
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        if progress and bar is not None:
+            progress.update(bar, completed=tasks)
+    return {"tasks": tasks, "seconds": seconds, "tasks_per_second": tasks / seconds,
+            "peak_mib": {k: round(v, 1) for k, v in memory.peaks.items()}, "cpu_seconds": memory.cpu_seconds()}
+
+
+def lethe_requests(requests: int, workdir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Seconds for ``requests`` erasure requests x 4 memory targets, filed at once, through ``lethe worker -c 2``."""
+    broker = redis.Redis.from_url(BROKER)
+    broker.flushdb()
+    targets = "\n".join(f'  - {{name: t{i}, kind: memory, store: s{i}, match: {{owner: "{{user_id}}"}}}}'
+                        for i in range(TARGETS))
+    data_map = workdir / "bench-map.yaml"
+    data_map.write_text(f"version: 1\nidentifiers: [user_id]\ntargets:\n{targets}\n")
+    signing = workdir / "signing.pem"
+    if not signing.exists():
+        create_private_key(signing)
+    with temporary_database("lethe_bench") as db:
+        env = {**os.environ, "LETHE_BROKER_URL": BROKER, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY,
+               "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
+        lethe = Lethe(Settings(broker_url=BROKER, database_url=db, subject_key=KEY, signing_key=signing,
+                               data_map=data_map, log_level="WARNING"))
+        lethe.ledger  # noqa: B018 - migrate before the worker starts
+        engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://"))
+        with process([str(BIN / "lethe"), "worker", "-c", "2", "--loglevel", "WARNING"], env,
+                     workdir / "lethe-worker.log") as worker, Watch() as memory:
+            lethe.wait(lethe.submit({"user_id": "warm-up"})[0], timeout=120, interval=0.05)
+            _memory_of_services(memory, broker)
+            memory.watch("worker (main + pool)", worker.pid, children=True)
+            filed_bar = progress.add_task("lethe: filed", total=requests) if progress else None
+            done_bar = progress.add_task("lethe: completed", total=requests) if progress else None
+            subjects = [{"user_id": f"u{i}"} for i in range(requests)]
+            start = time.perf_counter()
+            filer = threading.Thread(target=lethe.submit_many, args=(subjects,), kwargs={
+                "on_progress": (lambda n: progress.update(filed_bar, completed=n)) if progress and filed_bar is not None
+                else None})
+            filer.start()
+            with engine.connect() as conn:
+                while True:
+                    completed = conn.execute(text("SELECT count(*) FROM requests WHERE status = 'completed'")).scalar()
+                    conn.commit()
+                    if progress and done_bar is not None:
+                        progress.update(done_bar, completed=(completed or 1) - 1)
+                    if (completed or 0) - 1 >= requests:
+                        break
+                    time.sleep(0.05)
+            seconds = time.perf_counter() - start
+            filer.join()
+        with engine.connect() as conn:
+            failed = conn.execute(text("SELECT count(*) FROM requests WHERE status <> 'completed'")).scalar()
+            latencies = sorted(float(r[0]) for r in conn.execute(text(
+                "SELECT extract(epoch FROM completed_at - received_at) FROM requests WHERE actor = 'cli' "
+                "ORDER BY received_at OFFSET 1")))
+            ledger_bytes = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+            rows = {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()  # noqa: S608 - fixed names
+                    for table in ("requests", "tasks", "completion_records", "audit_log", "certificates", "outbox")}
+            problems = lethe.ledger.verify() if requests <= 20_000 else ["not checked (over 20,000 requests)"]
+        engine.dispose()
+        lethe.ledger.engine.dispose()
+    assert failed == 0, f"{failed} requests did not complete"
+    return {
+        "requests": requests, "tasks": requests * TARGETS, "seconds": seconds,
+        "requests_per_second": requests / seconds,
+        "completion_seconds_p50": statistics.median(latencies) if latencies else None,
+        "completion_seconds_p99": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
+        "ledger_mib": round((ledger_bytes or 0) / 2**20, 1), "ledger_rows": rows,
+        "ledger_verified": problems == [], "ledger_problems": problems[:3],
+        "peak_mib": {k: round(v, 1) for k, v in memory.peaks.items()}, "cpu_seconds": memory.cpu_seconds(),
+    }
+
+
+def bench_orchestration(requests: int, workdir: Path, show_progress: bool = False) -> dict[str, Any]:
+    """Lethe over ``requests`` x 4 memory targets, against as many bare Celery no-op tasks."""
+    tasks = requests * TARGETS
+    columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        baseline = bare_celery(tasks, workdir, progress if show_progress else None)
+        lethe = lethe_requests(requests, workdir, progress if show_progress else None)
+    return {"requests": requests, "tasks": tasks, "celery_noop": baseline, "lethe": lethe,
+            "ratio": lethe["seconds"] / baseline["seconds"], "goal": "<= 1.5"}
+
+
+if __name__ == "__main__":
+    import json
+    import tempfile
+
+    from orchestrator import logs
+
+    logs.configure(level="WARNING")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench_orchestration(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, Path(tmp), show_progress=True)
+    print(json.dumps(result, indent=2))
