@@ -173,7 +173,8 @@ class Lethe:
         from orchestrator.events import publish_outbox
 
         try:
-            with self.app.producer_or_acquire() as producer:  # a pooled connection: no connect per call
+            # A pooled connection (no connect per call); the batch pipelines the Redis commands.
+            with self.app.producer_or_acquire() as producer, producer.batch():
                 return publish_outbox(self, producer, self.event_key)
         except Exception as exc:
             log.warning("events.publish_failed", error=type(exc).__name__)
