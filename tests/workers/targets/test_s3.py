@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,12 +13,13 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from sqlalchemy import create_engine, text
 
 from orchestrator.identifiers import Subject
 from orchestrator.testing import make_bucket, put_objects, version_keys, versions_per_owner
 from workers.targets import s3 as s3_module
-from workers.targets.base import PermanentError, RetryableError
-from workers.targets.s3 import BATCH, KEY_RETRIES, S3Config, S3Target
+from workers.targets.base import HeldError, PermanentError, RetryableError, SliceExpired
+from workers.targets.s3 import BATCH, KEY_RETRIES, KeysQuery, S3Config, S3Target
 
 USER = "u-4711-secret"  # a value that must never appear in an error message
 PREFIX = f"users/{USER}/"
@@ -258,3 +261,216 @@ def test_listing_outside_the_prefix_deletes_nothing() -> None:
     assert stub.delete_calls == []
     assert len(stub.versions) == 3
     assert USER not in str(info.value) and ".jpg" not in str(info.value)
+
+
+# -- one pass over a paged listing ------------------------------------------------------------------
+
+class PagedS3(StubS3):
+    """StubS3 whose listing pages like S3 and moto: ``page`` entries per call in key order, each call
+    continuing after the previous page's last version (KeyMarker/VersionIdMarker), versions and delete
+    markers in separate lists. moto answers a listing that continues from a version no longer there with
+    an empty page (the purge would end early, leaving residue): the stub fails the test instead."""
+
+    def __init__(self, keys: list[str], page: int = 1000, marker_every: int = 0, **kwargs: Any) -> None:
+        super().__init__(keys, **kwargs)
+        self.page = page
+        self.markers = {v["VersionId"] for n, v in enumerate(self.versions) if marker_every and n % marker_every == 0}
+        self.list_calls: list[str] = []  # the Prefix of each ListObjectVersions call
+
+    def _paginate(self, Bucket: str, Prefix: str) -> Iterator[dict[str, Any]]:
+        after: dict[str, str] | None = None
+        while True:
+            self.list_calls.append(Prefix)
+            listed = [v for v in self.versions if v["Key"].startswith(Prefix)]
+            if after is not None:
+                assert after in listed, "the listing continued from a deleted version: moto ends it there"
+                listed = listed[listed.index(after) + 1:]
+            chunk = listed[:self.page]
+            yield {"Versions": [dict(v) for v in chunk if v["VersionId"] not in self.markers],
+                   "DeleteMarkers": [dict(v) for v in chunk if v["VersionId"] in self.markers]}
+            if len(listed) <= self.page:
+                return
+            after = chunk[-1]
+
+
+def versions_of(n: int, prefix: str = PREFIX) -> list[str]:
+    """``n`` versions in S3 order: keys with one, two and three versions, so pages end inside a key."""
+    keys: list[str] = []
+    k = 0
+    while len(keys) < n:
+        keys += [f"{prefix}k{k:05d}.jpg"] * min(1 + k % 3, n - len(keys))
+        k += 1
+    return keys
+
+
+@pytest.mark.parametrize(("versions", "page"),
+                         [(0, 1000), (1, 1000), (999, 1000), (1000, 1000), (1001, 1000), (2500, 1000),
+                          (3000, 1000), (2500, 7), (40, 1)])
+def test_purge_is_one_pass_with_as_many_calls_as_a_raw_loop(versions: int, page: int) -> None:
+    """Every version and marker goes in one pass: each page listed once (no final empty listing), each
+    version sent once, in DeleteObjects of 1,000: ceil(n/1,000) of them, the count of a raw boto3 loop."""
+    stub = PagedS3(versions_of(versions), page=page, marker_every=3)
+    beats: list[int | None] = []
+    assert stubbed(stub).purge(subject(), lambda done=None: beats.append(done)) == versions
+    assert stub.versions == []
+    assert len(stub.list_calls) == max(1, -(-versions // page))
+    assert [len(call) for call in stub.delete_calls] == [BATCH] * (versions // BATCH) + (
+        [versions % BATCH] if versions % BATCH else [])
+    sent = [(o["Key"], o["VersionId"]) for call in stub.delete_calls for o in call]
+    assert len(sent) == len(set(sent)) == versions
+    assert len(beats) >= len(stub.list_calls) and beats[-1] == versions
+
+
+def test_count_and_verify_list_each_page_once() -> None:
+    stub = PagedS3(versions_of(2500), marker_every=4)
+    target = stubbed(stub)
+    assert target.count(subject()) == 2500 and len(stub.list_calls) == 3
+    assert target.verify(subject()) == 2500 and len(stub.list_calls) == 6
+    assert stub.delete_calls == []
+
+
+def test_a_slice_ends_at_a_heartbeat_and_the_next_purge_finishes() -> None:
+    """SliceExpired from the heartbeat stops the purge between pages; what was listed but not yet deleted
+    is listed again by the next slice, which removes the rest."""
+    stub = PagedS3(versions_of(2500), marker_every=3)
+
+    def beat(done: int | None = None) -> None:
+        if done:
+            raise SliceExpired(done)
+
+    with pytest.raises(SliceExpired) as info:
+        stubbed(stub).purge(subject(), beat)
+    assert info.value.done == 1000 and len(stub.versions) == 1500
+    assert stubbed(stub).purge(subject(), lambda done=None: None) == 1500
+    assert stub.versions == []
+
+
+def test_refused_versions_on_several_pages_are_sent_once(sleeps: list[float]) -> None:
+    keys = versions_of(2500)
+    refused = {keys[10], keys[2100]}
+    stub = PagedS3(keys, script={key: ["AccessDenied"] * 10 for key in refused})
+    with pytest.raises(PermanentError, match="AccessDenied x") as info:
+        stubbed(stub).purge(subject(), lambda done=None: None)
+    assert {v["Key"] for v in stub.versions} == refused
+    sent = [o["Key"] for call in stub.delete_calls for o in call]
+    assert all(sent.count(key) == keys.count(key) for key in refused)  # each refused version: once
+    assert len(stub.delete_calls) == 3
+    assert_sanitised(info.value)
+
+
+def test_keys_query_lists_each_key_once(tmp_path: Any) -> None:
+    """Exact keys from the application's database: one listing per key however many batches the purge
+    takes (listing afresh each round would query and re-list every key already done)."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    mine = [f"uploads/{n:05d}.jpg" for n in range(2500)]
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE uploads (owner_id TEXT, object_key TEXT)"))
+        conn.execute(text("INSERT INTO uploads VALUES (:o, :k)"),
+                     [{"o": "12", "k": k} for k in mine] + [{"o": "123", "k": "uploads/other.jpg"}])
+    engine.dispose()
+    stub = PagedS3(sorted([*mine, mine[7], "uploads/00007.jpg.bak", "uploads/other.jpg"]))
+    target = S3Target(S3Config(name="uploads", kind="s3", bucket="photos", endpoint_url="http://127.0.0.1:1",
+                               keys_query=KeysQuery(url=url, sql="SELECT object_key FROM uploads "
+                                                                 "WHERE owner_id = :user_id")))
+    target.client = stub
+    try:
+        assert target.purge(subject("12"), lambda done=None: None) == 2501  # mine[7] has two versions
+    finally:
+        s3_module._engines.pop(url).dispose()
+    assert Counter(stub.list_calls) == Counter(mine)
+    assert len(stub.delete_calls) == 3
+    assert sorted(v["Key"] for v in stub.versions) == ["uploads/00007.jpg.bak", "uploads/other.jpg"]
+
+
+# -- Object Lock ----------------------------------------------------------------------------------
+
+class LockedS3(StubS3):
+    """Every version is refused with AccessDenied; Object Lock answers as scripted."""
+
+    def __init__(self, keys: list[str], legal_hold: dict[str, Any], retention: dict[str, Any] | None) -> None:
+        super().__init__(keys, script={key: ["AccessDenied"] for key in keys})
+        self.legal_hold, self.retention = legal_hold, retention
+
+    def get_object_legal_hold(self, **_: Any) -> dict[str, Any]:
+        return self.legal_hold
+
+    def get_object_retention(self, **kwargs: Any) -> dict[str, Any]:
+        if self.retention is None:
+            return super().get_object_retention(**kwargs)
+        return self.retention
+
+
+def test_object_lock_retention_is_held() -> None:
+    until = datetime.now(UTC) + timedelta(days=30)
+    stub = LockedS3(KEYS, {"LegalHold": {}}, {"Retention": {"Mode": "GOVERNANCE", "RetainUntilDate": until}})
+    with pytest.raises(HeldError, match=f"governance retention until {until.date().isoformat()}") as info:
+        stubbed(stub).purge(subject(), lambda done=None: None)
+    assert_sanitised(info.value)
+
+
+def test_legal_hold_answered_without_a_status_is_no_hold() -> None:
+    """moto answers a version without a legal hold with an empty LegalHold (S3 with an error): neither is a
+    lock, and neither escapes as anything but the refusal."""
+    stub = LockedS3(KEYS, {"LegalHold": {}}, None)
+    with pytest.raises(PermanentError, match=f"AccessDenied x{len(KEYS)}"):
+        stubbed(stub).purge(subject(), lambda done=None: None)
+
+
+# -- the client -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["2024-05-01T12:00:00.000Z", "2024-05-01T12:00:00Z", "2024-05-01T12:00:00.123456Z",
+                                   "2024-05-01T14:00:00+02:00", "Wed, 01 May 2024 12:00:00 GMT", "1714564800",
+                                   "2024-05-01T12:00:00"])
+def test_timestamps_parse_as_botocore_parses_them(value: str) -> None:
+    """The shared client parses S3's ISO 8601 without dateutil, to the same instant; the rest as botocore."""
+    from botocore.utils import parse_timestamp
+
+    parsed, expected = s3_module._parse_timestamp(value), parse_timestamp(value)
+    assert parsed == expected and parsed.utcoffset() == expected.utcoffset()  # naive only where botocore's is
+
+
+# -- against moto over HTTP: one pass, no residue ----------------------------------------------------
+
+def seed_in_moto(bucket: str, keys: list[str], delete_marker_every: int) -> int:
+    """Versions for ``keys`` (a key listed twice gets two versions) and a delete marker on top of every
+    ``delete_marker_every``-th key, written by moto's backend directly: puts over HTTP run at ~160/s.
+    Returns versions plus markers."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for n, key in enumerate(keys):
+        backend.put_object(bucket, key, f"{key} {n}".encode())
+    distinct = sorted(set(keys))
+    for key in distinct[::delete_marker_every]:
+        backend.delete_object(bucket, key)
+    return len(keys) + len(distinct[::delete_marker_every])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("versions", "marker_every", "expected"), [(2400, 3, 2800), (2400, 2, 3000)])
+def test_purge_on_moto_leaves_no_residue_in_one_pass(s3_endpoint: str, bucket: str, versions: int,
+                                                     marker_every: int, expected: int) -> None:
+    """Thousands of versions and delete markers, keys with up to three versions across page boundaries:
+    every one goes, in ceil(n/1,000) listings and as many DeleteObjects, and nothing else is touched.
+    (moto ends a listing that continues from a deleted version: the purge deletes a page only once the
+    next one is listed.)"""
+    assert seed_in_moto(bucket, versions_of(versions, "users/12/"), marker_every) == expected
+    bystanders = ["users/123/a.jpg", "users/12", "users/12-archive/a.jpg", "archive/users/12/a.jpg"]
+    put_objects(s3_endpoint, bucket, bystanders, versions=2)
+    target = make_target(bucket, s3_endpoint)
+    requests: Counter[str] = Counter()
+
+    def sent(event_name: str, **_: Any) -> None:
+        requests[event_name.rsplit(".", 1)[-1]] += 1
+
+    target.client.meta.events.register("before-send.s3", sent)
+    try:
+        assert target.purge(subject("12"), lambda done=None: None) == expected
+    finally:
+        target.client.meta.events.unregister("before-send.s3", sent)
+    calls = -(-expected // BATCH)
+    assert requests == {"ListObjectVersions": calls, "DeleteObjects": calls}
+    assert version_keys(s3_endpoint, bucket, "users/12/") == []
+    assert Counter(version_keys(s3_endpoint, bucket)) == {key: 2 for key in bystanders}
