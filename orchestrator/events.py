@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -32,11 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.certificates import canonical_json
-from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import IdempotencyConflict
+from orchestrator.identifiers import InvalidIdentifier, Subject
+from orchestrator.ledger.store import Filing, IdempotencyConflict, LedgerError
 from orchestrator.logs import get_logger
 
 if TYPE_CHECKING:
+    from orchestrator.datamap import DataMap
     from orchestrator.service import Lethe
 
 log = get_logger("lethe.intake")
@@ -215,44 +217,190 @@ def handle(lethe: Lethe, event: CloudEvent) -> Outcome:
         return Outcome("duplicate")  # same (source, id) with another body: never a second request
 
 
-class Intake(ConsumerMixin):
-    """The `lethe intake` consumer. Acks only after the event was filed or dead-lettered."""
+@dataclass(frozen=True)
+class _Requested:
+    """A checked ``lethe.erasure.requested`` event of a batch, ready to file."""
 
-    def __init__(self, lethe: Lethe, connection: Connection, key: bytes):
+    message: Message
+    event: CloudEvent
+    subject: Subject
+    key: str
+
+
+def _requested(event: CloudEvent, datamap: DataMap) -> tuple[ErasureRequestedData, Subject]:
+    """The data of an erasure request, checked as ``handle`` checks it. Raises Rejected for bad data."""
+    try:
+        data = ErasureRequestedData.model_validate(event.data)
+        return data, datamap.parse_subject(data.subject)
+    except ValidationError as exc:
+        raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
+    except InvalidIdentifier as exc:
+        raise Rejected("bad-subject", str(exc)) from None
+
+
+def _body(message: Message) -> bytes:
+    return message.body if isinstance(message.body, bytes) else str(message.body).encode()
+
+
+class Intake(ConsumerMixin):
+    """The `lethe intake` consumer. Acks only after the event was filed or dead-lettered.
+
+    Messages are collected into batches, filed when ``batch_size`` messages are in or ``batch_window``
+    seconds after the first one arrived (a quiet queue does not hold a batch longer). Each is checked alone;
+    the batch's erasure requests are filed in one ledger transaction per (actor, dry_run, regime), their
+    tasks dispatched together, and only then are the messages acknowledged. A group the ledger refuses (an
+    idempotency conflict, a bad regime) goes through ``handle`` one event at a time, so one bad event never
+    costs the others; an unreachable ledger requeues the whole batch. Follow-ups (data_written) go one by one.
+    """
+
+    PREFETCH = 200  # unacked messages the broker may hand us: more than a batch, so the next one is waiting
+
+    def __init__(self, lethe: Lethe, connection: Connection, key: bytes, *, batch_size: int = 100,
+                 batch_window: float = 0.05):
         self.lethe = lethe
         self.connection = connection
         self.key = key
+        self.batch_size = max(1, min(batch_size, self.PREFETCH))
+        self.batch_window = batch_window
+        self._pending: list[Message] = []
+        self._first_at = 0.0  # monotonic time the oldest pending message arrived
 
     def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
         # on_message gets the raw message: kombu must not try to decode application/cloudevents+json.
-        return [consumer_cls(queues=[intake_queue()], on_message=self.on_message, prefetch_count=10)]
+        return [consumer_cls(queues=[intake_queue()], on_message=self.on_message, prefetch_count=self.PREFETCH)]
 
     def on_connection_revived(self) -> None:
         declare(self.connection)
 
     def on_message(self, message: Message) -> None:
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-        try:
-            event = check(body, self.key)
-            outcome = handle(self.lethe, event)
-        except Rejected as rejected:
-            self.dead_letter(body, rejected, message)
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append(message)
+
+    def consume(self, limit: int | None = None, timeout: float | None = None, safety_interval: float = 1,
+                **kwargs: Any) -> Iterator[None]:
+        """kombu's ConsumerMixin.consume, but while a batch is pending the broker is waited on only until
+        the batch is due: it is filed when full or when its window is over, whether or not more came."""
+        elapsed = 0.0
+        with self.consumer_context(**kwargs) as (conn, _channel, _consumers):
+            try:
+                for _ in range(limit) if limit else itertools.count():
+                    if self.should_stop:
+                        self.flush()  # received already: file them rather than leave them for a redelivery
+                        break
+                    self.on_iteration()
+                    due = self._first_at + self.batch_window - time.monotonic()
+                    try:
+                        conn.drain_events(timeout=max(due, 0.001) if self._pending else safety_interval)
+                    except TimeoutError:
+                        if self._pending:
+                            self.flush()
+                            continue
+                        conn.heartbeat_check()
+                        elapsed += safety_interval
+                        if timeout and elapsed >= timeout:
+                            raise
+                    except OSError:
+                        if not self.should_stop:
+                            raise
+                    else:
+                        if self._pending and (len(self._pending) >= self.batch_size
+                                              or time.monotonic() - self._first_at >= self.batch_window):
+                            self.flush()
+                        yield
+                        elapsed = 0
+            finally:
+                self._pending = []  # a lost connection: the broker redelivers what was not acked
+        log.debug("intake.consume_exiting")
+
+    def flush(self) -> None:
+        """File, dead-letter or requeue every pending message; each is acked or requeued exactly once."""
+        batch, self._pending = self._pending, []
+        if not batch:
             return
-        except DBAPIError as exc:  # the ledger is unreachable: give the event back, try again shortly
+        try:
+            self._settle(batch)
+        except DBAPIError as exc:  # the ledger is unreachable: give the events back, try again shortly
             log.warning("intake.ledger_unavailable", error=type(exc).__name__)
             time.sleep(1.0)
-            message.requeue()
+            for message in batch:
+                if not message.acknowledged:
+                    message.requeue()
+
+    def _settle(self, batch: list[Message]) -> None:
+        datamap = self.lethe.load_map()
+        groups: dict[tuple[str, bool, str], list[_Requested]] = {}
+        others: list[tuple[Message, CloudEvent]] = []
+        for message in batch:
+            body = _body(message)
+            try:
+                event = check(body, self.key)
+                if event.type != ERASURE_REQUESTED:
+                    others.append((message, event))
+                    continue
+                data, subject = _requested(event, datamap)
+            except Rejected as rejected:
+                self.dead_letter(body, rejected, message)
+                continue
+            group = (f"event:{event.source[:180]}", data.dry_run, data.regime)  # the actor, as in handle
+            groups.setdefault(group, []).append(_Requested(message, event, subject, idempotency_key(event)))
+        for (actor, dry_run, regime), items in groups.items():
+            self._file_group(datamap, items, actor=actor, dry_run=dry_run, regime=regime)
+        for message, event in others:  # tombstone follow-ups are rare: one at a time
+            self._one(message, event)
+
+    def _file_group(self, datamap: DataMap, items: list[_Requested], *, actor: str, dry_run: bool,
+                    regime: str) -> None:
+        """One file_requests call for erasure requests sharing (actor, dry_run, regime), one dispatch, then
+        the acks. The same (source, id) twice in the batch is filed once; twice with different subjects the
+        later one is a duplicate without a request, as handle answers an IdempotencyConflict."""
+        first: dict[str, _Requested] = {}
+        filings: list[Filing] = []
+        for item in items:
+            if item.key not in first:
+                first[item.key] = item
+                filings.append(Filing(item.subject, item.key))
+        try:
+            filed, dispatches = self.lethe.ledger.file_requests(datamap, filings, dry_run=dry_run, regime=regime,
+                                                                actor=actor)
+        except LedgerError:  # an idempotency conflict or a refused request: find which, one event at a time
+            for item in items:
+                self._one(item.message, item.event)
+            return
+        by_key = {filing.idempotency_key: result for filing, result in zip(filings, filed, strict=True)}
+        self.lethe.send(dispatches)
+        for item in items:
+            request_id, created = by_key[item.key]
+            if first[item.key] is item:
+                outcome = Outcome("filed" if created else "duplicate", request_id)
+            elif dict(first[item.key].subject) == dict(item.subject):
+                outcome = Outcome("duplicate", request_id)
+            else:
+                outcome = Outcome("duplicate")
+            log.info("intake.event", outcome=outcome.action, request_id=outcome.request_id, type=item.event.type)
+            item.message.ack()
+
+    def _one(self, message: Message, event: CloudEvent) -> None:
+        """The event alone through ``handle``; DBAPIError goes up (the batch is requeued)."""
+        try:
+            outcome = handle(self.lethe, event)
+        except Rejected as rejected:
+            self.dead_letter(_body(message), rejected, message)
+            return
+        except LedgerError as exc:  # e.g. an unknown regime: the event is bad, retrying cannot help
+            self.dead_letter(_body(message), Rejected("malformed", str(exc)[:200]), message)
             return
         log.info("intake.event", outcome=outcome.action, request_id=outcome.request_id, type=event.type)
         message.ack()
 
     def dead_letter(self, body: bytes, rejected: Rejected, message: Message) -> None:
+        # Counted first: an unreachable ledger then requeues the event before it reached the dead queue.
+        self.lethe.ledger.count_dead_letter(rejected.reason)
         producer = Producer(self.connection.default_channel)
         producer.publish(body, exchange=DEAD_EXCHANGE, routing_key=DEAD_QUEUE.routing_key,
                          content_type=message.content_type or CONTENT_TYPE, content_encoding="binary",
                          headers={"x-lethe-reason": rejected.reason}, delivery_mode=2,
                          declare=[DEAD_EXCHANGE, DEAD_QUEUE], retry=True)
-        self.lethe.ledger.count_dead_letter(rejected.reason)
         log.warning("intake.dead_lettered", reason=rejected.reason, detail=rejected.detail)
         message.ack()
 

@@ -6,13 +6,16 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
+from orchestrator.certificates import canonical_json
 from orchestrator.events import (
     CONTENT_TYPE,
     DEAD_QUEUE,
@@ -22,6 +25,7 @@ from orchestrator.events import (
     check,
     declare,
     handle,
+    idempotency_key,
     intake_queue,
     make_event,
     publish,
@@ -222,3 +226,113 @@ def test_data_written_after_erasure_is_erased_again(lethe: Lethe, broker: str) -
     time.sleep(1)
     with lethe.ledger.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Request)) == 2
+
+
+@contextmanager
+def running_intake(instance: Lethe, broker: str, **options: Any) -> Iterator[Intake]:
+    """An Intake consuming in a thread for the life of the block; its connection is closed on exit, so any
+    message it left unacknowledged goes back to the queue."""
+    with Connection(broker) as connection:
+        intake = Intake(instance, connection, KEY, **options)
+        thread = threading.Thread(target=intake.run, daemon=True)
+        thread.start()
+        try:
+            yield intake
+        finally:
+            intake.should_stop = True
+            thread.join(10)
+            assert not thread.is_alive()
+
+
+def test_one_batch_of_good_forged_and_duplicate_events(broker: str, pg_database: str, write_map: Callable[[str], Path],
+                                                      make_lethe: Callable[..., Lethe],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events already queued are taken as one batch: one ledger call per event source, one request per
+    distinct good (source, id) - a redelivery, a copy in the same batch and a reused id with another subject
+    make none - the forged and hostile ones are dead-lettered with their reason, and everything is acked."""
+    instance = make_lethe(database_url=pg_database, broker_url=broker, data_map=write_map(MAP),
+                          event_key=KEY.decode())
+    for owner in ("12", "123", "77"):
+        MemoryStore.add("photos", {"owner": owner}, {"owner": owner})
+        MemoryStore.add("features", {"owner": owner})
+    request = lambda user, source="svc", event_id=None: make_event(  # noqa: E731
+        ERASURE_REQUESTED, {"subject": {"user_id": user}}, source=source, key=KEY, event_id=event_id)
+    first, second = request("12", event_id="e-1"), request("77", event_id="e-2")
+    same_id_other_subject = request("123", event_id="e-1")  # (svc, e-1) again: never a second request
+    same_id_other_source = request("123", source="other-svc", event_id="e-1")  # a distinct (source, id)
+    filed_before = request("77", event_id="e-3")
+    handle(instance, check(json.dumps(filed_before).encode(), KEY))  # filed, then the consumer died: no ack
+    forged = {**request("12", event_id="e-4"), "data": {"subject": {"user_id": "123"}}}
+    unsigned = {k: v for k, v in request("77", event_id="e-5").items() if k != "signature"}
+    hostile = request("*", event_id="e-6")
+    good = [first, second, first, same_id_other_subject, filed_before, same_id_other_source, first]
+    bad = {json.dumps(forged).encode(): "bad-signature", json.dumps(unsigned).encode(): "unsigned",
+           json.dumps(hostile).encode(): "bad-subject"}
+    with Connection(broker) as conn:
+        producer = Producer(conn.default_channel)
+        for body in [*(json.dumps(e).encode() for e in good[:3]), *bad, *(json.dumps(e).encode() for e in good[3:])]:
+            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
+                             content_encoding="binary")
+    calls: list[int] = []
+    file_requests = instance.ledger.file_requests
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return file_requests(*args, **kwargs)
+
+    monkeypatch.setattr(instance.ledger, "file_requests", counted)
+    with instance.embedded_worker(), running_intake(instance, broker, batch_window=2.0):
+        got = dead_letters(broker, len(bad))
+        assert sorted(got) == sorted(bad.items())
+        wait_for(lambda: len(requests_made(instance)) == 4)
+        for request_id in requests_made(instance):
+            assert instance.wait(request_id, timeout=30)["status"] == "completed"  # dispatched
+    assert sorted(calls) == [1, 3]  # (svc: e-1, e-2, e-3) and (other-svc: e-1), duplicates left out
+    with instance.ledger.sessions() as s:
+        keys = list(s.scalars(select(Request.idempotency_key)))
+    assert sorted(keys) == sorted({idempotency_key(check(json.dumps(e).encode(), KEY)) for e in good})
+    assert instance.ledger.dead_letter_counts() == {"bad-signature": 1, "unsigned": 1, "bad-subject": 1}
+    assert sorted(r["owner"] for r in MemoryStore.records("photos")) == []
+    with Connection(broker) as conn:  # nothing left unacknowledged: the closed consumer returned nothing
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+        assert DEAD_QUEUE(conn.default_channel).queue_declare().message_count == 0
+
+
+def test_a_refused_event_costs_the_batch_nothing_and_a_lost_ledger_requeues_it(
+        broker: str, pg_database: str, write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idempotency conflict with an earlier request or a regime the ledger refuses sends the batch through
+    one event at a time: the others are filed, the refused one is dead-lettered, the conflicting one makes no
+    request. While the ledger is unreachable the batch is given back to the queue, then filed."""
+    instance = make_lethe(database_url=pg_database, broker_url=broker, data_map=write_map(MAP),
+                          event_key=KEY.decode())
+    earlier = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY, event_id="e-1")
+    handle(instance, check(json.dumps(earlier).encode(), KEY))
+    conflicting = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "77"}}, source="svc", key=KEY,
+                             event_id="e-1")
+    others = [make_event(ERASURE_REQUESTED, {"subject": {"user_id": user}}, source="svc", key=KEY)
+              for user in ("77", "123")]
+    refused = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "77"}, "regime": "lgpd"}, source="svc", key=KEY)
+    with Connection(broker) as conn:
+        for event in (others[0], conflicting, refused, others[1]):
+            publish(conn, event)
+    calls: list[int] = []
+    file_requests = instance.ledger.file_requests
+
+    def unreachable_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        if len(calls) == 1:
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("the ledger is down"))
+        return file_requests(*args, **kwargs)
+
+    monkeypatch.setattr(instance.ledger, "file_requests", unreachable_once)
+    with running_intake(instance, broker, batch_window=0.5):
+        assert dead_letters(broker, 1) == [(canonical_json(refused), "malformed")]
+        wait_for(lambda: len(requests_made(instance)) == 3)
+    with instance.ledger.sessions() as s:
+        keys = list(s.scalars(select(Request.idempotency_key)))
+    assert sorted(keys) == sorted(idempotency_key(check(json.dumps(e).encode(), KEY)) for e in [earlier, *others])
+    assert calls[0] == 3  # the batch's svc/gdpr group (e-1, and the two others), requeued by the outage
+    assert instance.ledger.dead_letter_counts() == {"malformed": 1}
+    with Connection(broker) as conn:
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
