@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = get_logger("lethe.service")
 WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
-DISPATCH_BATCH = 64  # task ids per message at most
+DISPATCH_BATCH = 256  # task ids per message at most
 FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
 
 

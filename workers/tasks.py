@@ -38,7 +38,7 @@ PROGRESS_FROM = 1_000  # items: a purge this large records its progress (one led
 # A message of many tasks (a bulk erasure) is claimed and recorded in chunks of up to MAX_CHUNK tasks, one
 # ledger transaction each; the chunk doubles while a chunk takes under FAST_CHUNK_SECONDS. After
 # BATCH_SECONDS the unclaimed rest goes back to the queue for whichever worker is free.
-MAX_CHUNK = 64
+MAX_CHUNK = 128
 FAST_CHUNK_SECONDS = 0.5
 BATCH_SECONDS = 5.0
 

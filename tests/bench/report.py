@@ -26,9 +26,12 @@ def met(figure: str, value: float) -> bool | None:
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
-    """results.json and ratios.png in ``out``; returns their paths."""
+    """results.json and ratios.png in ``out``; returns their paths. Figures of an earlier run that this one
+    did not measure (``--only``) are kept, so figures can be run one at a time."""
     out.mkdir(parents=True, exist_ok=True)
     data = out / "results.json"
+    if data.exists():
+        results = {**json.loads(data.read_text()), **results}
     data.write_text(json.dumps(results, indent=2, default=str))
     return [data, write_chart(results, out / "ratios.png")]
 
