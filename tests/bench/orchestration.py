@@ -115,26 +115,28 @@ def _memory_of_services(memory: Watch, broker: redis.Redis) -> None:
         memory.watch("postgresql (all backends)", pid, children=True)
 
 
-def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None) -> dict[str, Any]:
+def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None, url: str = BROKER) -> dict[str, Any]:
     """Seconds for ``tasks`` no-op Celery tasks, sent at once, through ``celery worker -c 2``."""
-    broker = redis.Redis.from_url(BROKER)
+    broker = redis.Redis.from_url(url)
     broker.flushdb()
-    env = {**os.environ, "BENCH_BROKER": BROKER, "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "BENCH_BROKER": url, "PYTHONPATH": str(Path.cwd())}
     args = [str(BIN / "celery"), "-A", "tests.bench.noop", "worker", "-c", "2", "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip"]
     with process(args, env, workdir / "noop-worker.log") as worker, Watch() as memory:
         from tests.bench.noop import app
 
-        app.send_task("bench.noop", args=["warm-up"])
+        connection = app.connection_for_write(url)
+        producer = connection.Producer()
+        app.send_task("bench.noop", args=["warm-up"], producer=producer)
         while int(broker.get("bench:done") or 0) < 1:
             time.sleep(0.05)
         _memory_of_services(memory, broker)
         memory.watch("worker (main + pool)", worker.pid, children=True)
         bar = progress.add_task("bare Celery", total=tasks) if progress else None
         start = time.perf_counter()
-        with app.producer_or_acquire() as producer:
-            for i in range(tasks):
-                app.send_task("bench.noop", args=[str(i)], producer=producer)
+        for i in range(tasks):
+            app.send_task("bench.noop", args=[str(i)], producer=producer)
+        connection.release()
         while (done := int(broker.get("bench:done") or 0) - 1) < tasks:
             if progress and bar is not None:
                 progress.update(bar, completed=done)
@@ -146,9 +148,10 @@ def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None) -> 
             "peak_mib": {k: round(v, 1) for k, v in memory.peaks.items()}, "cpu_seconds": memory.cpu_seconds()}
 
 
-def lethe_requests(requests: int, workdir: Path, progress: Progress | None = None) -> dict[str, Any]:
+def lethe_requests(requests: int, workdir: Path, progress: Progress | None = None,
+                   url: str = BROKER) -> dict[str, Any]:
     """Seconds for ``requests`` erasure requests x 4 memory targets, filed at once, through ``lethe worker -c 2``."""
-    broker = redis.Redis.from_url(BROKER)
+    broker = redis.Redis.from_url(url)
     broker.flushdb()
     targets = "\n".join(f'  - {{name: t{i}, kind: memory, store: s{i}, match: {{owner: "{{user_id}}"}}}}'
                         for i in range(TARGETS))
@@ -158,9 +161,9 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
     if not signing.exists():
         create_private_key(signing)
     with temporary_database("lethe_bench") as db:
-        env = {**os.environ, "LETHE_BROKER_URL": BROKER, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY,
+        env = {**os.environ, "LETHE_BROKER_URL": url, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY,
                "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
-        lethe = Lethe(Settings(broker_url=BROKER, database_url=db, subject_key=KEY, signing_key=signing,
+        lethe = Lethe(Settings(broker_url=url, database_url=db, subject_key=KEY, signing_key=signing,
                                data_map=data_map, log_level="WARNING"))
         lethe.ledger  # noqa: B018 - migrate before the worker starts
         engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://"))
@@ -211,14 +214,16 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
     }
 
 
-def bench_orchestration(requests: int, workdir: Path, show_progress: bool = False) -> dict[str, Any]:
-    """Lethe over ``requests`` x 4 memory targets, against as many bare Celery no-op tasks."""
+def bench_orchestration(requests: int, workdir: Path, show_progress: bool = False,
+                        url: str = BROKER) -> dict[str, Any]:
+    """Lethe over ``requests`` x 4 memory targets, against as many bare Celery no-op tasks (on the broker at
+    ``url``, whose database is emptied first)."""
     tasks = requests * TARGETS
     workdir.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress) as progress:
-        baseline = bare_celery(tasks, workdir, progress if show_progress else None)
-        lethe = lethe_requests(requests, workdir, progress if show_progress else None)
+        baseline = bare_celery(tasks, workdir, progress if show_progress else None, url)
+        lethe = lethe_requests(requests, workdir, progress if show_progress else None, url)
     return {"requests": requests, "tasks": tasks, "celery_noop": baseline, "lethe": lethe,
             "ratio": lethe["seconds"] / baseline["seconds"], "goal": "<= 1.5"}
 
