@@ -1,0 +1,59 @@
+"""`make bench` in miniature: every figure's code path runs on tiny inputs, so a broken benchmark fails the
+suite instead of the next person's bench run. Nothing here measures speed (the flat-memory and chaos
+smokes live in their own files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.bench import report, stores
+from tests.bench.orchestration import bench_orchestration
+from tests.bench.s3 import bench_s3
+
+pytestmark = pytest.mark.integration
+
+
+def test_orchestration_runs_lethe_and_bare_celery_end_to_end(redis_broker: str, tmp_path: Path) -> None:
+    """Both sides run the same number of tasks; every lethe request completes and the ledger verifies."""
+    result = bench_orchestration(6, tmp_path, url=redis_broker)
+    lethe, bare = result["lethe"], result["celery_noop"]
+    assert result["tasks"] == bare["tasks"] == lethe["tasks"] == 24
+    assert lethe["ledger_rows"]["completion_records"] == 4 * 7  # the 6 requests and the warm-up
+    assert lethe["ledger_rows"]["certificates"] == 7 and lethe["ledger_verified"] is True
+    assert result["ratio"] == lethe["seconds"] / bare["seconds"] > 0
+    assert {"redis-server", "worker (main + pool)", "postgresql (all backends)"} <= set(lethe["peak_mib"])
+
+
+def test_s3_purge_rate_compares_two_complete_purges() -> None:
+    """The raw loop and the S3 target each erase every version; calls are counted for both."""
+    result = bench_s3(120, rounds=1)
+    assert result["objects"] == 120 and result["rate_ratio"] > 0
+    assert result["calls_per_1000"] > 0 and result["raw_calls_per_1000"] > 0
+
+
+def test_intake_files_every_signed_event(redis_broker: str, pg_database: str, tmp_path: Path) -> None:
+    """Signed events all become requests; the raw kombu round trip is the baseline."""
+    result = stores.bench_intake(redis_broker, pg_database, tmp_path, 20)
+    assert result["events"] == 20 and result["ratio"] > 0
+
+
+def test_feast_and_lancedb_figures_run_on_small_data(tmp_path: Path) -> None:
+    """The offline Parquet rewrite and the LanceDB purge run against their raw baselines."""
+    feast = stores.bench_feast_offline(tmp_path / "feast", 20_000, 2)
+    lance = stores.bench_lancedb(tmp_path / "lance", 5_000)
+    assert feast["rows"] == 20_000 and feast["rate_ratio"] > 0
+    assert lance["rows"] == 5_000 and lance["erased"] > 0 and lance["compaction_cost_ratio"] > 0
+
+
+def test_report_writes_results_and_a_chart_keeping_earlier_figures(tmp_path: Path) -> None:
+    """results.json merges with an earlier run's figures; ratios.png is a PNG with every figure."""
+    report.write({"flat_memory": {"ratio": 1.01}}, tmp_path)
+    data, chart = report.write({"s3_purge": {"rate_ratio": 1.07}, "orchestration": {"ratio": 1.7}}, tmp_path)
+    results = json.loads(data.read_text())
+    assert results["flat_memory"] == {"ratio": 1.01} and results["s3_purge"]["rate_ratio"] == 1.07
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.met("orchestration", 1.7) is False and report.met("s3_purge", 1.07) is True
+    assert report.met("events", 3.0) is None
