@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kombu import Connection, Exchange, Message, Producer, Queue
 from kombu.common import maybe_declare
@@ -91,9 +91,13 @@ def make_event(event_type: str, data: Mapping[str, Any], *, source: str, key: by
 
 def publish(connection: Connection, event: Mapping[str, Any]) -> None:
     """Publish a CloudEvent (structured JSON) to lethe.events with its type as routing key."""
-    producer = Producer(connection.default_channel)
+    send_event(Producer(connection.default_channel), event, declare=[EXCHANGE], retry=True)
+
+
+def send_event(producer: Producer, event: Mapping[str, Any], **options: Any) -> None:
+    """One CloudEvent on lethe.events through ``producer`` (``options`` go to kombu's publish)."""
     producer.publish(canonical_json(event), exchange=EXCHANGE, routing_key=event["type"], content_type=CONTENT_TYPE,
-                     content_encoding="binary", delivery_mode=2, declare=[EXCHANGE], retry=True)
+                     content_encoding="binary", delivery_mode=2, **options)
 
 
 def publish_erasure_request(broker_url: str, subject: Mapping[str, str], *, source: str, key: bytes,
@@ -128,19 +132,22 @@ class CloudEvent(BaseModel):
     data: dict[str, Any]
 
 
-class ErasureRequestedData(BaseModel):
+class SubjectData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subject: dict[str, Any] = Field(min_length=1)
+
+
+class ErasureRequestedData(SubjectData):
     dry_run: bool = False
     regime: str = "gdpr"
 
 
-class DataWrittenData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    subject: dict[str, Any] = Field(min_length=1)
+class DataWrittenData(SubjectData):
     target: str = Field(min_length=1, max_length=64)
+
+
+D = TypeVar("D", bound=SubjectData)
 
 
 class Rejected(Exception):
@@ -185,19 +192,33 @@ def idempotency_key(event: CloudEvent) -> str:
     return "event:" + hashlib.sha256(f"{event.source}\0{event.id}".encode()).hexdigest()
 
 
+def event_actor(event: CloudEvent) -> str:
+    """Who an event's request is filed for, in the audit trail: its source."""
+    return f"event:{event.source[:180]}"
+
+
+def checked_data(event: CloudEvent, model: type[D], datamap: DataMap) -> tuple[D, Subject]:
+    """An authenticated event's data and subject, checked against the data map. Raises Rejected."""
+    try:
+        data = model.model_validate(event.data)
+        return data, datamap.parse_subject(data.subject)
+    except ValidationError as exc:
+        raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
+    except InvalidIdentifier as exc:
+        raise Rejected("bad-subject", str(exc)) from None
+
+
 def handle(lethe: Lethe, event: CloudEvent) -> Outcome:
     """File what an authenticated event asks for. Raises Rejected for bad data."""
-    actor = f"event:{event.source[:180]}"
+    actor = event_actor(event)
     datamap = lethe.load_map()
     try:
         if event.type == ERASURE_REQUESTED:
-            data = ErasureRequestedData.model_validate(event.data)
-            subject = datamap.parse_subject(data.subject)
+            data, subject = checked_data(event, ErasureRequestedData, datamap)
             request_id, created = lethe.submit(dict(subject), dry_run=data.dry_run, regime=data.regime, actor=actor,
                                                idempotency_key=idempotency_key(event), datamap=datamap)
             return Outcome("filed" if created else "duplicate", request_id)
-        written = DataWrittenData.model_validate(event.data)
-        subject = datamap.parse_subject(written.subject)
+        written, subject = checked_data(event, DataWrittenData, datamap)
         if written.target not in {t.name for t in datamap.targets}:
             raise Rejected("malformed", "data.target names no target of the data map")
         erased_by = lethe.ledger.erased_recently(subject.hashes(lethe.settings.subject_key_bytes).values(),
@@ -209,10 +230,6 @@ def handle(lethe: Lethe, event: CloudEvent) -> Outcome:
             only_targets=[written.target],
             origin={"follow_up_of": erased_by, "reason": f"data written to {written.target} after erasure"})
         return Outcome("filed" if created else "duplicate", request_id)
-    except ValidationError as exc:
-        raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
-    except InvalidIdentifier as exc:
-        raise Rejected("bad-subject", str(exc)) from None
     except IdempotencyConflict:
         return Outcome("duplicate")  # same (source, id) with another body: never a second request
 
@@ -225,17 +242,6 @@ class _Requested:
     event: CloudEvent
     subject: Subject
     key: str
-
-
-def _requested(event: CloudEvent, datamap: DataMap) -> tuple[ErasureRequestedData, Subject]:
-    """The data of an erasure request, checked as ``handle`` checks it. Raises Rejected for bad data."""
-    try:
-        data = ErasureRequestedData.model_validate(event.data)
-        return data, datamap.parse_subject(data.subject)
-    except ValidationError as exc:
-        raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
-    except InvalidIdentifier as exc:
-        raise Rejected("bad-subject", str(exc)) from None
 
 
 def _body(message: Message) -> bytes:
@@ -338,11 +344,11 @@ class Intake(ConsumerMixin):
                 if event.type != ERASURE_REQUESTED:
                     others.append((message, event))
                     continue
-                data, subject = _requested(event, datamap)
+                data, subject = checked_data(event, ErasureRequestedData, datamap)
             except Rejected as rejected:
                 self.dead_letter(body, rejected, message)
                 continue
-            group = (f"event:{event.source[:180]}", data.dry_run, data.regime)  # the actor, as in handle
+            group = (event_actor(event), data.dry_run, data.regime)
             groups.setdefault(group, []).append(_Requested(message, event, subject, idempotency_key(event)))
         for (actor, dry_run, regime), items in groups.items():
             self._file_group(datamap, items, actor=actor, dry_run=dry_run, regime=regime)
@@ -410,9 +416,4 @@ def publish_outbox(lethe: Lethe, producer: Producer, key: bytes | None) -> int:
     leaves the rest in the outbox (consumers deduplicate on the event id)."""
     maybe_declare(EXCHANGE, producer.channel)
 
-    def send(_type: str, event: dict[str, Any]) -> None:
-        event = sign(event, key) if key else event
-        producer.publish(canonical_json(event), exchange=EXCHANGE, routing_key=event["type"],
-                         content_type=CONTENT_TYPE, content_encoding="binary", delivery_mode=2)
-
-    return lethe.ledger.publish_outbox(send)
+    return lethe.ledger.publish_outbox(lambda _type, event: send_event(producer, sign(event, key) if key else event))
