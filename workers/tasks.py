@@ -54,9 +54,11 @@ class LetheTask(Task):
     def lethe(self) -> Lethe:
         return self.app.lethe
 
-    def backoff(self) -> float:
-        """Backoff before this message is tried again (the ledger was unreachable)."""
-        return backoff(self.request.retries + 1)
+    def retry_later(self, exc: Exception) -> Exception:
+        """The ledger is unreachable: this message again after a backoff, up to LETHE_TASK_MAX_RETRIES times
+        (reconcile re-sends the tasks if that runs out)."""
+        return self.retry(countdown=backoff(self.request.retries + 1), max_retries=self.lethe.settings.task_max_retries,
+                          exc=exc)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
@@ -104,8 +106,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
         try:
             runs = lethe.ledger.claim_many(chunk, continuation=continuation)
         except DBAPIError as exc:  # ledger unreachable: try the message again later (finished tasks are no-ops)
-            raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
-                             exc=exc) from None
+            raise self.retry_later(exc) from None
         ended["noop"] += len(chunk) - len(runs)
         verified: list[tuple[TaskRun, Outcome]] = []
         for run in runs:
@@ -123,8 +124,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
             try:
                 dispatches = lethe.ledger.complete_many([outcome for _, outcome in verified])
             except DBAPIError as exc:  # the purges are done and idempotent: run them again when it is back
-                raise self.retry(countdown=self.backoff(), max_retries=lethe.settings.task_max_retries,
-                                 exc=exc) from None
+                raise self.retry_later(exc) from None
             for run, outcome in verified:
                 log.info("task.completed", task_id=run.task_id, request_id=run.request_id, target=run.target,
                          deleted=outcome.deleted)

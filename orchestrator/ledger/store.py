@@ -271,7 +271,7 @@ class Ledger:
                 s.add_all(tasks)
                 self._audit(s, "request.planned", request_id, actor=actor,
                             detail={"targets": [t.target for t in tasks]})
-                hold = next((holds[h] for h in hashes.values() if h in holds), None)
+                hold = _hold_on(holds, hashes.values())
                 pending = [t for t in tasks if t.status == "pending"]
                 if hold is not None:
                     self._park(s, request, pending, "held", f"legal hold: {hold.reason}", actor=actor, tasks=tasks)
@@ -329,7 +329,7 @@ class Ledger:
                     continue
                 if task.status in PARKED_TASK or not _after_done(task, tasks):
                     continue
-                hold = next((holds[h] for h in request.subject_hashes.values() if h in holds), None)
+                hold = _hold_on(holds, request.subject_hashes.values())
                 if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
                     self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=tasks)
                     continue
@@ -405,14 +405,14 @@ class Ledger:
                                    .where(CompletionRecord.request_id.in_({t.request_id for t in real}))):
                     records.setdefault(r.request_id, {})[r.target] = r
             for task in sorted(tasks, key=lambda t: order[t.id]):
+                if task.status == "completed":  # a redelivered or concurrent run: recorded already
+                    continue
                 request = requests[task.request_id]
                 outcome = by_task[task.id]
                 record: dict[str, Any] = _record_detail(records[task.request_id][task.target]) \
                     if not request.dry_run else {
                     "target": task.target, "deleted": totals[task.id], "residue": 0, "level": outcome.level,
                     "verified_at": rfc3339(at)}
-                if task.status == "completed":
-                    continue
                 task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
                 task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
                 task.reason = outcome.note or task.reason
@@ -569,8 +569,8 @@ class Ledger:
             return rfc3339(request.due_at) or ""
 
     def _active_hold(self, s: Session, subject_hashes: Iterable[str]) -> Hold | None:
-        holds = self._active_holds(s, subject_hashes)
-        return next(iter(holds.values()), None)
+        hashes = list(subject_hashes)
+        return _hold_on(self._active_holds(s, hashes), hashes)
 
     @staticmethod
     def _active_holds(s: Session, subject_hashes: Iterable[str]) -> dict[str, Hold]:
@@ -975,9 +975,9 @@ class Ledger:
             raise UnknownRequest(f"no request with id {request_id!r}")
         return request
 
-    @staticmethod
-    def _tasks(s: Session, request_id: str) -> list[Task]:
-        return list(s.scalars(select(Task).where(Task.request_id == request_id).order_by(Task.position)))
+    @classmethod
+    def _tasks(cls, s: Session, request_id: str) -> list[Task]:
+        return cls._tasks_of(s, [request_id])[request_id]
 
     @staticmethod
     def _tasks_of(s: Session, request_ids: Iterable[str]) -> dict[str, list[Task]]:
@@ -1095,6 +1095,11 @@ class Ledger:
         s.add(entry)
         s.info["audit_head"] = (entry.id, entry.hash)
         return entry.hash
+
+
+def _hold_on(holds: dict[str, Hold], subject_hashes: Iterable[str]) -> Hold | None:
+    """The active hold (from ``_active_holds``) on any of these subject hashes, if one is."""
+    return next((holds[h] for h in subject_hashes if h in holds), None)
 
 
 def _after_done(task: Task, tasks: Iterable[Task]) -> bool:
