@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +29,7 @@ app = typer.Typer(name="lethe", help="Erase a data subject everywhere, verify it
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are read by scripts too: no hard wraps
 
+T = TypeVar("T")
 USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind)
 
 
@@ -134,24 +135,33 @@ def submit(
     raise typer.Exit(code)
 
 
-def submit_bulk(lethe: Lethe, path: Path, identifier: str, *, dry_run: bool, regime: str, wait: bool,
-                timeout: float | None, as_json: bool) -> NoReturn:
-    """File one request per line of ``path``; every line is checked first, so one bad line files nothing."""
-    with user_errors():
-        datamap = lethe.load_map()
-        if identifier not in datamap.identifiers:
-            raise InvalidIdentifier(f"unknown identifier kind {identifier!r}")
-        subjects = []
+def identifier_values(path: Path, identifier: str, datamap: DataMap, convert: Callable[[str], T]) -> Iterator[T]:
+    """``convert(value)`` for every non-empty line of ``path``, one value of ``identifier`` per line, read as
+    the result is iterated; an invalid value raises InvalidIdentifier naming its line. The kind is checked now."""
+    if identifier not in datamap.identifiers:
+        raise InvalidIdentifier(f"unknown identifier kind {identifier!r}")
+
+    def values() -> Iterator[T]:
         with open(path, encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 value = line.rstrip("\r\n")
                 if not value:
                     continue
                 try:
-                    datamap.parse_subject({identifier: value})
+                    yield convert(value)
                 except InvalidIdentifier as exc:
                     raise InvalidIdentifier(f"{path.name} line {number}: {exc}") from None
-                subjects.append({identifier: value})
+
+    return values()
+
+
+def submit_bulk(lethe: Lethe, path: Path, identifier: str, *, dry_run: bool, regime: str, wait: bool,
+                timeout: float | None, as_json: bool) -> NoReturn:
+    """File one request per line of ``path``; every line is checked first, so one bad line files nothing."""
+    with user_errors():
+        datamap = lethe.load_map()
+        subjects = list(identifier_values(path, identifier, datamap, lambda value: dict(
+            datamap.parse_subject({identifier: value}))))
         if not subjects:
             raise InvalidIdentifier(f"{path.name} holds no identifier")
         lethe.ledger  # noqa: B018 - migrate
@@ -494,27 +504,15 @@ def lineage_record(
     lethe = make_lethe()
     with user_errors():
         datamap = lethe.load_map()
-        if identifier not in datamap.identifiers:
-            raise InvalidIdentifier(f"unknown identifier kind {identifier!r}")
-        pattern = datamap.identifiers[identifier]
         key = lethe.settings.subject_key_bytes
+        hashes = identifier_values(subjects_file, identifier, datamap, lambda value: keyed_hash(
+            key, identifier, normalise_value(identifier, value, datamap.identifiers[identifier])))
         ledger = lethe.ledger
-
-    def hashes() -> Iterator[str]:
-        with open(subjects_file, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                value = line.rstrip("\r\n")
-                if not value:
-                    continue
-                try:
-                    yield keyed_hash(key, identifier, normalise_value(identifier, value, pattern))
-                except InvalidIdentifier as exc:
-                    raise InvalidIdentifier(f"{subjects_file.name} line {number}: {exc}") from None
 
     with Progress(TextColumn("recording"), TextColumn("{task.completed:,} subjects"), TimeElapsedColumn(),
                   console=err, disable=not err.is_terminal) as progress, user_errors():
         bar = progress.add_task("recording", total=None)
-        count = ledger.record_lineage(dataset_name, dataset_digest, hashes(), actor="cli",
+        count = ledger.record_lineage(dataset_name, dataset_digest, hashes, actor="cli",
                                       on_progress=lambda n: progress.update(bar, completed=n))
     out.print(f"recorded {count:,} subjects in dataset {dataset_name} ({dataset_digest})")
 
