@@ -11,14 +11,10 @@ The clock runs from the first submission to the last task done (bare) or the las
 from __future__ import annotations
 
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,7 @@ from sqlalchemy import create_engine, text
 from orchestrator.certificates import create_private_key
 from orchestrator.config import Settings
 from orchestrator.service import Lethe
-from tests.fixtures.services import temporary_database
+from tests.fixtures.services import running_process, temporary_database
 
 BIN = Path(sys.executable).parent
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/12")
@@ -94,20 +90,6 @@ def postgres_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
 
 
-@contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def _memory_of_services(memory: Watch, broker: redis.Redis) -> None:
     memory.watch("bench (submitter)", os.getpid())
     memory.watch("redis-server", int(broker.info("server")["process_id"]))
@@ -122,7 +104,7 @@ def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None, url
     env = {**os.environ, "BENCH_BROKER": url, "PYTHONPATH": str(Path.cwd())}
     args = [str(BIN / "celery"), "-A", "tests.bench.noop", "worker", "-c", "2", "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip"]
-    with process(args, env, workdir / "noop-worker.log") as worker, Watch() as memory:
+    with running_process(args, env, workdir / "noop-worker.log") as worker, Watch() as memory:
         from tests.bench.noop import app
 
         connection = app.connection_for_write(url)
@@ -167,7 +149,7 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
                                data_map=data_map, log_level="WARNING"))
         lethe.ledger  # noqa: B018 - migrate before the worker starts
         engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://"))
-        with process([str(BIN / "lethe"), "worker", "-c", "2", "--loglevel", "WARNING"], env,
+        with running_process([str(BIN / "lethe"), "worker", "-c", "2", "--loglevel", "WARNING"], env,
                      workdir / "lethe-worker.log") as worker, Watch() as memory:
             lethe.wait(lethe.submit({"user_id": "warm-up"})[0], timeout=120, interval=0.05)
             _memory_of_services(memory, broker)

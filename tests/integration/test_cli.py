@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ import pytest
 
 from orchestrator.testing import FAKE_AWS_ENV, put_objects, versions_per_owner
 from tests.fixtures.lethe import SUBJECT_KEY
+from tests.fixtures.services import running_process
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +50,8 @@ def env(s3_endpoint: str, bucket: str, pg_database: str, redis_broker: str,
 def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     """A `lethe worker` process (prefork, 2 children); yields its log file."""
     log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([LETHE, "worker", "-c", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running_process([LETHE, "worker", "-c", "2"], env, log, stop_timeout=20):
         yield log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def lethe(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
