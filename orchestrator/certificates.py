@@ -57,6 +57,14 @@ def public_pem(key: Ed25519PrivateKey) -> str:
     ).decode("ascii")
 
 
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """The id of a signing key: the first 16 hex digits of SHA-256 over its raw 32 public bytes.
+
+    Certificates and outbound events carry it, so a verifier picks the right key after a rotation."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
