@@ -124,7 +124,7 @@ def serving(tracking_uri: str) -> set[str]:
 
 
 def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
-    from workers.targets.feast import build_demo_repo
+    from orchestrator.demo_estate import build_demo_repo
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)

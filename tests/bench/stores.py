@@ -65,11 +65,11 @@ def raw_parquet_rewrite(paths: list[Path]) -> float:
 
 
 def lethe_parquet_rewrite(paths: list[Path]) -> float:
-    from workers.targets.feast import _rewrite_without
+    from workers.targets.parquet_files import local_fs, rewrite_without
 
     start = time.perf_counter()
     for path in paths:
-        _rewrite_without(path, "user_id", SUBJECT, lambda done=None: None)
+        rewrite_without(local_fs(), str(path), {"user_id": SUBJECT}, lambda done=None: None)
     return time.perf_counter() - start
 
 

@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from tests.contract.base import SUBJECT, ContractStore, TargetContract, subject
-from workers.targets.feast import DEMO_VIEWS, FeastConfig, FeastTarget, build_demo_repo, demo_frames, write_demo_file
+from orchestrator.demo_estate import DEMO_VIEWS, build_demo_repo, demo_frames, write_demo_file
+from workers.targets.feast import FeastConfig, FeastTarget
 
 os.environ.setdefault("FEAST_USAGE", "False")
 pytestmark = pytest.mark.integration

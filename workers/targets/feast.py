@@ -51,22 +51,18 @@ keyed by the entity, an unsupported online store or offline source all fail the 
 (refused, never half-done): composite-key views, remote (s3://, gs://) or non-Parquet offline sources,
 online stores other than SQLite and Redis, Parquet files with other hard links.
 
-``build_demo_repo`` builds a small repo with synthetic users for ``lethe demo`` and the tests.
+The demo's repo builder (synthetic users for ``lethe demo`` and the tests) is in ``orchestrator/demo_estate.py``.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import sqlite3
-import stat
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +79,7 @@ from workers.targets.base import (
     TargetError,
     require_placeholder,
 )
+from workers.targets.parquet_files import Location, count_in_file, local_fs, rewrite_without
 
 # Feast phones home nowhere in 0.67, but older releases read this; a GDPR tool never sends usage data.
 os.environ.setdefault("FEAST_USAGE", "False")
@@ -95,8 +92,6 @@ REDIS_RETRYABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.TryAgainError,
 )
 PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR})
-PARQUET_CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli",
-                  "LZ4": "lz4", "LZ4_RAW": "lz4", "ZSTD": "zstd"}
 
 # Deletes a view's hash fields; drops the hash when no view's timestamp field (ARGV[1] prefix) is left,
 # so orphaned fields of features removed from a view's definition do not outlive the subject's rows.
@@ -215,7 +210,7 @@ class FeastTarget:
                 repo.online.present(keys)  # reach the online store before touching any file
             for path, column, value, found in self._offline_matches(repo, subject, heartbeat):
                 if found:
-                    removed += _rewrite_without(path, column, value, heartbeat)
+                    removed += rewrite_without(local_fs(), str(path), {column: value}, heartbeat)
             heartbeat()
             if repo.online:
                 deleted, complete = repo.online.delete(keys)
@@ -272,7 +267,7 @@ class FeastTarget:
         for view in repo.views:
             if view.source is None:
                 continue
-            for path in _parquet_files(view.source):
+            for path in map(Path, Location.of(str(view.source)).files()):
                 spec = (view.column, view.value_type)
                 if files.setdefault(path, spec) != spec:
                     raise PermanentError(
@@ -287,7 +282,7 @@ class FeastTarget:
         """(file, entity column, typed value, rows holding it) for every offline file of the views."""
         for path, (column, value_type) in sorted(self._files(repo).items()):
             value = _typed_value(self._value(subject), value_type, repo.join_key)
-            yield path, column, value, _count_in_file(path, column, value, heartbeat)
+            yield path, column, value, count_in_file(local_fs(), str(path), {column: value}, heartbeat)
 
     # -- online, through Feast ----------------------------------------------------------------------
     def _served(self, repo: _Repo, subject: Subject) -> set[str]:
@@ -475,142 +470,6 @@ def _typed_value(text: str, value_type: str, join_key: str) -> int | str:
     raise PermanentError(f"Feast join key {join_key!r} has unsupported type {value_type}")
 
 
-# --- Parquet ------------------------------------------------------------------------------------------------
-
-
-def _parquet_files(source: Path) -> list[Path]:
-    """The source's files: the file itself, or every non-hidden file under a directory (as pyarrow reads it)."""
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        return []  # nothing stored, nothing for materialize to read back
-    found = []
-    for path in source.rglob("*"):
-        if any(part.startswith((".", "_")) for part in path.relative_to(source).parts):
-            continue
-        if path.is_file():
-            found.append(Path(os.path.realpath(path)))
-    return sorted(found)
-
-
-def _mask(column: Any, value: int | str, value_type: str) -> Any:
-    """Boolean array: rows whose key equals the value, compared in the column's own Arrow type."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    kind = column.type
-    if value_type == "STRING":
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            raise PermanentError(f"offline entity column is {kind}, not a string like the Feast entity")
-    elif not pa.types.is_integer(kind):
-        raise PermanentError(f"offline entity column is {kind}, not an integer like the Feast entity")
-    try:
-        scalar = pa.scalar(value, type=kind)
-    except (pa.ArrowInvalid, OverflowError):
-        return pa.array([False] * len(column))  # out of the column's range: no row can hold it
-    return pc.fill_null(pc.equal(column, scalar), False)
-
-
-def _count_in_file(path: Path, column: str, value: int | str, heartbeat: Heartbeat | None) -> int:
-    """Rows holding the value, reading only the key column, one row group at a time."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    value_type = "STRING" if isinstance(value, str) else "INT64"
-    pf = pq.ParquetFile(path)
-    with pf:
-        if column not in pf.schema_arrow.names:
-            raise PermanentError("an offline file of the feature view has no entity column")
-        found = 0
-        for i in range(pf.num_row_groups):
-            keys = pf.read_row_group(i, columns=[column]).column(column)
-            found += int(pc.sum(_mask(keys, value, value_type)).as_py() or 0)
-            if heartbeat is not None:
-                heartbeat()
-        return found
-
-
-def _writer_options(pf: Any) -> dict[str, Any]:
-    """Keep the file's format version and per-column compression."""
-    meta = pf.metadata
-    options: dict[str, Any] = {}
-    if meta.format_version in ("1.0", "2.4", "2.6"):
-        options["version"] = meta.format_version
-    if meta.num_row_groups:
-        group = meta.row_group(0)
-        codecs = {group.column(j).path_in_schema: PARQUET_CODECS.get(group.column(j).compression)
-                  for j in range(group.num_columns)}
-        if all(codecs.values()):
-            options["compression"] = codecs
-    return options
-
-
-def _rewrite_without(path: Path, column: str, value: int | str, heartbeat: Heartbeat) -> int:
-    """Rewrite one Parquet file without the rows whose ``column`` equals ``value``: a temp file beside it,
-    fsynced, then ``os.replace``. Streams by row group; other rows keep their schema and order.
-    Returns how many rows went.
-    """
-    # Two workers purging different subjects from the same file would each write a copy without only their
-    # own subject, and the later replace would bring the other's rows back: one rewrite per directory at a
-    # time (the directory is locked, not the file, whose inode the replace swaps; no lock file is left).
-    lock = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _rewrite_locked(path, column, value, heartbeat)
-    finally:
-        os.close(lock)  # releases the lock
-
-
-def _rewrite_locked(path: Path, column: str, value: int | str, heartbeat: Heartbeat) -> int:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    value_type = "STRING" if isinstance(value, str) else "INT64"
-    before = os.stat(path)
-    if before.st_nlink > 1:
-        raise PermanentError("an offline Parquet file has other hard links; the rows would survive there")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".lethe-tmp")
-    os.close(fd)
-    removed = 0
-    try:
-        with pq.ParquetFile(path) as pf:
-            writer = pq.ParquetWriter(tmp, pf.schema_arrow, **_writer_options(pf))
-            try:
-                for i in range(pf.num_row_groups):
-                    group = pf.read_row_group(i)
-                    mask = _mask(group.column(column), value, value_type)
-                    hits = int(pc.sum(mask).as_py() or 0)
-                    if hits:
-                        group = group.filter(pc.invert(mask))
-                        removed += hits
-                    if group.num_rows:
-                        writer.write_table(group, row_group_size=group.num_rows)
-                    heartbeat()
-            finally:
-                writer.close()
-        _fsync(tmp)
-        os.chmod(tmp, stat.S_IMODE(before.st_mode))
-        with suppress(OSError):
-            os.chown(tmp, before.st_uid, before.st_gid)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return removed
-
-
-def _fsync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- online stores --------------------------------------------------------------------------------------------
 
 
@@ -751,127 +610,3 @@ class _RedisOnline:
             removed = self._script(keys=[self._key(keys[view])], args=[self.ts_prefix, *fields])
             deleted += int(removed) > 0
         return deleted, True
-
-
-# --- demo repo ------------------------------------------------------------------------------------------------
-
-DEMO_PROJECT = "lethe_demo"
-DEMO_VIEWS = ("user_profile_stats", "user_activity")
-DEMO_TIME = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class DemoRepo:
-    """A feature repo built by ``build_demo_repo``."""
-
-    path: Path
-    entity_type: str  # "int64" or "string"
-    files: dict[str, Path] = field(default_factory=dict)  # view name -> its Parquet file
-    start: datetime = DEMO_TIME - timedelta(days=365)  # materialization window covering every row
-    end: datetime = DEMO_TIME + timedelta(days=1)
-
-    def store(self) -> Any:
-        """A fresh feast.FeatureStore on the repo."""
-        from feast import FeatureStore
-
-        return FeatureStore(repo_path=str(self.path))
-
-    def materialize(self) -> None:
-        """``feast materialize`` over the whole window: the online store then mirrors the files."""
-        self.store().materialize(self.start, self.end)
-
-
-def demo_frames(user_ids: Sequence[str], entity_type: str = "int64", rows_per_user: int = 2) -> dict[str, Any]:
-    """Offline rows for the demo views: ``rows_per_user`` daily rows per user, values derived from the id."""
-    import pandas as pd
-
-    def key(user: str) -> int | str:
-        return int(user) if entity_type == "int64" else user
-
-    rows = [(u, day) for u in user_ids for day in range(rows_per_user)]
-    stamps = [DEMO_TIME - timedelta(days=day, hours=len(u)) for u, day in rows]
-    digest = [sum(ord(c) * (i + 7) for i, c in enumerate(u)) + day for u, day in rows]
-    ids = pd.Series([key(u) for u, _ in rows], dtype="int64" if entity_type == "int64" else "object")
-    return {
-        "user_profile_stats": pd.DataFrame({
-            "user_id": ids, "event_timestamp": stamps,
-            "age": pd.Series([18 + d % 60 for d in digest], dtype="int64"),
-            "score": pd.Series([(d % 1000) / 10 for d in digest], dtype="float64"),
-            "country": [("FR", "DE", "IE", "PL", "SE")[d % 5] for d in digest],
-        }),
-        "user_activity": pd.DataFrame({
-            "user_id": ids, "event_timestamp": stamps,
-            "logins_7d": pd.Series([d % 40 for d in digest], dtype="int64"),
-            "last_device": [("ios", "android", "web")[d % 3] for d in digest],
-        }),
-    }
-
-
-def write_demo_file(path: Path, frame: Any, row_group_size: int | None = None) -> None:
-    """Write a demo view's rows to Parquet (several row groups when ``row_group_size`` is small)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    pq.write_table(table, path, row_group_size=row_group_size or max(1, table.num_rows))
-
-
-def build_demo_repo(
-    repo_path: Path | str,
-    user_ids: Sequence[str],
-    *,
-    online_store: Mapping[str, Any] | None = None,
-    entity_type: str = "int64",
-    project: str = DEMO_PROJECT,
-    rows_per_user: int = 2,
-    row_group_size: int | None = None,
-    materialize: bool = True,
-) -> DemoRepo:
-    """A Feast repo for synthetic users: entity ``user`` (join key ``user_id``), two views on Parquet files
-    (``user_profile_stats``: age, score, country; ``user_activity``: logins_7d, last_device), applied and,
-    unless ``materialize`` is False, materialized. The online store is SQLite in the repo by default, or
-    ``online_store`` (a feature_store.yaml mapping, e.g. ``{"type": "redis", "connection_string": ...}``).
-
-    Data map entry for it: ``{kind: feast, repo_path: <repo_path>, entity: user_id}``.
-    """
-    import yaml
-    from feast import Entity, FeatureView, Field, FileSource, ValueType
-    from feast.types import Float64, Int64, String
-
-    if entity_type not in ("int64", "string"):
-        raise ValueError("entity_type must be 'int64' or 'string'")
-    root = Path(repo_path).resolve()
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    config = {
-        "project": project,
-        "provider": "local",
-        "registry": "registry.db",
-        "online_store": dict(online_store or {"type": "sqlite", "path": "online_store.db"}),
-        "offline_store": {"type": "file"},
-        "entity_key_serialization_version": 3,
-    }
-    (root / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-
-    key_type = Int64 if entity_type == "int64" else String
-    user = Entity(name="user", join_keys=["user_id"],
-                  value_type=ValueType.INT64 if entity_type == "int64" else ValueType.STRING)
-    schemas = {
-        "user_profile_stats": [Field(name="age", dtype=Int64), Field(name="score", dtype=Float64),
-                               Field(name="country", dtype=String)],
-        "user_activity": [Field(name="logins_7d", dtype=Int64), Field(name="last_device", dtype=String)],
-    }
-    frames = demo_frames(user_ids, entity_type, rows_per_user)
-    files: dict[str, Path] = {}
-    objects: list[Any] = [user]
-    for view, schema in schemas.items():
-        files[view] = root / "data" / f"{view}.parquet"
-        write_demo_file(files[view], frames[view], row_group_size)
-        source = FileSource(name=f"{view}_source", path=f"data/{view}.parquet", timestamp_field="event_timestamp")
-        objects.append(FeatureView(name=view, entities=[user], ttl=timedelta(0), online=True, source=source,
-                                   schema=[Field(name="user_id", dtype=key_type), *schema]))
-    repo = DemoRepo(path=root, entity_type=entity_type, files=files)
-    store = repo.store()
-    store.apply(objects)
-    if materialize:
-        store.materialize(repo.start, repo.end)
-    return repo

@@ -1,0 +1,137 @@
+"""The demo's synthetic estate: store builders for ``lethe demo`` and the tests (never used by a purge).
+
+- ``build_demo_repo``: a Feast feature repo (SQLite online store by default, Parquet offline files).
+- ``build_training_manifest``: a Delta table listing the photos a training run used, with the demographic
+  columns (age, gender, location) the seed's dataset carried, written in several commits so it has history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+# --- Feast feature repo -----------------------------------------------------------------------------------
+
+DEMO_PROJECT = "lethe_demo"
+DEMO_VIEWS = ("user_profile_stats", "user_activity")
+DEMO_TIME = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DemoRepo:
+    """A feature repo built by ``build_demo_repo``."""
+
+    path: Path
+    entity_type: str  # "int64" or "string"
+    files: dict[str, Path] = field(default_factory=dict)  # view name -> its Parquet file
+    start: datetime = DEMO_TIME - timedelta(days=365)  # materialization window covering every row
+    end: datetime = DEMO_TIME + timedelta(days=1)
+
+    def store(self) -> Any:
+        """A fresh feast.FeatureStore on the repo."""
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(self.path))
+
+    def materialize(self) -> None:
+        """``feast materialize`` over the whole window: the online store then mirrors the files."""
+        self.store().materialize(self.start, self.end)
+
+
+def demo_frames(user_ids: Sequence[str], entity_type: str = "int64", rows_per_user: int = 2) -> dict[str, Any]:
+    """Offline rows for the demo views: ``rows_per_user`` daily rows per user, values derived from the id."""
+    import pandas as pd
+
+    def key(user: str) -> int | str:
+        return int(user) if entity_type == "int64" else user
+
+    rows = [(u, day) for u in user_ids for day in range(rows_per_user)]
+    stamps = [DEMO_TIME - timedelta(days=day, hours=len(u)) for u, day in rows]
+    digest = [sum(ord(c) * (i + 7) for i, c in enumerate(u)) + day for u, day in rows]
+    ids = pd.Series([key(u) for u, _ in rows], dtype="int64" if entity_type == "int64" else "object")
+    return {
+        "user_profile_stats": pd.DataFrame({
+            "user_id": ids, "event_timestamp": stamps,
+            "age": pd.Series([18 + d % 60 for d in digest], dtype="int64"),
+            "score": pd.Series([(d % 1000) / 10 for d in digest], dtype="float64"),
+            "country": [("FR", "DE", "IE", "PL", "SE")[d % 5] for d in digest],
+        }),
+        "user_activity": pd.DataFrame({
+            "user_id": ids, "event_timestamp": stamps,
+            "logins_7d": pd.Series([d % 40 for d in digest], dtype="int64"),
+            "last_device": [("ios", "android", "web")[d % 3] for d in digest],
+        }),
+    }
+
+
+def write_demo_file(path: Path, frame: Any, row_group_size: int | None = None) -> None:
+    """Write a demo view's rows to Parquet (several row groups when ``row_group_size`` is small)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, row_group_size=row_group_size or max(1, table.num_rows))
+
+
+def build_demo_repo(
+    repo_path: Path | str,
+    user_ids: Sequence[str],
+    *,
+    online_store: Mapping[str, Any] | None = None,
+    entity_type: str = "int64",
+    project: str = DEMO_PROJECT,
+    rows_per_user: int = 2,
+    row_group_size: int | None = None,
+    materialize: bool = True,
+) -> DemoRepo:
+    """A Feast repo for synthetic users: entity ``user`` (join key ``user_id``), two views on Parquet files
+    (``user_profile_stats``: age, score, country; ``user_activity``: logins_7d, last_device), applied and,
+    unless ``materialize`` is False, materialized. The online store is SQLite in the repo by default, or
+    ``online_store`` (a feature_store.yaml mapping, e.g. ``{"type": "redis", "connection_string": ...}``).
+
+    Data map entry for it: ``{kind: feast, repo_path: <repo_path>, entity: user_id}``.
+    """
+    import yaml
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, Int64, String
+
+    if entity_type not in ("int64", "string"):
+        raise ValueError("entity_type must be 'int64' or 'string'")
+    root = Path(repo_path).resolve()
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    config = {
+        "project": project,
+        "provider": "local",
+        "registry": "registry.db",
+        "online_store": dict(online_store or {"type": "sqlite", "path": "online_store.db"}),
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+    (root / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    key_type = Int64 if entity_type == "int64" else String
+    user = Entity(name="user", join_keys=["user_id"],
+                  value_type=ValueType.INT64 if entity_type == "int64" else ValueType.STRING)
+    schemas = {
+        "user_profile_stats": [Field(name="age", dtype=Int64), Field(name="score", dtype=Float64),
+                               Field(name="country", dtype=String)],
+        "user_activity": [Field(name="logins_7d", dtype=Int64), Field(name="last_device", dtype=String)],
+    }
+    frames = demo_frames(user_ids, entity_type, rows_per_user)
+    files: dict[str, Path] = {}
+    objects: list[Any] = [user]
+    for view, schema in schemas.items():
+        files[view] = root / "data" / f"{view}.parquet"
+        write_demo_file(files[view], frames[view], row_group_size)
+        source = FileSource(name=f"{view}_source", path=f"data/{view}.parquet", timestamp_field="event_timestamp")
+        objects.append(FeatureView(name=view, entities=[user], ttl=timedelta(0), online=True, source=source,
+                                   schema=[Field(name="user_id", dtype=key_type), *schema]))
+    repo = DemoRepo(path=root, entity_type=entity_type, files=files)
+    store = repo.store()
+    store.apply(objects)
+    if materialize:
+        store.materialize(repo.start, repo.end)
+    return repo

@@ -1,0 +1,353 @@
+"""Parquet files without one subject's rows: find the files, count the rows, rewrite only what holds them.
+
+One implementation for every target that erases rows from Parquet: Feast's offline files, ``kind: parquet``
+(a directory of files, local or on S3), and the data-file scans that prove a Delta or Iceberg purge.
+
+- ``where`` values are typed first (``typed_value``): an integer column takes a canonical decimal integer in
+  the column's range, a string column the text as given; anything else fails the task, never a silent zero.
+  A row matches when every column equals its value, compared in the column's own Arrow type.
+- Row groups whose statistics (min/max, null counts) cannot hold the value are never decoded: a file whose
+  row groups all rule the subject out is skipped, so a purge reads and rewrites only the files that hold
+  the subject. Files without statistics are read.
+- A rewrite streams one row group at a time (a large file never loads whole) into a temporary file that then
+  replaces the original atomically. Locally: a temp file beside it, fsynced, ``os.replace``, the directory
+  fsynced and locked for the rewrite. On S3, which has no rename: the temp object (a hidden ``.lethe-tmp-``
+  name, which dataset readers skip) is written, copied over the original with one server-side CopyObject
+  (atomic for readers) and deleted. Other rows keep their schema, values and order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import stat
+import tempfile
+import uuid
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from workers.targets.base import Heartbeat, PermanentError
+
+Value = int | str
+Values = Mapping[str, Value]  # column -> typed value; a row matches when every column equals its value
+
+CANONICAL_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # "012", "+12", "1_2", " 12", "-0" are refused
+COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+PARQUET_CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli",
+                  "LZ4": "lz4", "LZ4_RAW": "lz4", "ZSTD": "zstd"}
+TEMP_PREFIX = ".lethe-tmp-"
+
+
+# --- where: columns and typed values -------------------------------------------------------------------------
+
+
+def check_where(where: Mapping[str, str]) -> None:
+    """The map-load rule for a lake target's ``where``: plain column names, at least one placeholder."""
+    from workers.targets.base import require_placeholder
+
+    if not where:
+        raise ValueError("where needs at least one column")
+    bad = [column for column in where if not COLUMN.fullmatch(column)]
+    if bad:
+        raise ValueError(f"where columns must be plain column names (letters, digits, _): {bad[0]!r}")
+    require_placeholder("where", where)
+
+
+def typed_value(text: str, arrow_type: Any, column: str) -> Value:
+    """``text`` as the column stores it (an int for integer columns, else the string), or PermanentError."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_integer(arrow_type):
+        if not CANONICAL_INTEGER.fullmatch(text) or text == "-0":
+            raise PermanentError(f"the subject's value for integer column {column} is not a canonical decimal integer")
+        number = int(text)
+        bits = arrow_type.bit_width
+        signed = pa.types.is_signed_integer(arrow_type)
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        if not low <= number <= high:
+            raise PermanentError(f"the subject's value for integer column {column} is out of the column's range")
+        return number
+    if _is_string(arrow_type):
+        return text
+    raise PermanentError(f"column {column} has type {arrow_type}; only integer and string columns can be matched")
+
+
+def typed_values(where: Mapping[str, str], schema: Any) -> dict[str, Value]:
+    """Every ``where`` column (already filled) typed from an Arrow schema; a missing column fails."""
+    typed: dict[str, Value] = {}
+    for column, text in where.items():
+        index = schema.get_field_index(column)
+        if index < 0:
+            raise PermanentError(f"the table has no column {column}")
+        typed[column] = typed_value(text, schema.field(index).type, column)
+    return typed
+
+
+def _is_string(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    view = getattr(pa.types, "is_string_view", None)
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+                or (view and view(arrow_type)))
+
+
+def mask(table: Any, values: Values) -> Any:
+    """Boolean array: rows whose every ``values`` column equals its value, in the column's own Arrow type."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    result = None
+    for column, value in values.items():
+        if column not in table.column_names:
+            raise PermanentError(f"a Parquet file has no column {column}")
+        data = table.column(column)
+        if pa.types.is_dictionary(data.type):
+            data = data.cast(data.type.value_type)
+        kind = data.type
+        if isinstance(value, str) and not _is_string(kind):
+            raise PermanentError(f"column {column} is {kind} in a Parquet file, not a string like the selector")
+        if isinstance(value, int) and not pa.types.is_integer(kind):
+            raise PermanentError(f"column {column} is {kind} in a Parquet file, not an integer like the selector")
+        try:
+            scalar = pa.scalar(value, type=kind)
+        except (pa.ArrowInvalid, OverflowError):
+            return pa.array([False] * table.num_rows)  # out of this file's column range: no row can hold it
+        hit = pc.fill_null(pc.equal(data, scalar), False)
+        result = hit if result is None else pc.and_(result, hit)
+    assert result is not None, "values is never empty"
+    return result
+
+
+def _may_hold(group: Any, columns: Mapping[str, int], values: Values) -> bool:
+    """Whether a row group's statistics allow a row with every value (no statistics: it may)."""
+    for column, value in values.items():
+        index = columns.get(column)
+        if index is None:
+            return True  # nested or renamed: read it
+        chunk = group.column(index)
+        stats = chunk.statistics
+        if stats is None or not stats.has_min_max:
+            if stats is not None and stats.null_count == group.num_rows:
+                return False  # every value null: cannot equal the subject's
+            continue
+        low, high = stats.min, stats.max
+        if isinstance(value, str):
+            if isinstance(low, bytes | bytearray) or isinstance(high, bytes | bytearray):
+                continue  # binary statistics of a string column: compare nothing, read it
+            # String statistics may be truncated prefixes, so a max is only an upper bound when it is not
+            # a prefix of the value: compare on the value's own prefix as well.
+            if not isinstance(low, str) or not isinstance(high, str):
+                continue
+            if value < low or (value > high and not value.startswith(high)):
+                return False
+        elif isinstance(low, int) and isinstance(high, int) and not low <= value <= high:
+            return False
+    return True
+
+
+def holding_row_groups(pf: Any, values: Values) -> list[int]:
+    """Indices of the row groups of an open ParquetFile whose statistics may hold the subject."""
+    meta = pf.metadata
+    columns = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    return [i for i in range(meta.num_row_groups) if _may_hold(meta.row_group(i), columns, values)]
+
+
+# --- where the files are ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """A Parquet file or directory on a pyarrow filesystem: local, or S3 (``s3://bucket/prefix``)."""
+
+    fs: Any  # pyarrow.fs.FileSystem
+    root: str  # a path on fs: a local absolute path, or bucket/prefix
+    remote: bool
+
+    @classmethod
+    def of(cls, uri: str, endpoint_url: str | None = None, region: str | None = None) -> Location:
+        import pyarrow.fs as pafs
+
+        parsed = urlparse(uri)
+        if parsed.scheme == "s3":
+            options: dict[str, Any] = {"region": region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+            if endpoint_url:
+                endpoint = urlparse(endpoint_url)
+                options["endpoint_override"] = endpoint.netloc
+                options["scheme"] = endpoint.scheme or "https"
+            return cls(pafs.S3FileSystem(**options), f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), True)
+        if parsed.scheme not in ("", "file"):
+            raise PermanentError(f"unsupported location scheme {parsed.scheme!r}: a local path or s3:// URI")
+        path = parsed.path if parsed.scheme == "file" else uri
+        return cls(pafs.LocalFileSystem(), os.path.realpath(Path(path).expanduser()), False)
+
+    def files(self, suffix: str = "") -> list[str]:
+        """Every data file at the root: the file itself, or every file under the directory whose path has no
+        part starting with ``.`` or ``_`` (what pyarrow's dataset reader reads), sorted."""
+        import pyarrow.fs as pafs
+
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.File:
+            return [self.root]
+        if info.type != pafs.FileType.Directory:
+            return []  # nothing stored
+        found = []
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True)):
+            relative = entry.path[len(self.root):].lstrip("/")
+            if entry.type != pafs.FileType.File or not entry.path.endswith(suffix):
+                continue
+            if any(part.startswith((".", "_")) for part in relative.split("/")):
+                continue
+            found.append(entry.path if self.remote else os.path.realpath(entry.path))
+        return sorted(set(found))
+
+    def under(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+
+def local_fs() -> Any:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
+
+
+# --- counting and rewriting ----------------------------------------------------------------------------------
+
+
+def count_in_file(fs: Any, path: str, values: Values, heartbeat: Heartbeat | None = None) -> int:
+    """Rows holding the values, reading only their columns and only row groups whose statistics may hold them."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(path) as source, pq.ParquetFile(source) as pf:
+        missing = [c for c in values if c not in pf.schema_arrow.names]
+        if missing:
+            raise PermanentError(f"a Parquet file has no column {missing[0]}")
+        found = 0
+        for i in holding_row_groups(pf, values):
+            keys = pf.read_row_group(i, columns=list(values))
+            found += int(pc.sum(mask(keys, values)).as_py() or 0)
+            if heartbeat is not None:
+                heartbeat()
+        return found
+
+
+def rewrite_without(fs: Any, path: str, values: Values, heartbeat: Heartbeat) -> int:
+    """Rewrite one Parquet file without the rows holding ``values``; returns how many rows went."""
+    import pyarrow.fs as pafs
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _rewrite_local(Path(path), values, heartbeat)
+    return _rewrite_remote(fs, path, values, heartbeat)
+
+
+def _rewrite_local(path: Path, values: Values, heartbeat: Heartbeat) -> int:
+    # Two workers purging different subjects from the same file would each write a copy without only their
+    # own subject, and the later replace would bring the other's rows back: one rewrite per directory at a
+    # time (the directory is locked, not the file, whose inode the replace swaps; no lock file is left).
+    lock = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = os.stat(path)
+        if before.st_nlink > 1:
+            raise PermanentError("a Parquet file has other hard links; the rows would survive there")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".lethe-tmp")
+        os.close(fd)
+        try:
+            with open(path, "rb") as source:
+                removed = _copy_without(source, tmp, values, heartbeat)
+            if removed:
+                _fsync(tmp)
+                os.chmod(tmp, stat.S_IMODE(before.st_mode))
+                with suppress(OSError):
+                    os.chown(tmp, before.st_uid, before.st_gid)
+                os.replace(tmp, path)
+                _fsync(path.parent)
+            else:
+                os.unlink(tmp)  # statistics said "maybe" but no row matched: the file stays as it was
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return removed
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _rewrite_remote(fs: Any, path: str, values: Values, heartbeat: Heartbeat) -> int:
+    parent, _, name = path.rpartition("/")
+    tmp = f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+    before = fs.get_file_info(path)
+    try:
+        with fs.open_input_file(path) as source, fs.open_output_stream(tmp) as sink:
+            removed = _copy_without(source, sink, values, heartbeat)
+        if removed:
+            # S3 has no lock: a rewrite by another worker since this one read the file would be undone by
+            # the copy. Refuse (retryable) when the object changed meanwhile; the window left is one call.
+            now = fs.get_file_info(path)
+            if (now.size, now.mtime) != (before.size, before.mtime):
+                from workers.targets.base import RetryableError
+
+                raise RetryableError("a Parquet object changed while it was rewritten; trying again later")
+            fs.copy_file(tmp, path)
+        return removed
+    finally:
+        with suppress(OSError, FileNotFoundError):
+            fs.delete_file(tmp)
+
+
+def _copy_without(source: Any, sink: Any, values: Values, heartbeat: Heartbeat) -> int:
+    """Stream ``source``'s row groups into ``sink`` without the matching rows; returns how many went."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    removed = 0
+    with pq.ParquetFile(source) as pf:
+        holding = set(holding_row_groups(pf, values))
+        writer = pq.ParquetWriter(sink, pf.schema_arrow, **_writer_options(pf))
+        try:
+            for i in range(pf.num_row_groups):
+                group = pf.read_row_group(i)
+                if i in holding:
+                    hits = mask(group, values)
+                    found = int(pc.sum(hits).as_py() or 0)
+                    if found:
+                        group = group.filter(pc.invert(hits))
+                        removed += found
+                if group.num_rows:
+                    writer.write_table(group, row_group_size=group.num_rows)
+                heartbeat()
+        finally:
+            writer.close()
+    return removed
+
+
+def _writer_options(pf: Any) -> dict[str, Any]:
+    """Keep the file's format version and per-column compression."""
+    meta = pf.metadata
+    options: dict[str, Any] = {}
+    if meta.format_version in ("1.0", "2.4", "2.6"):
+        options["version"] = meta.format_version
+    if meta.num_row_groups:
+        group = meta.row_group(0)
+        codecs = {group.column(j).path_in_schema: PARQUET_CODECS.get(group.column(j).compression)
+                  for j in range(group.num_columns)}
+        if all(codecs.values()):
+            options["compression"] = codecs
+    return options
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
