@@ -1,0 +1,28 @@
+"""``lethe demo``: try lethe on a bare machine, on a synthetic estate of embedded stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator import logs
+from orchestrator.cli.common import fail, out
+
+app = typer.Typer()
+
+
+@app.command()
+def demo(
+    subjects: Annotated[int, typer.Option(min=2, max=5000, help="Synthetic users to create.")] = 200,
+    erase: Annotated[int, typer.Option(min=1, help="How many of them to erase.")] = 5,
+    workdir: Annotated[Path, typer.Option(help="Where the demo's ledger and stores live.")] = Path(".lethe-demo"),
+) -> None:
+    """Build a synthetic estate on embedded stores and erase some subjects through the real pipeline."""
+    from orchestrator.demo import run_demo
+
+    if erase >= subjects:
+        fail("--erase must be smaller than --subjects (the rest prove nothing else is touched)")
+    logs.configure(level="WARNING")
+    raise typer.Exit(run_demo(subjects=subjects, erase=erase, workdir=workdir, console=out))

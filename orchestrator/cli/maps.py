@@ -1,0 +1,38 @@
+"""``lethe check-map``: validate a data map before anything runs on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli.common import fail, out, user_errors
+from orchestrator.config import Settings
+from orchestrator.datamap import DataMap
+
+app = typer.Typer()
+
+
+@app.command("check-map")
+def check_map(
+    path: Annotated[Path | None, typer.Argument(help="Data map YAML (default: LETHE_DATA_MAP).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Every declared store needs a target or reason.")] = False,
+) -> None:
+    """Validate a data map and print the plan shape."""
+    with user_errors():
+        datamap = DataMap.load(path or Settings().data_map)
+    problems = datamap.strict_problems() if strict else []
+    table = Table(title=f"data map {datamap.digest[:12]}: {len(datamap.targets)} targets", title_justify="left")
+    for col in ("#", "target", "kind", "after", "needs"):
+        table.add_column(col)
+    for i, t in enumerate(datamap.targets, 1):
+        table.add_row(str(i), t.name, t.kind, ", ".join(t.after) or "-",
+                      ", ".join(sorted(t.required_identifiers())) or "-")
+    out.print(table)
+    for s in datamap.stores:
+        if s.not_erased:
+            out.print(f"not erased: {s.name}: {s.not_erased}")
+    if problems:
+        fail("\n".join(problems))

@@ -1,0 +1,45 @@
+"""The proof of an erasure: certificates and the ledger's own verification."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.common import Exit, err, fail, make_lethe, out, user_errors
+
+app = typer.Typer()
+
+
+@app.command()
+def certificate(
+    request_id: Annotated[str | None, typer.Argument(metavar="ID", help="A completed request.")] = None,
+    public_key: Annotated[bool, typer.Option("--public-key", help="Print the public key (PEM) instead.")] = False,
+) -> None:
+    """Print a completed request's signed certificate, or the key that verifies certificates."""
+    if (request_id is None) == (not public_key):
+        fail("give a request ID or --public-key")
+    lethe = make_lethe()
+    with user_errors():
+        if public_key:
+            sys.stdout.write(lethe.ledger.public_key_pem())
+            return
+        assert request_id is not None
+        cert = lethe.ledger.certificate(request_id)
+    sys.stdout.write(json.dumps(cert, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@app.command("verify-ledger")
+def verify_ledger() -> None:
+    """Check the audit chain, completion records and certificates; exit 1 naming the first bad entry."""
+    lethe = make_lethe()
+    with user_errors():
+        problems = lethe.ledger.verify()
+    if problems:
+        err.print(f"[red]ledger verification failed:[/red] {problems[0]}", highlight=False)
+        for problem in problems[1:20]:
+            err.print(f"  also: {problem}", highlight=False)
+        raise typer.Exit(Exit.FAILED)
+    out.print("ledger verified: audit chain, completion records and certificates are intact")
