@@ -8,8 +8,12 @@
 # Stage 1 builds lethe's wheel and a wheel of every dependency; stage 2 installs them into a virtualenv
 # without a compiler or build tool in sight, and runs as an unprivileged user.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The stores' client libraries come as extras (pyproject.toml): `--build-arg LETHE_EXTRAS=s3,sql` builds a
+# smaller image for an estate that has only those kinds. The default has every store.
+ARG LETHE_EXTRAS=all
 
 FROM ${PYTHON_IMAGE} AS build
+ARG LETHE_EXTRAS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -20,10 +24,11 @@ COPY workers ./workers
 # Every dependency ships wheels for CPython 3.11 on amd64 and arm64. Should one ever need compiling, install
 # build-essential in this stage only, never in the runtime stage. Pin versions with PIP_CONSTRAINT
 # (a constraints file) for reproducible builds.
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels ".[${LETHE_EXTRAS}]"
 
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG LETHE_EXTRAS
 # tini is PID 1: it forwards SIGTERM to lethe (Celery's warm shutdown, uvicorn's graceful stop) and reaps
 # zombies. (`docker run --init` would do the same, but Kubernetes has no such flag: hence tini in the image.)
 RUN apt-get update \
@@ -40,7 +45,7 @@ ENV VIRTUAL_ENV=/opt/lethe \
 # The wheels are bind-mounted from the build stage, so they never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/lethe \
- && /opt/lethe/bin/pip install --no-index --find-links /wheels lethe \
+ && /opt/lethe/bin/pip install --no-index --find-links /wheels "lethe[${LETHE_EXTRAS}]" \
  && /opt/lethe/bin/lethe --help > /dev/null
 
 LABEL org.opencontainers.image.title="lethe" \

@@ -13,10 +13,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[all,test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-setup: $(STAMP) ## create .venv with lethe, its runtime and test dependencies
+setup: $(STAMP) ## create .venv with lethe, every store's extra and the test dependencies
 
 demo: setup ## run lethe demo: a synthetic estate erased through the real pipeline, no service needed
 	$(BIN)/lethe demo
