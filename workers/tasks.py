@@ -84,6 +84,9 @@ def sanitise(exc: BaseException, subject: Subject) -> str:
 def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False, kind: str | None = None) -> str:
     """Run the tasks one message names (one, or up to DISPATCH_BATCH of one kind in a bulk erasure).
 
+    ``continuation`` is accepted and ignored: whether a claim continues a sliced purge is the ledger's
+    record (``hand_back``), so a message that claims it cannot skip the blast-radius count.
+
     They are claimed and recorded in chunks, one ledger transaction each; a chunk doubles while purges are
     quick. Once the message has run BATCH_SECONDS, the tasks it has not claimed go back to the queue, so
     idle workers share a batch of slow purges. Returns how the tasks ended, e.g. "completed=1" or
@@ -104,7 +107,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
         chunk = ids[position:position + size]
         position += len(chunk)
         try:
-            runs = lethe.ledger.claim_many(chunk, continuation=continuation)
+            runs = lethe.ledger.claim_many(chunk)
         except DBAPIError as exc:  # ledger unreachable: try the message again later (finished tasks are no-ops)
             raise self.retry_later(exc) from None
         ended["noop"] += len(chunk) - len(runs)
@@ -158,11 +161,12 @@ def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
             if deleted > max_items:
                 note = f"would wait for approval: {deleted} items exceed max_items {max_items}"
         else:
-            # Count before deleting anything: the blast-radius check, and the estimate progress is shown
-            # against (a dataset purge is approved but long, so it is counted too).
-            if not run.continuation and (not run.approved or run.dataset is not None):
+            # Count before deleting anything, approved or not: the blast-radius check (an approval covers
+            # only the count the admin saw; more than that waits again), and the estimate progress is shown
+            # against. A later slice of a sliced purge was counted at its start.
+            if not run.continuation:
                 estimated = target.count(run.subject)
-                if not run.approved and estimated > max_items:
+                if estimated > max_items and not run.approval_covers(estimated):
                     log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
                     ledger.await_approval(run.task_id, estimated, max_items)
                     return "awaiting_approval"

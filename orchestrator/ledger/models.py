@@ -5,7 +5,7 @@ Changing a table means adding an Alembic revision under ``migrations/versions``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,22 +26,27 @@ from sqlalchemy.types import TypeDecorator
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+    """Every datetime column: UTC-aware in, UTC-aware out, on every backend.
+
+    Values are converted to UTC before they are bound. SQLite stores the wall-clock digits and drops the
+    offset, so ``15:36-08:00`` stored as given would read back (and compare in SQL) as 15:36 UTC: a hold
+    ending eight hours early. PostgreSQL converts itself, but reads back in the session's zone.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("naive datetime given to the ledger")
-        return value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        from datetime import UTC
-
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -113,6 +118,13 @@ class Task(Base):
     progress_estimated: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Items deleted by earlier slices of a long purge that handed its message back (see task_slice_seconds).
     carried_deleted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Approval scope: the count a task waited with (what the admin is shown) and the count an admin approved
+    # for it. An approval covers only that task and that many items: a later count above it waits again.
+    counted_items: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    approved_items: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Set by hand_back, cleared by the next claim: that claim continues a sliced purge (no new count, no new
+    # attempt). The ledger knows this, never the message: a message saying "continuation" changes nothing.
+    continues: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # Set when the task is handed to the broker and renewed while it runs; reconcile re-dispatches a
     # non-terminal task whose lease has run out. NULL: not dispatched yet (waiting for `after`).
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

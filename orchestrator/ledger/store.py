@@ -94,10 +94,15 @@ class TaskRun:
     subject: Subject
     subject_hashes: dict[str, str]
     data_map_digest: str
-    approved: bool = False  # an admin approved the request: no blast-radius check
-    continuation: bool = False  # a later slice of a long purge: not counted again, not a new attempt
+    approved: bool = False  # an admin approved this task (a dataset request: its whole declared source)
+    approved_items: int | None = None  # the count the admin was shown and approved; None: no limit (dataset)
+    continuation: bool = False  # a later slice of a long purge (the ledger says so): not counted again
     dataset: str | None = None  # a dataset erasure: the target's selector comes from the map's datasets
     datasets: list[tuple[str, str]] = field(default_factory=list)  # recorded training sets holding the subject
+
+    def approval_covers(self, items: int) -> bool:
+        """An admin's approval covers a purge of this many items: only what they saw counted, no more."""
+        return self.approved and (self.approved_items is None or items <= self.approved_items)
 
 
 @dataclass(frozen=True)
@@ -300,15 +305,18 @@ class Ledger:
         return replays
 
     # -- workers ------------------------------------------------------------------------------------
-    def claim(self, task_id: str, continuation: bool = False) -> TaskRun | None:
+    def claim(self, task_id: str) -> TaskRun | None:
         """Mark a task running and return what it needs, or None when there is nothing to do (finished,
         cancelled, waiting for `after`, or held)."""
-        runs = self.claim_many([task_id], continuation)
+        runs = self.claim_many([task_id])
         return runs[0] if runs else None
 
-    def claim_many(self, task_ids: Sequence[str], continuation: bool = False) -> list[TaskRun]:
+    def claim_many(self, task_ids: Sequence[str]) -> list[TaskRun]:
         """Mark tasks running and return what each needs, in one transaction; a task with nothing to do
-        (finished, cancelled, waiting for `after`, parked, or its subject held) is left out."""
+        (finished, cancelled, waiting for `after`, parked, or its subject held) is left out.
+
+        Whether a claim continues a sliced purge (and so skips the count) is read from the task's row, set by
+        ``hand_back``: what a broker message claims about itself is never trusted."""
         with self.sessions.begin() as s:
             # Rows are locked in id order (tasks, then requests) by every batch operation: no deadlocks.
             live = [t for t in s.scalars(select(Task).where(Task.id.in_(set(task_ids))).order_by(Task.id)
@@ -333,7 +341,8 @@ class Ledger:
                 if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
                     self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=tasks)
                     continue
-                continuing = continuation and task.status == "running"
+                continuing = task.continues and task.status == "running"
+                task.continues = False
                 task.status = "running"
                 task.started_at = task.started_at or at
                 task.lease_expires_at = at + self.lease
@@ -344,7 +353,9 @@ class Ledger:
                 hashes = dict(request.subject_hashes)
                 runs.append(TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
                                     self._unseal(request.id, request.sealed_subject), hashes,
-                                    request.data_map_digest, approved=request.approved_at is not None,
+                                    request.data_map_digest, approved_items=task.approved_items,
+                                    approved=task.approved_items is not None
+                                    or (request.dataset is not None and request.approved_at is not None),
                                     dataset=request.dataset, continuation=continuing,
                                     datasets=sorted({d for h in hashes.values() for d in datasets.get(h, ())})))
             return runs
@@ -367,6 +378,7 @@ class Ledger:
             if task is None or task.status != "running":
                 return None
             task.carried_deleted = (task.carried_deleted or 0) + done
+            task.continues = True  # the next claim continues this purge: counted once, at its start
             task.progress_done = task.carried_deleted
             task.lease_expires_at = now() + self.lease
             task.dispatched_at = now()
@@ -494,20 +506,25 @@ class Ledger:
             assert task is not None
             request = s.get(Request, task.request_id, with_for_update=True)
             assert request is not None
-            task.deleted = None
+            task.deleted, task.counted_items = None, items  # what the admin is shown, and may approve
             self._park(s, request, [task], "awaiting_approval",
                        f"{items} items exceed max_items {max_items}: waiting for an admin's approval")
 
     def approve(self, request_id: str, actor: str = "cli") -> list[Dispatch]:
-        """An admin lets a request over a blast-radius limit go ahead."""
+        """An admin lets a request over a blast-radius limit go ahead: only the waiting tasks, each up to the
+        count it waited with. Any other task is still counted before it deletes, and waits on its own."""
         with self.sessions.begin() as s:
             request = self._request(s, request_id, lock=True)
             waiting = [t for t in self._tasks(s, request_id) if t.status == "awaiting_approval"]
             if not waiting:
                 raise LedgerError(f"request is {request.status}: nothing waits for approval")
             request.approved_by, request.approved_at = actor, now()
+            for t in waiting:
+                t.approved_items = t.counted_items
             self._unpark(waiting)
-            self._audit(s, "request.approved", request_id, actor=actor, detail={"targets": [t.target for t in waiting]})
+            self._audit(s, "request.approved", request_id, actor=actor,
+                        detail={"targets": [t.target for t in waiting],
+                                "items": {t.target: t.counted_items for t in waiting}})
             self._refresh(s, request, actor=actor)
             return self._release_ready(s, request)
 

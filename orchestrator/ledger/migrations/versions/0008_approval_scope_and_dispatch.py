@@ -5,8 +5,8 @@ Revises: 0007
 Create Date: 2026-12-02 01:00:00
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 revision = "0008"
 down_revision = "0007"
@@ -15,8 +15,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    # -- approval scope (issue 17 item 5): per-task counted/approved items; slice state kept by the ledger --
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("counted_items", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("approved_items", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("continues", sa.Boolean(), server_default=sa.text("false"), nullable=False))
+    # -- end of approval scope --
 
 
 def downgrade() -> None:
-    pass
+    # -- approval scope --
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_column("continues")
+        batch_op.drop_column("approved_items")
+        batch_op.drop_column("counted_items")
+    # -- end of approval scope --
