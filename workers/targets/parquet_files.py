@@ -18,14 +18,15 @@ One implementation for every target that erases rows from Parquet: Feast's offli
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import stat
 import tempfile
 import uuid
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,39 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+# Words in pyarrow's and the lake engines' error text (which also quotes paths, keys and predicates, so it is
+# never kept) that say what happened.
+_TRANSIENT = re.compile(r"NETWORK_CONNECTION|SLOW_DOWN|throttl|timed? ?out|temporar|unavailable|\b50[0-4]\b|"
+                        r"connection (reset|refused|closed)|conflict|concurrent", re.IGNORECASE)
+_DENIED = re.compile(r"ACCESS_DENIED|AccessDenied|Forbidden|\b403\b|permission", re.IGNORECASE)
+
+
+@contextmanager
+def vendor_errors(where: str) -> Iterator[None]:
+    """Vendor errors become TargetErrors that name ``where`` and a short code, never a value, key or path:
+    outages, throttling and commit conflicts are retryable, anything else permanent."""
+    from workers.targets.base import RetryableError, SliceExpired, TargetError
+
+    try:
+        yield
+    except (TargetError, SliceExpired):
+        raise
+    except Exception as exc:
+        message = str(exc)
+        if isinstance(exc, PermissionError) or _DENIED.search(message):
+            raise PermanentError(f"{where}: permission denied") from None
+        if isinstance(exc, TimeoutError | ConnectionError) or _TRANSIENT.search(message):
+            raise RetryableError(f"{where}: {type(exc).__name__} (store unavailable or busy)") from None
+        if isinstance(exc, FileNotFoundError):
+            # A file listed a moment ago is gone: another writer compacted or replaced it. Read again.
+            raise RetryableError(f"{where}: a file changed while it was read") from None
+        if isinstance(exc, OSError) and exc.errno is not None and exc.errno not in _PERMANENT_ERRNOS:
+            raise RetryableError(f"{where}: file error {errno.errorcode.get(exc.errno, exc.errno)}") from None
+        raise PermanentError(f"{where}: {type(exc).__name__}") from None
+
+
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR})
