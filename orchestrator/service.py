@@ -74,14 +74,15 @@ class Lethe:
     def submit(self, subject: Mapping[str, object], *, dry_run: bool = False, regime: str = "gdpr",
                idempotency_key: str | None = None, actor: str = "cli", datamap: DataMap | None = None,
                only_targets: list[str] | None = None, origin: dict[str, Any] | None = None,
-               dataset: str | None = None) -> tuple[str, bool]:
+               dataset: str | None = None, requested_by: str | None = None) -> tuple[str, bool]:
         """Validate, record, plan and dispatch an erasure request (of a subject, or with ``dataset`` of a
-        whole data source declared in the map). Returns (request id, created)."""
+        whole data source declared in the map). Returns (request id, created). ``requested_by``: the API
+        token name it is filed under."""
         datamap = datamap or self.load_map()
         parsed = Subject({}) if dataset is not None else datamap.parse_subject(subject)
         request_id, created, dispatches = self.ledger.file_request(
             datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor,
-            only_targets=only_targets, origin=origin, dataset=dataset)
+            only_targets=only_targets, origin=origin, dataset=dataset, requested_by=requested_by)
         self.send(dispatches)
         log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches))
         return request_id, created
@@ -175,7 +176,7 @@ class Lethe:
         try:
             # A pooled connection (no connect per call); the batch pipelines the Redis commands.
             with self.app.producer_or_acquire() as producer, producer.batch():
-                return publish_outbox(self, producer, self.event_key)
+                return publish_outbox(self, producer)  # Ed25519: never the event key
         except Exception as exc:
             log.warning("events.publish_failed", error=type(exc).__name__)
             return 0

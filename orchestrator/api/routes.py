@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from orchestrator.api import queries
+from orchestrator.api import queries, scope
 from orchestrator.api.auth import Action, Principal, Role, TokenStore
 from orchestrator.api.errors import ApiError, ErrorBody
 from orchestrator.api.schemas import ErasureRequestIn, HoldIn, HoldRelease, RequestPage, RequestStatus, StatusOut
+from orchestrator.ledger.store import stored_idempotency_key
 from orchestrator.service import Lethe
 
 bearer = HTTPBearer(auto_error=False, description="A token from the LETHE_API_TOKENS file.")
@@ -72,7 +73,7 @@ def create_request(
     idempotency_key: Annotated[str | None, Header(
         alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
         description="A retried POST with the same key and body returns the same request (200); the same key "
-        "with another body is 409. Keys are kept 30 days.")] = None,
+        "with another body is 409. Keys are scoped to the token's name and kept 30 days.")] = None,
 ) -> JSONResponse:
     """File an erasure request for one subject, or (admin) for a whole dataset declared in the data map."""
     if body.dataset is not None:
@@ -85,10 +86,11 @@ def create_request(
     elif body.subject is None:
         raise ApiError(422, "invalid_request", "subject is required, e.g. {\"subject\": {\"user_id\": \"…\"}}")
     lethe = lethe_of(request)
+    key = None if idempotency_key is None else stored_idempotency_key("api", idempotency_key, principal.name)
     request_id, created = lethe.submit(body.subject or {}, dry_run=body.dry_run, regime=body.regime,
-                                       idempotency_key=idempotency_key, actor=principal.actor("api"),
-                                       dataset=body.dataset)
-    status = lethe.ledger.status(request_id)
+                                       idempotency_key=key, actor=principal.actor("api"),
+                                       dataset=body.dataset, requested_by=principal.name)
+    status = scope.visible(principal, lethe.ledger.status(request_id))
     return JSONResponse(status, status_code=202 if created else 200,
                         headers={"Location": f"/v1/erasure-requests/{request_id}"})
 
@@ -96,25 +98,25 @@ def create_request(
 @router.get("/erasure-requests", response_model=RequestPage, responses=_errors(400))
 def list_requests(
     request: Request,
-    _principal: Annotated[Principal, Depends(require(Action.READ))],
+    principal: Annotated[Principal, Depends(require(Action.READ))],
     status: Annotated[RequestStatus | None, Query(description="Only requests with this status.")] = None,
     overdue: Annotated[bool, Query(description="Only unfinished requests past due.")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
 ) -> dict[str, Any]:
-    """Requests, newest first, a page at a time."""
+    """Requests, newest first, a page at a time (a requester's: those filed under its own token name)."""
     if cursor is not None and not queries.valid_cursor(cursor):
         raise ApiError(400, "bad_cursor", "cursor is not one this API returned")
-    page: dict[str, Any] = lethe_of(request).ledger.list_requests(status=status, overdue=overdue, limit=limit,
-                                                                  cursor=cursor)
-    return page
+    page = lethe_of(request).ledger.list_requests(status=status, overdue=overdue, limit=limit, cursor=cursor,
+                                                  requested_by=scope.owner(principal))
+    return scope.visible_page(principal, page)
 
 
 @router.get(REQUEST_ID, response_model=None, responses={200: {"model": StatusOut}, **_errors(404)})
 def get_request(request_id: str, request: Request,
-                _principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
-    """A request's status object."""
-    return JSONResponse(lethe_of(request).ledger.status(request_id))
+                principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
+    """A request's status object (404 for a request another requester filed)."""
+    return JSONResponse(scope.visible(principal, lethe_of(request).ledger.status(request_id)))
 
 
 @router.post(REQUEST_ID + "/retry", status_code=202, response_model=None,
@@ -151,9 +153,12 @@ def approve_request(request_id: str, request: Request,
             responses={200: {"description": "The signed certificate (JSON); verify it with the public key "
                              "from `lethe certificate --public-key`"}, **_errors(404, 409)})
 def get_certificate(request_id: str, request: Request,
-                    _principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
-    """The signed erasure certificate of a completed request (409 while there is none)."""
-    return JSONResponse(lethe_of(request).ledger.certificate(request_id))
+                    principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
+    """The signed erasure certificate of a completed request (409 while there is none; 404 for a request
+    another requester filed)."""
+    ledger = lethe_of(request).ledger
+    scope.visible(principal, ledger.status(request_id))
+    return JSONResponse(ledger.certificate(request_id))
 
 
 @router.get("/holds", responses=_errors())

@@ -81,9 +81,13 @@ class Request(Base):
     # The raw identifiers, AES-GCM sealed under a key derived from the subject key, held only while the
     # request runs (tasks need them to build selectors) and wiped when it reaches a terminal status.
     sealed_subject: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    # Namespaced (store.stored_idempotency_key): api:<token name>:<key>, cli:<key>, event:<digest>.
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True, nullable=True)
     idempotency_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str] = mapped_column(String(200), default="cli")
+    # The API token name a request was filed under (its role is in `actor`); NULL for the CLI and events.
+    # A requester reads only the requests filed under its own name.
+    requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # An admin's go-ahead for a request over a target's max_items (blast radius), or a dataset request.
     approved_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -129,6 +133,10 @@ class Task(Base):
     # non-terminal task whose lease has run out. NULL: not dispatched yet (waiting for `after`).
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When handing the task to the broker failed (broker unreachable or misconfigured): the task is on record as
+    # not dispatched, and reconcile sends it again on its next pass rather than after the lease. Cleared when it
+    # is sent again or claimed. NULL: handed over, or not due yet.
+    not_dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -179,6 +187,9 @@ class AuditCheckpoint(Base):
     last_pruned_id: Mapped[int] = mapped_column(Integer)
     last_pruned_hash: Mapped[str] = mapped_column(String(64))
     pruned_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Signed by the signing key: a checkpoint written by anyone else (to hide the oldest entries) fails.
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    signature: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Certificate(Base):
@@ -272,3 +283,45 @@ class DatasetMember(Base):
     dataset_name: Mapped[str] = mapped_column(String(200))
     dataset_digest: Mapped[str] = mapped_column(String(128))
     subject_hash: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerIdentity(Base):
+    """The keys a ledger belongs to (one row, made by migration 0006): the subject key's fingerprint (an
+    HMAC of a fixed label under the key, never the key), written once at first use, and the first audit
+    entry from which signed heads are kept; signed by the first signing key."""
+
+    __tablename__ = "ledger_identity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heads_from: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SigningKey(Base):
+    """Every Ed25519 key the ledger has signed with, oldest first; the highest generation signs now. A new
+    generation comes only from a rotation, cross-signed by the key before it and by itself."""
+
+    __tablename__ = "signing_keys"
+
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)
+    public_key: Mapped[str] = mapped_column(Text)  # PEM
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Over the rotation statement (keys.rotation_statement): by the previous key, and by this one.
+    previous_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    own_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SignedHead(Base):
+    """An audit entry's hash signed with the signing key: the chain up to it cannot be rewritten, even with
+    every hash recomputed, without the signature failing."""
+
+    __tablename__ = "signed_heads"
+
+    entry_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    signature: Mapped[str] = mapped_column(Text)

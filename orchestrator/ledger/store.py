@@ -57,6 +57,8 @@ REGIMES = {"gdpr", "ccpa"}
 GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to the audit chain
 IDEMPOTENCY_DAYS = 30
+IDEMPOTENCY_KEY_MAX = 200  # characters of a caller's key; the stored form adds its namespace and owner
+IDEMPOTENCY_NAMESPACES = frozenset({"api", "cli", "event"})
 EVENT_NAMESPACE = uuid.UUID("6c1e7a0e-0b5e-4c8e-9a57-00000000e7e7")  # outbound event id = uuid5(audit hash)
 
 
@@ -103,6 +105,17 @@ class TaskRun:
     def approval_covers(self, items: int) -> bool:
         """An admin's approval covers a purge of this many items: only what they saw counted, no more."""
         return self.approved and (self.approved_items is None or items <= self.approved_items)
+
+
+def stored_idempotency_key(namespace: str, key: str, owner: str | None = None) -> str:
+    """The idempotency key as the ledger stores it: ``<namespace>:[<owner>:]<key>``. The one place a key
+    gets its namespace: API keys are ``api:<token name>:<key>``, the CLI's ``cli:<key>``, events'
+    ``event:<digest of source and id>``, so no caller's key can equal another caller's or an event's."""
+    if namespace not in IDEMPOTENCY_NAMESPACES or (owner is not None and (not owner or ":" in owner)):
+        raise ValueError(f"bad idempotency namespace {namespace!r} or owner")  # a programming error
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise LedgerError(f"an idempotency key is 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    return ":".join([namespace, *([owner] if owner is not None else []), key])
 
 
 @dataclass(frozen=True)
@@ -178,15 +191,17 @@ class Ledger:
         only_targets: Collection[str] | None = None,
         origin: dict[str, Any] | None = None,
         dataset: str | None = None,
+        requested_by: str | None = None,
     ) -> tuple[str, bool, list[Dispatch]]:
         """Record a request and plan its tasks. Returns (id, created, dispatches).
 
         A replay with the same idempotency key and the same request returns the first one (created False);
-        the same key with a different request raises IdempotencyConflict.
+        the same key with a different request raises IdempotencyConflict. ``requested_by``: the API token
+        name it is filed under (a requester reads only its own requests).
         """
         filed, dispatches = self.file_requests(
             datamap, [Filing(subject, idempotency_key, origin)], dry_run=dry_run, regime=regime, actor=actor,
-            only_targets=only_targets, dataset=dataset)
+            only_targets=only_targets, dataset=dataset, requested_by=requested_by)
         return filed[0][0], filed[0][1], dispatches
 
     def file_requests(
@@ -199,6 +214,7 @@ class Ledger:
         actor: str = "cli",
         only_targets: Collection[str] | None = None,
         dataset: str | None = None,
+        requested_by: str | None = None,
     ) -> tuple[list[tuple[str, bool]], list[Dispatch]]:
         """Record many requests in one transaction (a bulk erasure files thousands at once). Returns
         (id, created) per filing, in order, and the dispatches of all of them.
@@ -225,7 +241,7 @@ class Ledger:
             replays = self._replays(keyed)
             try:
                 return self._file(datamap, prepared, replays, dry_run=dry_run, regime=regime, actor=actor,
-                                  only_targets=only_targets, dataset=dataset)
+                                  only_targets=only_targets, dataset=dataset, requested_by=requested_by)
             except IntegrityError:
                 if not keyed or attempt == 2:  # lost a race with the same key: the replay finds it next time
                     raise
@@ -233,7 +249,7 @@ class Ledger:
 
     def _file(self, datamap: DataMap, prepared: list[tuple[Filing, dict[str, str], str]], replays: dict[str, str],
               *, dry_run: bool, regime: str, actor: str, only_targets: Collection[str] | None,
-              dataset: str | None) -> tuple[list[tuple[str, bool]], list[Dispatch]]:
+              dataset: str | None, requested_by: str | None) -> tuple[list[tuple[str, bool]], list[Dispatch]]:
         filed: list[tuple[str, bool]] = []
         dispatches: list[Dispatch] = []
         received = now()
@@ -261,6 +277,7 @@ class Ledger:
                     idempotency_key=key,
                     idempotency_digest=digest if key else None,
                     actor=actor,
+                    requested_by=requested_by,
                 )
                 s.add(request)
                 if key is not None:
@@ -698,10 +715,13 @@ class Ledger:
         return counts
 
     def list_requests(self, status: str | None = None, overdue: bool = False, limit: int = 100,
-             cursor: str | None = None) -> dict[str, Any]:
-        """Newest first; ``cursor`` is the opaque ``next`` of the previous page."""
+             cursor: str | None = None, requested_by: str | None = None) -> dict[str, Any]:
+        """Newest first; ``cursor`` is the opaque ``next`` of the previous page; ``requested_by``: only the
+        requests filed under that API token name."""
         with self.sessions() as s:
             query = select(Request).order_by(Request.received_at.desc(), Request.id.desc())
+            if requested_by is not None:
+                query = query.where(Request.requested_by == requested_by)
             if status:
                 query = query.where(Request.status == status)
             if overdue:
@@ -759,12 +779,22 @@ class Ledger:
                 s.execute(update(OutboxEvent).where(OutboxEvent.id.in_(published)).values(published_at=now()))
             return len(rows)
 
-    def erased_recently(self, subject_hashes: Iterable[str], days: int) -> str | None:
-        """The id of a completed request that erased one of these subjects within ``days``, if any."""
+    def tombstones_of(self, subject_hashes: Iterable[str], days: int) -> dict[str, str]:
+        """Which of these keyed hashes a completed request erased within ``days``: hash -> the id of the
+        latest such request, newest first. A data_written event re-erases only these identifiers."""
         with self.sessions() as s:
-            return s.scalar(select(Tombstone.request_id).where(
+            rows = s.execute(select(Tombstone.subject_hash, Tombstone.request_id).where(
                 Tombstone.subject_hash.in_(list(subject_hashes)), Tombstone.erased_at >= now() - timedelta(days=days),
-            ).order_by(Tombstone.erased_at.desc()).limit(1))
+            ).order_by(Tombstone.erased_at.desc())).all()
+        latest: dict[str, str] = {}
+        for subject_hash, request_id in rows:
+            latest.setdefault(subject_hash, request_id)
+        return latest  # newest first
+
+    def request_by_idempotency_key(self, stored_key: str) -> str | None:
+        """The request filed under a stored idempotency key (see ``stored_idempotency_key``), if any."""
+        with self.sessions() as s:
+            return s.scalar(select(Request.id).where(Request.idempotency_key == stored_key))
 
     def count_dead_letter(self, reason: str) -> None:
         with self.sessions.begin() as s:
@@ -1156,6 +1186,7 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
         "completed_at": rfc3339(request.completed_at),
         "subject_hashes": request.subject_hashes,
         "data_map_digest": request.data_map_digest,
+        "requested_by": request.requested_by,
         "tasks": [
             {
                 "target": t.target,

@@ -91,10 +91,10 @@ def missing_bucket() -> str:
 
 def wait_for(client: TestClient, request_id: str, statuses: frozenset[str] = TERMINAL_REQUEST,
              timeout: float = 30) -> dict[str, Any]:
-    """Poll the API until the request reaches one of ``statuses``."""
+    """Poll the API (as an operator, who reads every request) until the request reaches one of ``statuses``."""
     deadline = time.monotonic() + timeout
     while True:
-        response = client.get(f"/v1/erasure-requests/{request_id}", headers=auth("requester"))
+        response = client.get(f"/v1/erasure-requests/{request_id}", headers=auth("operator"))
         assert response.status_code == 200, response.text
         status: dict[str, Any] = response.json()
         if status["status"] in statuses or time.monotonic() > deadline:

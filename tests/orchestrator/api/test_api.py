@@ -60,8 +60,8 @@ def test_a_known_bearer_token_is_required(client: TestClient) -> None:
     ("admin", {"create", "read", "retry", "cancel"}),
 ])
 def test_roles_may_do_what_the_spec_says(client: TestClient, role: str, allowed: set[str]) -> None:
-    """requester creates and reads, operator reads and retries, admin does all; others get 403."""
-    rid = client.post("/v1/erasure-requests", json=SUBJECT, headers=auth("admin")).json()["id"]
+    """requester creates and reads (its own), operator reads and retries, admin does all; others get 403."""
+    rid = client.post("/v1/erasure-requests", json=SUBJECT, headers=auth("requester")).json()["id"]
     calls = {
         "create": ("post", "/v1/erasure-requests", {"subject": {"user_id": "123"}}),
         "read": ("get", f"/v1/erasure-requests/{rid}", None),
