@@ -24,7 +24,7 @@ from orchestrator.cli.common import (
     wait_with_progress,
 )
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import TERMINAL_REQUEST, LedgerError
+from orchestrator.ledger.store import TERMINAL_REQUEST, LedgerError, stored_idempotency_key
 from orchestrator.service import WAITING_REQUEST, Lethe
 
 app = typer.Typer()
@@ -69,8 +69,9 @@ def submit(
     # Embedded mode: the in-process broker and worker live only as long as this command, so it waits.
     embedded = lethe.settings.embedded
     with user_errors(), lethe.embedded_worker() if embedded else nullcontext():
+        key = None if idempotency_key is None else stored_idempotency_key("cli", idempotency_key)
         request_id, _created = lethe.submit(raw, dry_run=dry_run, regime=regime, datamap=datamap,
-                                            idempotency_key=idempotency_key, actor="cli", dataset=dataset)
+                                            idempotency_key=key, actor="cli", dataset=dataset)
         if not (wait or embedded):
             status = lethe.ledger.status(request_id)
             out.print_json(json.dumps(status)) if as_json else out.print(request_id)

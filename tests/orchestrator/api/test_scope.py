@@ -133,3 +133,25 @@ def test_migration_0007_namespaces_old_keys(ledger_url: str) -> None:
                      "c": ("cli:nightly", None), "d": ("event:" + "e" * 64, None), "e": (None, "ada"),
                      "f": (None, None)}
     engine.dispose()
+
+
+def test_the_cli_key_has_its_own_namespace(client: TestClient, lethe: Lethe) -> None:
+    """`lethe submit --idempotency-key K` twice files once, stored as cli:K; an API caller's K is its own."""
+    import os
+    import subprocess
+    import sys
+
+    settings = lethe.settings
+    env = {**os.environ, "LETHE_DATABASE_URL": settings.database_url, "LETHE_BROKER_URL": settings.broker_url or "",
+           "LETHE_DATA_MAP": str(settings.data_map), "LETHE_SIGNING_KEY": str(settings.signing_key),
+           "LETHE_SUBJECT_KEY": settings.subject_key.get_secret_value()}  # type: ignore[union-attr]
+    command = [str(Path(sys.executable).with_name("lethe")), "submit", "--subject", "user_id=12",
+               "--idempotency-key", "ticket-9"]
+    ids = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+           for _ in range(2)]
+    assert ids[0] == ids[1] and len(ids[0]) == 36
+    api = client.post("/v1/erasure-requests", json=SUBJECT,
+                      headers={**auth("requester"), "Idempotency-Key": "ticket-9"})
+    assert api.status_code == 202 and api.json()["id"] != ids[0]
+    with lethe.ledger.sessions() as s:
+        assert s.get(Request, ids[0]).idempotency_key == "cli:ticket-9"  # type: ignore[union-attr]
