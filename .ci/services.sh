@@ -30,11 +30,14 @@ if ! port_open 5672; then
   need rabbitmq-server rabbitmq-server
   rabbitmq-server -detached
 fi
-# RabbitMQ is not needed by every test: report, do not fail, when it is slow to start.
-wait_port 5672 RabbitMQ || true
+# The event tests run on RabbitMQ too, and fail without it: a broker that does not come up stops here.
+wait_port 5672 RabbitMQ || exit 1
 
-# Browser tests drive Debian's Chromium with Playwright (never a downloaded browser build).
+# Browser tests drive Debian's Chromium with Playwright (never a downloaded browser build). Under CI a
+# missing browser fails the suite (tests/fixtures/ci.py), so a failed install stops here, saying why.
 if [ ! -x /usr/bin/chromium ]; then
-  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || echo "chromium could not be installed: browser tests will be skipped" >&2
+  if ! need chromium chromium || [ ! -x /usr/bin/chromium ]; then
+    echo "chromium could not be installed (apt-get install chromium): the browser tests cannot run" >&2
+    exit 1
+  fi
 fi
