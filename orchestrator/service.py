@@ -29,6 +29,10 @@ DISPATCH_BATCH = 256  # task ids per message at most
 FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
 
 
+class BrokerUnreachable(Exception):
+    """The broker of LETHE_BROKER_URL does not answer; the message names what failed, never the URL's secrets."""
+
+
 class Lethe:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
@@ -49,6 +53,13 @@ class Lethe:
                                       self.settings.signing_private_key, self.settings.task_lease_seconds)
                 self._ledger_pid = os.getpid()
             return self._ledger
+
+    def migrate(self) -> None:
+        """Bring the ledger schema up to date, under a lock (cheap when it is: one SELECT). Call it before
+        work starts (a command, a worker's fork, an embedded worker's threads)."""
+        from orchestrator.ledger.db import migrate
+
+        migrate(self.ledger.engine)
 
     @property
     def app(self) -> Celery:
@@ -141,27 +152,50 @@ class Lethe:
             log.info("reconcile.pruned", requests=pruned)
         return len(dispatches)
 
-    def send(self, dispatches: list[Dispatch], countdown: float | None = None) -> None:
+    def send(self, dispatches: list[Dispatch], countdown: float | None = None) -> int:
         """Hand tasks to the broker, after the ledger committed them: one message per kind carries up to
         DISPATCH_BATCH task ids (a bulk erasure releases thousands at once; the worker claims and records
-        them in chunks). A failed send is only a delay: the task keeps its lease in the ledger and
-        reconcile sends it again when the lease runs out."""
+        them in chunks). A failed send is recorded on its tasks (status shows them not dispatched, with
+        why) and reconcile sends them again on its next pass. Returns how many tasks were not dispatched."""
+        messages: list[tuple[list[str], str, bool]] = []  # (task ids, kind, continuation)
         by_kind: dict[str, list[str]] = {}
         for d in dispatches:
             if d.continuation:  # the next slice of one long purge travels alone
-                self._send([d.task_id], d.kind, countdown, continuation=True)
+                messages.append(([d.task_id], d.kind, True))
             else:
                 by_kind.setdefault(d.kind, []).append(d.task_id)
         for kind, task_ids in by_kind.items():
-            for start in range(0, len(task_ids), DISPATCH_BATCH):
-                self._send(task_ids[start:start + DISPATCH_BATCH], kind, countdown)
+            messages += [(task_ids[start:start + DISPATCH_BATCH], kind, False)
+                         for start in range(0, len(task_ids), DISPATCH_BATCH)]
+        failed: dict[str, list[str]] = {}  # why -> task ids
+        for task_ids, kind, continuation in messages:
+            error = self._send(task_ids, kind, countdown, continuation)
+            if error:
+                failed.setdefault(error, []).extend(task_ids)
+        for error, task_ids in failed.items():
+            self.ledger.mark_not_dispatched(task_ids, f"not dispatched: {error}; `lethe reconcile` sends it again")
+        return sum(map(len, failed.values()))
 
-    def _send(self, task_ids: list[str], kind: str, countdown: float | None, continuation: bool = False) -> None:
+    def _send(self, task_ids: list[str], kind: str, countdown: float | None, continuation: bool) -> str | None:
+        """Send one message; returns why the broker did not take it (safe to show), or None."""
         try:
             self.app.send_task("lethe.purge", args=[task_ids], queue=f"purge.{kind}", countdown=countdown,
                                kwargs={"kind": kind, **({"continuation": True} if continuation else {})})
         except Exception as exc:
             log.warning("dispatch.failed", tasks=len(task_ids), error=type(exc).__name__)
+            return f"the broker could not be reached ({type(exc).__name__})"
+        return None
+
+    def check_broker(self, timeout: float = 5.0) -> None:
+        """Raise BrokerUnreachable unless the broker of LETHE_BROKER_URL answers (nothing to check in
+        embedded mode): commands that dispatch work refuse to start, rather than file work nobody gets."""
+        if self.settings.embedded:
+            return
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=timeout)
+        except Exception as exc:
+            raise BrokerUnreachable(f"the broker ({type(exc).__name__})") from exc
 
     @property
     def event_key(self) -> bytes | None:
@@ -215,7 +249,7 @@ class Lethe:
         """An in-process worker on the in-memory broker, for the life of the block (no LETHE_BROKER_URL)."""
         from celery.contrib.testing.worker import start_worker
 
-        self.ledger  # noqa: B018 - migrate before the worker threads start
+        self.migrate()  # before the worker threads start
         with start_worker(self.app, pool="threads", concurrency=concurrency, perform_ping_check=False,
                           loglevel="WARNING", shutdown_timeout=30.0):
             yield

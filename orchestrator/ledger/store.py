@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine, delete, func, insert, select, text, update
@@ -51,6 +52,9 @@ from orchestrator.planner import plan
 
 TERMINAL_TASK = frozenset({"completed", "failed", "skipped"})
 PARKED_TASK = frozenset({"held", "awaiting_approval"})  # waits for a person: a hold's release, an approval
+# Why a claimed task did not run when its request's sealed identifiers cannot be read on this host.
+UNSEALABLE = ("not started: this host cannot unseal the request's identifiers (is LETHE_SUBJECT_KEY the key the "
+              "request was filed with?); it is sent again after its lease")
 DONE_TASK = frozenset({"completed", "skipped"})  # satisfies `after`
 TERMINAL_REQUEST = frozenset({"completed", "failed", "cancelled"})
 REGIMES = {"gdpr", "ccpa"}
@@ -350,13 +354,19 @@ class Ledger:
             for task in sorted(live, key=lambda t: order[t.id]):
                 request = requests[task.request_id]
                 tasks = siblings[request.id]
-                if request.status in TERMINAL_REQUEST or request.sealed_subject is None:
+                if request.status in TERMINAL_REQUEST:
                     continue
                 if task.status in PARKED_TASK or not _after_done(task, tasks):
                     continue
                 hold = _hold_on(holds, request.subject_hashes.values())
                 if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
                     self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=tasks)
+                    continue
+                task.not_dispatched_at = None  # the message arrived
+                subject = self._unseal_for_claim(request)
+                if subject is None:  # nothing can run it: say so on the task, never wait without a word
+                    task.error = UNSEALABLE
+                    self._audit(s, "task.unclaimable", request.id, task.id, detail={"target": task.target})
                     continue
                 continuing = task.continues and task.status == "running"
                 task.continues = False
@@ -369,13 +379,23 @@ class Ledger:
                 self._refresh(s, request, tasks=tasks)
                 hashes = dict(request.subject_hashes)
                 runs.append(TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
-                                    self._unseal(request.id, request.sealed_subject), hashes,
+                                    subject, hashes,
                                     request.data_map_digest, approved_items=task.approved_items,
                                     approved=task.approved_items is not None
                                     or (request.dataset is not None and request.approved_at is not None),
                                     dataset=request.dataset, continuation=continuing,
                                     datasets=sorted({d for h in hashes.values() for d in datasets.get(h, ())})))
             return runs
+
+    def _unseal_for_claim(self, request: Request) -> Subject | None:
+        """The request's raw identifiers, or None when this host cannot read them (another subject key, or a
+        sealed value that was tampered with or is missing)."""
+        if request.sealed_subject is None:
+            return None
+        try:
+            return self._unseal(request.id, request.sealed_subject)
+        except (InvalidTag, ValueError):
+            return None
 
     def renew_lease(self, task_id: str, done: int | None = None, estimated: int | None = None) -> None:
         """A running task is alive: extend its lease, and record its progress when given."""
@@ -663,8 +683,22 @@ class Ledger:
                     t.status, t.reason, t.lease_expires_at = "skipped", "cancelled", None
             self._audit(s, "request.cancelled", request_id, actor=actor)
 
+    def mark_not_dispatched(self, task_ids: Sequence[str], error: str) -> None:
+        """The broker did not take these tasks: put them on record as not dispatched, with why (shown in
+        status), so reconcile sends them on its next pass instead of after the lease."""
+        at = now()
+        with self.sessions.begin() as s:
+            tasks = s.scalars(select(Task).where(Task.id.in_(set(task_ids)), Task.status.in_(("pending", "running")))
+                              .order_by(Task.id).with_for_update()).all()
+            for task in tasks:
+                task.not_dispatched_at, task.error = at, error
+            for request_id in sorted({t.request_id for t in tasks}):
+                self._audit(s, "tasks.not_dispatched", request_id, actor="dispatch",
+                            detail={"targets": sorted(t.target for t in tasks if t.request_id == request_id)})
+
     def due_for_dispatch(self, limit: int = 1000) -> list[Dispatch]:
-        """Non-terminal tasks whose lease ran out (or that were never sent): send them again."""
+        """Non-terminal tasks whose lease ran out, that were never sent, or whose hand-off to the broker
+        failed (at once, not after the lease): send them again."""
         at = now()
         with self.sessions.begin() as s:
             rows = s.scalars(
@@ -672,7 +706,8 @@ class Ledger:
                 .join(Request, Request.id == Task.request_id)
                 .where(Task.status.in_(("pending", "running")),
                        Request.status.notin_(TERMINAL_REQUEST),
-                       (Task.lease_expires_at.is_(None)) | (Task.lease_expires_at < at))
+                       Task.lease_expires_at.is_(None) | (Task.lease_expires_at < at)
+                       | Task.not_dispatched_at.is_not(None))
                 .order_by(Task.lease_expires_at)
                 .limit(limit)
                 .with_for_update(of=Task, skip_locked=True)
@@ -682,6 +717,8 @@ class Ledger:
                 if not self._after_done(s, task):
                     continue
                 task.lease_expires_at, task.dispatched_at = at + self.lease, at
+                if task.not_dispatched_at is not None:  # sent again: a failed send is marked again by send()
+                    task.not_dispatched_at, task.error = None, None
                 dispatches.append(Dispatch(task.id, task.kind))
                 self._audit(s, "task.redispatched", task.request_id, task.id, actor="reconcile",
                             detail={"target": task.target, "status": task.status})
@@ -1174,6 +1211,7 @@ def _insert_if_absent(s: Session, model: type[Base], **values: Any) -> None:
 
 def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
     """The SPEC's status object."""
+    tasks = list(tasks)
     return {
         "id": request.id,
         "scope": request.scope,
@@ -1187,6 +1225,8 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
         "subject_hashes": request.subject_hashes,
         "data_map_digest": request.data_map_digest,
         "requested_by": request.requested_by,
+        # Tasks whose hand-off to the broker failed: reconcile sends them on its next pass (SPEC).
+        "not_dispatched": sum(1 for t in tasks if t.not_dispatched_at is not None),
         "tasks": [
             {
                 "target": t.target,
@@ -1201,6 +1241,7 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
                 "progress": {"done": t.progress_done, "estimated": t.progress_estimated}
                 if t.progress_done is not None or t.progress_estimated is not None else None,
                 "after": list(t.after),
+                "not_dispatched_at": rfc3339(t.not_dispatched_at),
             }
             for t in tasks
         ],

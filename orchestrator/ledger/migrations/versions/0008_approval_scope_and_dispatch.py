@@ -22,8 +22,17 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("continues", sa.Boolean(), server_default=sa.text("false"), nullable=False))
     # -- end of approval scope --
 
+    # -- dispatch state (issue 18): tasks whose hand-off to the broker failed are on record as not dispatched --
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("not_dispatched_at", sa.DateTime(timezone=True), nullable=True))
+    # -- end of dispatch state --
+
 
 def downgrade() -> None:
+    # -- dispatch state --
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_column("not_dispatched_at")
+    # -- end of dispatch state --
     # -- approval scope --
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_column("continues")
