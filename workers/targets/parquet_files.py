@@ -111,6 +111,8 @@ def mask(table: Any, values: Values) -> Any:
         data = table.column(column)
         if pa.types.is_dictionary(data.type):
             data = data.cast(data.type.value_type)
+        if _is_string(data.type) and not pa.types.is_string(data.type):
+            data = data.cast(pa.string())  # string_view (delta-rs writes it) has no equality kernel
         kind = data.type
         if isinstance(value, str) and not _is_string(kind):
             raise PermanentError(f"column {column} is {kind} in a Parquet file, not a string like the selector")
@@ -188,9 +190,9 @@ class Location:
         path = parsed.path if parsed.scheme == "file" else uri
         return cls(pafs.LocalFileSystem(), os.path.realpath(Path(path).expanduser()), False)
 
-    def files(self, suffix: str = "") -> list[str]:
+    def files(self, suffix: str = "", hidden: bool = False) -> list[str]:
         """Every data file at the root: the file itself, or every file under the directory whose path has no
-        part starting with ``.`` or ``_`` (what pyarrow's dataset reader reads), sorted."""
+        part starting with ``.`` or ``_`` (what pyarrow's dataset reader reads; ``hidden``: those too), sorted."""
         import pyarrow.fs as pafs
 
         info = self.fs.get_file_info(self.root)
@@ -203,7 +205,7 @@ class Location:
             relative = entry.path[len(self.root):].lstrip("/")
             if entry.type != pafs.FileType.File or not entry.path.endswith(suffix):
                 continue
-            if any(part.startswith((".", "_")) for part in relative.split("/")):
+            if not hidden and any(part.startswith((".", "_")) for part in relative.split("/")):
                 continue
             found.append(entry.path if self.remote else os.path.realpath(entry.path))
         return sorted(set(found))

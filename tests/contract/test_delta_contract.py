@@ -1,0 +1,219 @@
+"""DeltaTarget runs the target contract on real Delta tables on disk (deltalake), with history.
+
+Each seeded subject is one commit of their rows mixed with rows of nobody (look-alike owners), so the table
+has several versions and every version before the purge reads the subject. Two owner column types: string
+and int64. After a purge, every version that can still be loaded, every Parquet file under the table and
+every log entry are read back directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from orchestrator.identifiers import Subject
+from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
+from workers.targets.base import PermanentError
+from workers.targets.delta import DeltaConfig, DeltaTarget, predicate
+
+pytestmark = pytest.mark.integration
+
+PER_SUBJECT = {SUBJECT: 40, "123": 25, "1234": 10, "112": 5}
+NOBODY = ("120", "012", "1", "21", "1120", "12 ", "x12")
+
+
+class DeltaStore:
+    def __init__(self, root: Path, integer: bool) -> None:
+        self.uri, self.integer = str(root), integer
+        self.owner_type = pa.int64() if integer else pa.string()
+        # "012", "12 " and "x12" look like 12 only as text: as integers they are not written at all.
+        self.nobody = [o for o in NOBODY if not integer or (o.isdigit() and not o.startswith("0"))]
+        self._append(self.nobody * 30)
+
+    def _owner(self, text: str) -> Any:
+        return int(text) if self.integer else text
+
+    def _append(self, owners: list[str]) -> None:
+        n = len(owners)
+        write_deltalake(self.uri, pa.table({
+            "owner": pa.array([self._owner(o) for o in owners], self.owner_type),
+            "photo": [f"photos/{o}/{i}.jpg" for i, o in enumerate(owners)],
+            "age": pa.array([18 + i % 60 for i in range(n)], pa.int32()),
+        }), mode="append")
+
+    def seed(self, user_id: str) -> int:
+        n = PER_SUBJECT[user_id]
+        self._append([user_id] * n + self.nobody * 3)
+        return n
+
+    def owners(self, version: int | None = None) -> pa.ChunkedArray:
+        # delta-rs writes rewritten strings as string_view: compare in one type
+        return DeltaTable(self.uri, version=version).to_pyarrow_table(columns=["owner"]).column("owner").cast(
+            self.owner_type)
+
+    def remaining(self, user_id: str) -> int:
+        return int(pc.sum(pc.equal(self.owners(), pa.scalar(self._owner(user_id), self.owner_type))).as_py() or 0)
+
+    def total(self) -> int:
+        return len(self.owners())
+
+    def rows_in_every_file(self, user_id: str) -> int:
+        """The subject's rows in every Parquet file under the table, referenced or not (the log apart)."""
+        found = 0
+        for path in Path(self.uri).rglob("*.parquet"):
+            if "_delta_log" not in path.parts:
+                column = pq.read_table(path, columns=["owner"]).column("owner").cast(self.owner_type)
+                found += int(pc.sum(pc.equal(column, pa.scalar(self._owner(user_id), self.owner_type))).as_py() or 0)
+        return found
+
+    def loadable_versions(self) -> list[int]:
+        versions = []
+        for version in range(DeltaTable(self.uri).version() + 1):
+            try:
+                DeltaTable(self.uri, version=version).to_pyarrow_table(columns=["owner"])
+            except Exception:  # its commit was removed, or its files vacuumed: time travel cannot reach it
+                continue
+            versions.append(version)
+        return versions
+
+
+class DeltaContract(TargetContract):
+    integer = False
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> DeltaStore:
+        return DeltaStore(tmp_path / "lake" / "manifest", self.integer)
+
+    @pytest.fixture
+    def target(self, store: DeltaStore) -> DeltaTarget:
+        return DeltaTarget(DeltaConfig(name="manifest", kind="delta", uri=store.uri, where={"owner": "{user_id}"}))
+
+    def test_no_version_no_file_and_no_log_entry_keeps_the_subject(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """Before: every version after the subject's commit reads them. After: every version that can still
+        be loaded reads none of their rows, no data file holds one, and the log names the value nowhere."""
+        assert len(store.loadable_versions()) == 1 + len(seeded)
+        assert target.purge(subject(SUBJECT), beats) == seeded[SUBJECT]
+        versions = store.loadable_versions()
+        assert versions == [DeltaTable(store.uri).version()]
+        for version in versions:
+            owners = store.owners(version)
+            assert int(pc.sum(pc.equal(owners, pa.scalar(store._owner(SUBJECT), store.owner_type))).as_py() or 0) == 0
+        assert store.rows_in_every_file(SUBJECT) == 0
+        assert {uid: store.rows_in_every_file(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
+        literal = predicate({"owner": store._owner(SUBJECT)}).split(" = ")[1]
+        for path in (Path(store.uri) / "_delta_log").iterdir():
+            if path.suffix == ".json":
+                for line in path.read_text().splitlines():
+                    action = json.loads(line)
+                    assert literal not in json.dumps(action.get("commitInfo", {}).get("operationParameters", {}))
+                    stats = json.loads((action.get("add") or {}).get("stats") or "{}")
+                    assert store._owner(SUBJECT) not in (stats.get("minValues", {}).get("owner"),
+                                                         stats.get("maxValues", {}).get("owner"))
+        assert target.level == "bytes_reclaimed" and beats.calls >= 4
+
+    def test_only_files_holding_the_subject_are_rewritten(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """File statistics prune the delete: of the 5 files, only the subject's is rewritten (its min/max
+        include 12; the background file's and the look-alikes' exclude it or hold no row of it)."""
+        target.purge(subject(SUBJECT), beats)
+        assert target.files_total == 1 + len(seeded)
+        assert target.files_rewritten == 1
+
+    def test_the_log_of_an_earlier_delete_is_cut_too(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """A delete made outside lethe (its predicate names the value) is gone from the log after a purge,
+        and a purge of a subject whose rows another tool deleted still reaches bytes_reclaimed."""
+        DeltaTable(store.uri).delete(predicate({"owner": store._owner(SUBJECT)}))
+        assert target._log_residue({"owner": store._owner(SUBJECT)}) > 0
+        assert target.purge(subject(SUBJECT), beats) == 0
+        assert target._log_residue({"owner": store._owner(SUBJECT)}) == 0
+        assert store.rows_in_every_file(SUBJECT) == 0 and target.level == "bytes_reclaimed"
+
+    def test_a_purge_killed_after_the_delete_is_finished_by_the_next(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int]
+    ) -> None:
+        """Killed between delete and vacuum: old versions still read the subject; the resumed purge deletes
+        nothing more, vacuums and cuts the log, and verify then finds nothing."""
+
+        class Killed(BaseException):  # like the SystemExit of a worker shut down mid-purge
+            pass
+
+        def dies(done: int | None = None) -> None:
+            raise Killed
+
+        with pytest.raises(Killed):
+            target.purge(subject(SUBJECT), dies)
+        assert store.remaining(SUBJECT) == 0 and target.verify(subject(SUBJECT)) > 0  # history still has them
+        assert DeltaTarget(target.config).purge(subject(SUBJECT), Beats()) == 0
+        assert target.verify(subject(SUBJECT)) == 0 and store.rows_in_every_file(SUBJECT) == 0
+        assert {uid: store.remaining(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
+
+    def test_an_orphan_file_holding_the_subject_is_removed_once_old(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats, monkeypatch: Any
+    ) -> None:
+        """A file no version references (a failed writer's leftover) that holds the subject counts as residue
+        while it may be a concurrent writer's, and is deleted once older than the grace period."""
+        orphan = Path(store.uri) / "part-orphan.parquet"
+        pq.write_table(pa.table({"owner": pa.array([store._owner(SUBJECT)] * 3, store.owner_type)}), orphan)
+        target.purge(subject(SUBJECT), beats)
+        assert orphan.exists() and target.verify(subject(SUBJECT)) == 3
+        monkeypatch.setattr("workers.targets.delta.ORPHAN_GRACE", -1.0)
+        target.purge(subject(SUBJECT), beats)
+        assert not orphan.exists() and target.verify(subject(SUBJECT)) == 0
+
+
+class TestDeltaStringContract(DeltaContract):
+    integer = False
+
+    def test_injection_attempts_are_plain_values(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """Values shaped like SQL are compared as one literal: nothing matches, nothing is deleted."""
+        total = store.total()
+        for value in ("12' OR '1'='1", "12'--", "' OR owner IS NOT NULL OR '", "12\" OR 1=1 --"):
+            hostile = Subject.parse({"user_id": value}, {"user_id": None})
+            assert target.count(hostile) == 0 and target.purge(hostile, beats) == 0
+        assert store.total() == total
+
+    def test_a_quote_in_a_value_matches_exactly(self, tmp_path: Path, beats: Beats) -> None:
+        """A value holding a quote erases exactly the rows holding it."""
+        store = DeltaStore(tmp_path / "q", integer=False)
+        store._append(["o'brien"] * 4 + ["o''brien", "obrien"])
+        target = DeltaTarget(DeltaConfig(name="q", kind="delta", uri=store.uri, where={"owner": "{user_id}"}))
+        assert target.purge(Subject.parse({"user_id": "o'brien"}, {"user_id": None}), beats) == 4
+        assert store.remaining("o''brien") == 1 and store.remaining("obrien") == 1
+
+
+class TestDeltaIntegerContract(DeltaContract):
+    integer = True
+
+    @pytest.mark.parametrize("value", ["012", "+12", "12.0", "12' OR '1'='1", "99999999999999999999"])
+    def test_unconvertible_values_fail_and_delete_nothing(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats, value: str
+    ) -> None:
+        """An integer column takes canonical decimal integers in range only; anything else fails."""
+        total = store.total()
+        with pytest.raises(PermanentError):
+            target.purge(Subject.parse({"user_id": value}, {"user_id": None}), beats)
+        assert store.total() == total
+
+
+def test_config_is_checked_when_the_map_loads() -> None:
+    """No placeholder, a column that is not a plain name, or a remote table are refused."""
+    with pytest.raises(ValueError, match="placeholder"):
+        DeltaConfig(name="x", kind="delta", uri="/tmp/x", where={"owner": "12"})
+    with pytest.raises(ValueError, match="plain column"):
+        DeltaConfig(name="x", kind="delta", uri="/tmp/x", where={'owner" OR 1=1 --': "{user_id}"})
+    with pytest.raises(ValueError, match="local"):
+        DeltaConfig(name="x", kind="delta", uri="s3://b/t", where={"owner": "{user_id}"})
