@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     event_key: SecretStr | None = Field(
         None, description="HMAC secret platform events are signed with. Unset: events are refused."
     )
+    event_max_age_days: int = Field(
+        7,
+        ge=1,
+        le=29,
+        description="A platform event whose `time` is older than this many days (or more than 5 minutes ahead) "
+        "is dead-lettered `stale`. At most 29: event dedupe keys are kept 30 days, so an older captured "
+        "event could otherwise be filed twice.",
+    )
     task_lease_seconds: int = Field(
         600,
         ge=5,

@@ -1,64 +1,65 @@
-"""Platform events in and out (SPEC "Events"): signed CloudEvents on the durable topic exchange lethe.events.
+"""Platform events on the wire (SPEC "Events"): signed CloudEvents on the durable topic exchange lethe.events.
 
 In: ``lethe.erasure.requested`` files a request; ``lethe.subject.data_written`` files a follow-up erasure
-of one target for a subject erased within the tombstone period. Every event is checked (size, JSON,
-HMAC-SHA256 signature in constant time, CloudEvents shape, type, identifiers) before it can touch the
-ledger; a bad one goes to the queue ``lethe.events.dead`` with its body unchanged and the header
-``x-lethe-reason``, and is acknowledged, so it is neither lost nor retried in a loop.
+of one target for the identifiers of a subject erased within the tombstone period. ``check`` decides, for
+any bytes at all, whether a message is an authentic event lethe consumes or which dead-letter reason it
+gets: size, strict UTF-8 JSON of bounded depth, HMAC-SHA256 signature (constant time), CloudEvents shape,
+type, and ``time`` inside the replay window. The consumer that files them is ``orchestrator.intake``; bad
+messages go to ``orchestrator.deadletters``.
 
-A redelivered event (the consumer died between filing and ack) is filed with an idempotency key derived
-from (source, id), so it returns the request it already made instead of making a second one.
-
-Out: the ledger's outbox (``lethe.erasure.task_completed``, ``.completed``, ``.failed``) is published here,
-signed with the same key when one is configured.
+Out: the ledger's outbox (``lethe.erasure.task_completed``, ``.completed``, ``.failed``, …) is published
+signed with lethe's Ed25519 signing key, never with ``LETHE_EVENT_KEY``: a consumer able to check lethe's
+events must not be able to forge a request. ``verify_outbound`` is the consumer's check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
-import time
+import re
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kombu import Connection, Exchange, Message, Producer, Queue
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from kombu import Connection, Exchange, Producer, Queue
 from kombu.common import maybe_declare
-from kombu.mixins import ConsumerMixin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import DBAPIError
 
+from orchestrator import certificates
 from orchestrator.certificates import canonical_json
+from orchestrator.config import Settings
 from orchestrator.identifiers import InvalidIdentifier, Subject
-from orchestrator.ledger.store import Filing, IdempotencyConflict, LedgerError
-from orchestrator.logs import get_logger
+from orchestrator.ledger.store import stored_idempotency_key
 
 if TYPE_CHECKING:
     from orchestrator.datamap import DataMap
+    from orchestrator.ledger.store import Ledger
     from orchestrator.service import Lethe
-
-log = get_logger("lethe.intake")
 
 EXCHANGE = Exchange("lethe.events", type="topic", durable=True)
 ERASURE_REQUESTED = "lethe.erasure.requested"
 DATA_WRITTEN = "lethe.subject.data_written"
 CONSUMED_TYPES = (ERASURE_REQUESTED, DATA_WRITTEN)
+INTAKE_QUEUE = "lethe.intake"
 DEAD_EXCHANGE = Exchange("lethe.events.dead", type="direct", durable=True)
 DEAD_QUEUE = Queue("lethe.events.dead", DEAD_EXCHANGE, routing_key="lethe.events.dead", durable=True)
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_EVENT_BYTES = 64 * 1024
-REASONS = ("unsigned", "bad-signature", "malformed", "unknown-type", "bad-subject", "oversize")
+# An event is four levels deep (event, data, subject, value); the bound keeps json's recursion far from
+# Python's stack limit whatever the body holds.
+MAX_JSON_DEPTH = 16
+CLOCK_SKEW = timedelta(minutes=5)  # how far ahead of our clock an event's time may be (SPEC)
+REASONS = ("unsigned", "bad-signature", "malformed", "unknown-type", "bad-subject", "oversize", "stale")
 
 
 def intake_queue() -> Queue:
     """The durable intake queue, bound to every type lethe consumes."""
     from kombu import binding
 
-    return Queue("lethe.intake", exchange=EXCHANGE, durable=True,
+    return Queue(INTAKE_QUEUE, exchange=EXCHANGE, durable=True,
                  bindings=[binding(EXCHANGE, routing_key=t) for t in CONSUMED_TYPES])
 
 
@@ -70,7 +71,7 @@ def declare(connection: Connection) -> None:
         entity(channel).declare()
 
 
-# -- signing ---------------------------------------------------------------------------------------------
+# -- inbound signing (HMAC under LETHE_EVENT_KEY) ----------------------------------------------------------
 def signature(event: Mapping[str, Any], key: bytes) -> str:
     """hex HMAC-SHA256 over the canonical JSON of the event without its ``signature`` attribute."""
     body = {k: v for k, v in event.items() if k != "signature"}
@@ -82,11 +83,12 @@ def sign(event: Mapping[str, Any], key: bytes) -> dict[str, Any]:
 
 
 def make_event(event_type: str, data: Mapping[str, Any], *, source: str, key: bytes,
-               event_id: str | None = None) -> dict[str, Any]:
-    """A signed CloudEvent 1.0."""
+               event_id: str | None = None, time: datetime | None = None) -> dict[str, Any]:
+    """A CloudEvent 1.0 signed for lethe's intake (``time`` defaults to now)."""
+    at = (time or datetime.now(UTC)).astimezone(UTC)
     return sign({"specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": source, "type": event_type,
-                 "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                 "datacontenttype": "application/json", "data": dict(data)}, key)
+                 "time": at.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
+                 "data": dict(data)}, key)
 
 
 def publish(connection: Connection, event: Mapping[str, Any]) -> None:
@@ -120,7 +122,35 @@ def publish_data_written(broker_url: str, subject: Mapping[str, str], target: st
     return str(event["id"])
 
 
-# -- intake ----------------------------------------------------------------------------------------------
+# -- outbound signing (Ed25519 signing key) ----------------------------------------------------------------
+def sign_outbound(event: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """lethe's own event signed with its Ed25519 key: extension ``signingkeyid`` (``key_id`` of the public
+    key, inside the signed bytes) and ``signature`` = standard base64 over the canonical JSON of the event
+    without ``signature``. It is not an HMAC, so the intake refuses it as a request (bad-signature)."""
+    body = {k: v for k, v in event.items() if k != "signature"}
+    body["signingkeyid"] = certificates.key_id(key.public_key())
+    return certificates.sign(body, key)
+
+
+def verify_outbound(event: Mapping[str, Any], public_keys: Iterable[Ed25519PublicKey]) -> bool:
+    """For consumers of lethe's events: True if ``event`` (parsed JSON) was signed by the one of
+    ``public_keys`` its ``signingkeyid`` names (``lethe certificate --public-key`` prints them)."""
+    wanted = event.get("signingkeyid")
+    for public_key in public_keys:
+        if certificates.key_id(public_key) == wanted:
+            return certificates.verify(dict(event), public_key)
+    return False
+
+
+def publish_outbox(lethe: Lethe, producer: Producer) -> int:
+    """Publish the ledger's pending outbound events, each signed with the ledger's signing key. A broker
+    error leaves the rest in the outbox (consumers deduplicate on the event id)."""
+    maybe_declare(EXCHANGE, producer.channel)
+    key = lethe.ledger.signing_key
+    return lethe.ledger.publish_outbox(lambda _type, event: send_event(producer, sign_outbound(event, key)))
+
+
+# -- checks ------------------------------------------------------------------------------------------------
 class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow")  # CloudEvents extension attributes are allowed
 
@@ -128,6 +158,7 @@ class CloudEvent(BaseModel):
     id: str = Field(min_length=1, max_length=256)
     source: str = Field(min_length=1, max_length=1024)
     type: str = Field(min_length=1, max_length=256)
+    time: str = Field(min_length=1, max_length=64)
     signature: str = Field(pattern=r"^[0-9a-f]{64}$")
     data: dict[str, Any]
 
@@ -151,45 +182,126 @@ D = TypeVar("D", bound=SubjectData)
 
 
 class Rejected(Exception):
+    """Why a message is dead-lettered: ``reason`` is the SPEC's code; ``detail`` never holds a raw value."""
+
     def __init__(self, reason: str, detail: str = ""):
         assert reason in REASONS
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    action: str  # "filed", "duplicate", "ignored"
-    request_id: str | None = None
+# One token of a JSON text for the depth count: a string (a string left open runs to the end, so the scan
+# stays linear) or a bracket.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+_HEX_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 
-def check(body: bytes, key: bytes) -> CloudEvent:
-    """Parse and authenticate an incoming event, or raise Rejected with the dead-letter reason."""
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets inside strings do not count)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # the usual event: no scan needed
+        return text.count("[") + text.count("{")
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")  # two readers could otherwise see two different events
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON of a message body, or Rejected: at most 64 KiB, UTF-8 (decoded strictly, no other
+    encoding guessed), nested at most MAX_JSON_DEPTH deep, no NaN/Infinity, no duplicate keys."""
     if len(body) > MAX_EVENT_BYTES:
         raise Rejected("oversize", f"{len(body)} bytes > {MAX_EVENT_BYTES}")
     try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected("malformed", "not UTF-8") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise Rejected("malformed", f"nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ValueError:
         raise Rejected("malformed", "not JSON") from None
-    if not isinstance(raw, dict):
-        raise Rejected("malformed", "not a JSON object")
+
+
+def event_time(value: str) -> datetime:
+    """An RFC 3339 date-time with its offset, converted to UTC; ValueError if it is not one (an offset is
+    required: a time without one names no instant)."""
+    if not _RFC3339.fullmatch(value):
+        raise ValueError("not an RFC 3339 date-time with an offset")
+    try:
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)  # beyond microseconds: cut
+    except OverflowError:
+        raise ValueError("outside the range of UTC date-times") from None
+
+
+def _authenticated(raw: dict[str, Any], key: bytes) -> None:
     given = raw.get("signature")
     if not given:
         raise Rejected("unsigned")
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), signature(raw, key).encode()):
+    try:
+        expected = signature(raw, key)
+    except (UnicodeEncodeError, TypeError, ValueError):  # e.g. a lone surrogate has no UTF-8 form
+        raise Rejected("malformed", "not representable as canonical UTF-8 JSON") from None
+    if not isinstance(given, str) or not _HEX_SIGNATURE.fullmatch(given) or not hmac.compare_digest(given, expected):
         raise Rejected("bad-signature")
+
+
+def check(body: bytes, key: bytes, *, max_age_days: int | None = None, now: datetime | None = None) -> CloudEvent:
+    """Parse and authenticate any message body: the event, or Rejected with its dead-letter reason. Never
+    raises anything else. An event whose ``time`` is more than ``max_age_days`` (LETHE_EVENT_MAX_AGE_DAYS)
+    old or more than five minutes ahead is ``stale``: its dedupe key may be forgotten, so it is not filed."""
+    raw = parse_json(body)
+    if not isinstance(raw, dict):
+        raise Rejected("malformed", "not a JSON object")
+    _authenticated(raw, key)
     try:
         event = CloudEvent.model_validate(raw)
     except ValidationError as exc:
         raise Rejected("malformed", f"{len(exc.errors())} invalid CloudEvent attribute(s)") from None
     if event.type not in CONSUMED_TYPES:
         raise Rejected("unknown-type", event.type[:64])
+    try:
+        at = event_time(event.time)
+    except ValueError as exc:
+        raise Rejected("malformed", f"time: {exc}") from None
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    days = Settings.model_fields["event_max_age_days"].default if max_age_days is None else max_age_days
+    if at < now - timedelta(days=days):
+        raise Rejected("stale", f"time is more than {days} days old")
+    if at > now + CLOCK_SKEW:
+        raise Rejected("stale", "time is more than 5 minutes ahead of the clock")
     return event
 
 
+def event_dedupe_key(source: str, event_id: str) -> str:
+    """Deduplication on (source, id): the same pair always maps to the same stored key."""
+    return stored_idempotency_key("event", hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest())
+
+
 def idempotency_key(event: CloudEvent) -> str:
-    """Deduplication on (source, id): the same pair always maps to the same key."""
-    return "event:" + hashlib.sha256(f"{event.source}\0{event.id}".encode()).hexdigest()
+    return event_dedupe_key(event.source, event.id)
+
+
+def request_for_event(ledger: Ledger, source: str, event_id: str) -> str | None:
+    """The id of the request the event (``source``, ``id``) made, or None (not filed, dead-lettered, or its
+    dedupe key forgotten after 30 days). For ``lethe status --event`` and the API."""
+    return ledger.request_by_idempotency_key(event_dedupe_key(source, event_id))
 
 
 def event_actor(event: CloudEvent) -> str:
@@ -206,214 +318,3 @@ def checked_data(event: CloudEvent, model: type[D], datamap: DataMap) -> tuple[D
         raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
     except InvalidIdentifier as exc:
         raise Rejected("bad-subject", str(exc)) from None
-
-
-def handle(lethe: Lethe, event: CloudEvent) -> Outcome:
-    """File what an authenticated event asks for. Raises Rejected for bad data."""
-    actor = event_actor(event)
-    datamap = lethe.load_map()
-    try:
-        if event.type == ERASURE_REQUESTED:
-            data, subject = checked_data(event, ErasureRequestedData, datamap)
-            request_id, created = lethe.submit(dict(subject), dry_run=data.dry_run, regime=data.regime, actor=actor,
-                                               idempotency_key=idempotency_key(event), datamap=datamap)
-            return Outcome("filed" if created else "duplicate", request_id)
-        written, subject = checked_data(event, DataWrittenData, datamap)
-        if written.target not in {t.name for t in datamap.targets}:
-            raise Rejected("malformed", "data.target names no target of the data map")
-        erased_by = lethe.ledger.erased_recently(subject.hashes(lethe.settings.subject_key_bytes).values(),
-                                                 lethe.settings.tombstone_days)
-        if erased_by is None:
-            return Outcome("ignored")  # not an erased subject: nothing to do
-        request_id, created = lethe.submit(
-            dict(subject), actor=actor, idempotency_key=idempotency_key(event), datamap=datamap,
-            only_targets=[written.target],
-            origin={"follow_up_of": erased_by, "reason": f"data written to {written.target} after erasure"})
-        return Outcome("filed" if created else "duplicate", request_id)
-    except IdempotencyConflict:
-        return Outcome("duplicate")  # same (source, id) with another body: never a second request
-
-
-@dataclass(frozen=True)
-class _Requested:
-    """A checked ``lethe.erasure.requested`` event of a batch, ready to file."""
-
-    message: Message
-    event: CloudEvent
-    subject: Subject
-    key: str
-
-
-def _body(message: Message) -> bytes:
-    return message.body if isinstance(message.body, bytes) else str(message.body).encode()
-
-
-class Intake(ConsumerMixin):
-    """The `lethe intake` consumer. Acks only after the event was filed or dead-lettered.
-
-    Messages are collected into batches, filed when ``batch_size`` messages are in or ``batch_window``
-    seconds after the first one arrived (a quiet queue does not hold a batch longer). Each is checked alone;
-    the batch's erasure requests are filed in one ledger transaction per (actor, dry_run, regime), their
-    tasks dispatched together, and only then are the messages acknowledged. A group the ledger refuses (an
-    idempotency conflict, a bad regime) goes through ``handle`` one event at a time, so one bad event never
-    costs the others; an unreachable ledger requeues the whole batch. Follow-ups (data_written) go one by one.
-    """
-
-    PREFETCH = 200  # unacked messages the broker may hand us: more than a batch, so the next one is waiting
-
-    def __init__(self, lethe: Lethe, connection: Connection, key: bytes, *, batch_size: int = 100,
-                 batch_window: float = 0.05):
-        self.lethe = lethe
-        self.connection = connection
-        self.key = key
-        self.batch_size = max(1, min(batch_size, self.PREFETCH))
-        self.batch_window = batch_window
-        self._pending: list[Message] = []
-        self._first_at = 0.0  # monotonic time the oldest pending message arrived
-
-    def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
-        # on_message gets the raw message: kombu must not try to decode application/cloudevents+json.
-        return [consumer_cls(queues=[intake_queue()], on_message=self.on_message, prefetch_count=self.PREFETCH)]
-
-    def on_connection_revived(self) -> None:
-        declare(self.connection)
-
-    def on_message(self, message: Message) -> None:
-        if not self._pending:
-            self._first_at = time.monotonic()
-        self._pending.append(message)
-
-    def consume(self, limit: int | None = None, timeout: float | None = None, safety_interval: float = 1,
-                **kwargs: Any) -> Iterator[None]:
-        """kombu's ConsumerMixin.consume, but while a batch is pending the broker is waited on only until
-        the batch is due: it is filed when full or when its window is over, whether or not more came."""
-        elapsed = 0.0
-        with self.consumer_context(**kwargs) as (conn, _channel, _consumers):
-            try:
-                for _ in range(limit) if limit else itertools.count():
-                    if self.should_stop:
-                        self.flush()  # received already: file them rather than leave them for a redelivery
-                        break
-                    self.on_iteration()
-                    due = self._first_at + self.batch_window - time.monotonic()
-                    try:
-                        conn.drain_events(timeout=max(due, 0.001) if self._pending else safety_interval)
-                    except TimeoutError:
-                        if self._pending:
-                            self.flush()
-                            continue
-                        conn.heartbeat_check()
-                        elapsed += safety_interval
-                        if timeout and elapsed >= timeout:
-                            raise
-                    except OSError:
-                        if not self.should_stop:
-                            raise
-                    else:
-                        if self._pending and (len(self._pending) >= self.batch_size
-                                              or time.monotonic() - self._first_at >= self.batch_window):
-                            self.flush()
-                        yield
-                        elapsed = 0
-            finally:
-                self._pending = []  # a lost connection: the broker redelivers what was not acked
-        log.debug("intake.consume_exiting")
-
-    def flush(self) -> None:
-        """File, dead-letter or requeue every pending message; each is acked or requeued exactly once."""
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            self._settle(batch)
-        except DBAPIError as exc:  # the ledger is unreachable: give the events back, try again shortly
-            log.warning("intake.ledger_unavailable", error=type(exc).__name__)
-            time.sleep(1.0)
-            for message in batch:
-                if not message.acknowledged:
-                    message.requeue()
-
-    def _settle(self, batch: list[Message]) -> None:
-        datamap = self.lethe.load_map()
-        groups: dict[tuple[str, bool, str], list[_Requested]] = {}
-        others: list[tuple[Message, CloudEvent]] = []
-        for message in batch:
-            body = _body(message)
-            try:
-                event = check(body, self.key)
-                if event.type != ERASURE_REQUESTED:
-                    others.append((message, event))
-                    continue
-                data, subject = checked_data(event, ErasureRequestedData, datamap)
-            except Rejected as rejected:
-                self.dead_letter(body, rejected, message)
-                continue
-            group = (event_actor(event), data.dry_run, data.regime)
-            groups.setdefault(group, []).append(_Requested(message, event, subject, idempotency_key(event)))
-        for (actor, dry_run, regime), items in groups.items():
-            self._file_group(datamap, items, actor=actor, dry_run=dry_run, regime=regime)
-        for message, event in others:  # tombstone follow-ups are rare: one at a time
-            self._one(message, event)
-
-    def _file_group(self, datamap: DataMap, items: list[_Requested], *, actor: str, dry_run: bool,
-                    regime: str) -> None:
-        """One file_requests call for erasure requests sharing (actor, dry_run, regime), one dispatch, then
-        the acks. The same (source, id) twice in the batch is filed once; twice with different subjects the
-        later one is a duplicate without a request, as handle answers an IdempotencyConflict."""
-        first: dict[str, _Requested] = {}
-        filings: list[Filing] = []
-        for item in items:
-            if item.key not in first:
-                first[item.key] = item
-                filings.append(Filing(item.subject, item.key))
-        try:
-            filed, dispatches = self.lethe.ledger.file_requests(datamap, filings, dry_run=dry_run, regime=regime,
-                                                                actor=actor)
-        except LedgerError:  # an idempotency conflict or a refused request: find which, one event at a time
-            for item in items:
-                self._one(item.message, item.event)
-            return
-        by_key = {filing.idempotency_key: result for filing, result in zip(filings, filed, strict=True)}
-        self.lethe.send(dispatches)
-        for item in items:
-            request_id, created = by_key[item.key]
-            if first[item.key] is item:
-                outcome = Outcome("filed" if created else "duplicate", request_id)
-            elif dict(first[item.key].subject) == dict(item.subject):
-                outcome = Outcome("duplicate", request_id)
-            else:
-                outcome = Outcome("duplicate")
-            log.info("intake.event", outcome=outcome.action, request_id=outcome.request_id, type=item.event.type)
-            item.message.ack()
-
-    def _one(self, message: Message, event: CloudEvent) -> None:
-        """The event alone through ``handle``; DBAPIError goes up (the batch is requeued)."""
-        try:
-            outcome = handle(self.lethe, event)
-        except Rejected as rejected:
-            self.dead_letter(_body(message), rejected, message)
-            return
-        except LedgerError as exc:  # e.g. an unknown regime: the event is bad, retrying cannot help
-            self.dead_letter(_body(message), Rejected("malformed", str(exc)[:200]), message)
-            return
-        log.info("intake.event", outcome=outcome.action, request_id=outcome.request_id, type=event.type)
-        message.ack()
-
-    def dead_letter(self, body: bytes, rejected: Rejected, message: Message) -> None:
-        # Counted first: an unreachable ledger then requeues the event before it reached the dead queue.
-        self.lethe.ledger.count_dead_letter(rejected.reason)
-        producer = Producer(self.connection.default_channel)
-        producer.publish(body, exchange=DEAD_EXCHANGE, routing_key=DEAD_QUEUE.routing_key,
-                         content_type=message.content_type or CONTENT_TYPE, content_encoding="binary",
-                         headers={"x-lethe-reason": rejected.reason}, delivery_mode=2,
-                         declare=[DEAD_EXCHANGE, DEAD_QUEUE], retry=True)
-        log.warning("intake.dead_lettered", reason=rejected.reason, detail=rejected.detail)
-        message.ack()
-
-
-def publish_outbox(lethe: Lethe, producer: Producer, key: bytes | None) -> int:
-    """Publish the ledger's pending outbound events; signed when an event key is configured. A broker error
-    leaves the rest in the outbox (consumers deduplicate on the event id)."""
-    maybe_declare(EXCHANGE, producer.channel)
-
-    return lethe.ledger.publish_outbox(lambda _type, event: send_event(producer, sign(event, key) if key else event))

@@ -39,7 +39,8 @@ def intake() -> None:
     """Consume signed platform events from lethe.events (needs LETHE_BROKER_URL and LETHE_EVENT_KEY)."""
     from kombu import Connection
 
-    from orchestrator.events import Intake, declare
+    from orchestrator.events import declare
+    from orchestrator.intake import Intake
 
     lethe = make_lethe()
     if lethe.settings.embedded:

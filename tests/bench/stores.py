@@ -150,7 +150,8 @@ def bench_intake(broker: str, database_url: str, workdir: Path, events: int) -> 
 
     from orchestrator.certificates import create_private_key
     from orchestrator.config import Settings
-    from orchestrator.events import ERASURE_REQUESTED, Intake, declare, make_event, publish
+    from orchestrator.events import ERASURE_REQUESTED, declare, make_event, publish
+    from orchestrator.intake import Intake
     from orchestrator.ledger.models import Base  # noqa: F401 - tables for the count below
     from orchestrator.service import Lethe
 
