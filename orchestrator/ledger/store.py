@@ -57,6 +57,9 @@ UNSEALABLE = ("not started: this host cannot unseal the request's identifiers (i
               "request was filed with?); it is sent again after its lease")
 DONE_TASK = frozenset({"completed", "skipped"})  # satisfies `after`
 TERMINAL_REQUEST = frozenset({"completed", "failed", "cancelled"})
+REQUEST_STATUSES = ("received", "planned", "running", "completed", "failed", "cancelled", "on_hold",
+                    "awaiting_approval")
+ID_PREFIX_MIN, SHORT_ID_MIN = 4, 8  # shortest prefix taken for a request id / shown for one (as git does)
 REGIMES = {"gdpr", "ccpa"}
 GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to the audit chain
@@ -741,6 +744,34 @@ class Ledger:
             request = self._request(s, request_id)
             return status_object(request, self._tasks(s, request_id))
 
+    def resolve_request_id(self, given: str) -> str:
+        """The id of the request ``given`` names: its whole id or, as git takes commits, any unique prefix of
+        at least ID_PREFIX_MIN characters. Raises UnknownRequest, or LedgerError saying how many it matches."""
+        prefix = given.strip().lower()
+        if len(prefix) < ID_PREFIX_MIN or len(prefix) > 36 or prefix.strip("0123456789abcdef-"):
+            raise UnknownRequest(f"no request with id {given[:40]!r} (give the id, or {ID_PREFIX_MIN} or more "
+                                 "of its first characters)")
+        with self.sessions() as s:
+            found = s.scalars(select(Request.id).where(Request.id.like(prefix + "%")).limit(100)).all()
+        if not found:
+            raise UnknownRequest(f"no request with id {given!r}")
+        if len(found) > 1:
+            raise LedgerError(f"id prefix {given!r} matches {len(found)}{'+' if len(found) == 100 else ''} "
+                              "requests: give more characters")
+        return found[0]
+
+    def short_ids(self, request_ids: Collection[str]) -> dict[str, str]:
+        """Each id's shortest prefix of at least SHORT_ID_MIN characters no other request shares (it is
+        taken back by ``resolve_request_id``)."""
+        heads = {rid[:SHORT_ID_MIN] for rid in request_ids}
+        with self.sessions() as s:
+            near = s.scalars(select(Request.id).where(func.substr(Request.id, 1, SHORT_ID_MIN).in_(heads))).all()
+        short = {}
+        for rid in request_ids:
+            others = [o for o in near if o != rid and o[:SHORT_ID_MIN] == rid[:SHORT_ID_MIN]]
+            short[rid] = rid[:max([SHORT_ID_MIN, *(_shared_prefix(rid, o) + 1 for o in others)])]
+        return short
+
     def status_counts(self, request_ids: Sequence[str]) -> dict[str, int]:
         """How many of these requests are in each status (a bulk erasure's progress)."""
         counts: dict[str, int] = {}
@@ -755,6 +786,8 @@ class Ledger:
              cursor: str | None = None, requested_by: str | None = None) -> dict[str, Any]:
         """Newest first; ``cursor`` is the opaque ``next`` of the previous page; ``requested_by``: only the
         requests filed under that API token name."""
+        if status and status not in REQUEST_STATUSES:
+            raise LedgerError(f"unknown status {status[:40]!r} (one of: {', '.join(REQUEST_STATUSES)})")
         with self.sessions() as s:
             query = select(Request).order_by(Request.received_at.desc(), Request.id.desc())
             if requested_by is not None:
@@ -1179,6 +1212,11 @@ class Ledger:
         s.add(entry)
         s.info["audit_head"] = (entry.id, entry.hash)
         return entry.hash
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """How many leading characters two strings share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _hold_on(holds: dict[str, Hold], subject_hashes: Iterable[str]) -> Hold | None:
