@@ -1,19 +1,24 @@
 """structlog JSON logs for every lethe process, with request and task ids bound per task.
 
 No raw subject identifier may reach a log line. Code never logs one on purpose; as a second line of
-defence, a worker registers the values of the request it is running (``redact_values``) and every event
-is scrubbed of them before it is rendered, including log lines from libraries (boto3, Celery).
+defence, a worker registers the values of the request it is running (``redact_values``) and every line
+is scrubbed of them once it is rendered (message, fields and traceback alike), including log lines from
+libraries (boto3, Celery), in every form a value is written in: as given, repr-, URL- or JSON-escaped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -24,22 +29,57 @@ _secrets: ContextVar[tuple[str, ...]] = ContextVar("lethe_redact", default=())
 @contextmanager
 def redact_values(values: Iterable[str]) -> Iterator[None]:
     """While the block runs, these values are replaced by [redacted] in every log event."""
-    token = _secrets.set(tuple(sorted({v for v in values if v}, key=len, reverse=True)))
+    token = _secrets.set(tuple(sorted({v for v in values if v})))
     try:
         yield
     finally:
         _secrets.reset(token)
 
 
+def written_forms(value: str) -> set[str]:
+    """The ways a value appears in text: as given, escaped by repr(), URL-encoded (a query string, a key in
+    a request line), and each of those JSON-escaped (a rendered log line, an error body)."""
+    forms = {value, repr(value)[1:-1], quote(value, safe=""), quote(value), quote_plus(value)}
+    return forms | {json.dumps(form)[1:-1] for form in forms}
+
+
+@lru_cache(maxsize=256)
+def _pattern(values: tuple[str, ...]) -> re.Pattern[str] | None:
+    forms = sorted({form for value in values if value for form in written_forms(value)}, key=len, reverse=True)
+    if not forms:
+        return None
+    # Only where a form stands alone: "users/12/a.jpg" is scrubbed for subject 12, a UUID or timestamp that
+    # happens to contain "12" is not mangled. Any case: CARL@example.com is the subject carl@example.com.
+    return re.compile(rf"(?<![0-9A-Za-z])(?:{'|'.join(map(re.escape, forms))})(?![0-9A-Za-z])", re.IGNORECASE)
+
+
 def scrub(text: str, values: Iterable[str] | None = None) -> str:
-    """Replace each value where it stands alone (not inside a longer word or number): "users/12/a.jpg" is
-    scrubbed for subject 12, a UUID or timestamp that happens to contain "12" is not mangled."""
-    for value in values if values is not None else _secrets.get():
-        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", REDACTED, text)
-    return text
+    """Replace every written form of each value (``written_forms``) by [redacted], where it stands alone."""
+    pattern = _pattern(tuple(sorted(set(values))) if values is not None else _secrets.get())
+    return pattern.sub(REDACTED, text) if pattern is not None else text
+
+
+def mentions(text: str, values: Iterable[str]) -> bool:
+    """True when the text holds one of the values in any written form or case (what ``scrub`` removes)."""
+    pattern = _pattern(tuple(sorted(set(values))))
+    return pattern is not None and pattern.search(unicodedata.normalize("NFC", text)) is not None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _scrub_rendered(_logger: Any, _name: str, line: Any) -> str:
+    """The last step of every line: each string of the rendered JSON (message, fields, the formatted
+    traceback) is decoded, scrubbed and encoded again, so an escape never hides a value (``\\ncarl@x``) and
+    the line stays valid JSON."""
+    if not _secrets.get():
+        return line
+    return _JSON_STRING.sub(lambda m: json.dumps(scrub(json.loads(m.group()))), line)
 
 
 def _scrub_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """lethe's own events are scrubbed before they leave structlog too: a handler other than lethe's (a
+    test's capture, a library's) gets them clean."""
     if _secrets.get():
         for key, value in list(event.items()):
             if isinstance(value, str):
@@ -72,8 +112,8 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _scrub_event,
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer(), _scrub_rendered],
     ))
     root = logging.getLogger()
     root.handlers = [handler]

@@ -134,7 +134,9 @@ class Lethe:
 
     def add_hold(self, subject: Mapping[str, object], reason: str, until: datetime | None = None,
                  actor: str = "cli") -> int:
-        return self.ledger.add_hold(self.subject_hashes(subject), reason, until, actor=actor)
+        parsed = self.load_map().parse_subject(subject)
+        return self.ledger.add_hold(parsed.hashes(self.settings.subject_key_bytes).values(), reason, until,
+                                    actor=actor, subject=parsed)
 
     def release_hold(self, subject: Mapping[str, object], actor: str = "cli") -> None:
         self.send(self.ledger.release_hold(self.subject_hashes(subject), actor=actor))

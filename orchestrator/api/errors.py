@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator.config import ConfigError
 from orchestrator.datamap import DataMapError
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import IdempotencyConflict, LedgerError, UnknownRequest
+from orchestrator.ledger.store import IdempotencyConflict, InvalidInput, LedgerError, UnknownRequest
 from orchestrator.logs import get_logger
 
 log = get_logger("lethe.api")
@@ -65,6 +65,8 @@ def error_for(exc: Exception) -> ApiError | None:
         return ApiError(404, "not_found", str(exc))
     if isinstance(exc, IdempotencyConflict):
         return ApiError(409, "idempotency_conflict", str(exc))
+    if isinstance(exc, InvalidInput):
+        return ApiError(422, "invalid_input", str(exc))
     if isinstance(exc, LedgerError):
         return ApiError(409, "conflict", str(exc))
     if isinstance(exc, DataMapError | ConfigError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +15,15 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant shared by every lethe process: PostgreSQL advisory lock key for migrations.
 MIGRATION_LOCK_KEY = 0x1E7E
+# Session.info flag: the transaction wiped sealed raw identifiers (a request completed or was cancelled).
+WIPED_RAW_VALUES = "lethe_wiped_raw_values"
+DATABASE_FILE_MODE = 0o600  # the subject key file lies beside an SQLite ledger: no one else reads either
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _private_database_files(engine.url.database)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -27,6 +32,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")  # readers (status, dashboard) do not block the worker
             cur.execute("PRAGMA busy_timeout=30000")
+            # Freed bytes are overwritten with zeros: a wiped sealed identifier leaves no copy in a free page.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -44,7 +51,48 @@ def make_engine(url: str) -> Engine:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(factory, "after_commit")
+        def _checkpoint_after_wipe(session: Session) -> None:
+            if session.info.pop(WIPED_RAW_VALUES, False):
+                checkpoint_wal(engine)
+
+    return factory
+
+
+def checkpoint_wal(engine: Engine) -> None:
+    """Copy the SQLite WAL into the database and truncate it to zero bytes. The WAL keeps every page a
+    transaction wrote, so a sealed identifier wiped from the table would otherwise linger in older frames
+    (beside the key that unseals it) until SQLite happened to reuse them. Best effort: a reader that holds
+    an old snapshot makes this a partial checkpoint, and the next wipe tries again."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        cur.close()
+    finally:
+        raw.close()
+
+
+def _private_database_files(database: str | None) -> None:
+    """Create an SQLite ledger file (and so its -wal and -shm, which SQLite creates with the database's
+    mode) readable by its owner only; tighten files an older version created 0644."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, DATABASE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # a directory that does not exist: SQLite reports it when it connects
+    for path in (database, f"{database}-wal", f"{database}-shm"):
+        try:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, DATABASE_FILE_MODE)
+        except OSError:
+            continue  # absent, or not ours to change
 
 
 def _alembic_config(connection: Any) -> Any:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import certificates
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
-from orchestrator.ledger.db import make_engine, migrate, session_factory
+from orchestrator.ledger.db import WIPED_RAW_VALUES, make_engine, migrate, session_factory
 from orchestrator.ledger.models import (
     AuditCheckpoint,
     AuditEntry,
@@ -48,6 +48,7 @@ from orchestrator.ledger.models import (
     Task,
     Tombstone,
 )
+from orchestrator.logs import mentions
 from orchestrator.planner import plan
 
 TERMINAL_TASK = frozenset({"completed", "failed", "skipped"})
@@ -64,6 +65,7 @@ REGIMES = {"gdpr", "ccpa"}
 GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to the audit chain
 IDEMPOTENCY_DAYS = 30
+NOTHING_MATCHED = "nothing matched: the target's selector found no item"  # the reason of a task that deleted 0
 IDEMPOTENCY_KEY_MAX = 200  # characters of a caller's key; the stored form adds its namespace and owner
 IDEMPOTENCY_NAMESPACES = frozenset({"api", "cli", "event"})
 EVENT_NAMESPACE = uuid.UUID("6c1e7a0e-0b5e-4c8e-9a57-00000000e7e7")  # outbound event id = uuid5(audit hash)
@@ -75,6 +77,10 @@ class LedgerError(Exception):
 
 class UnknownRequest(LedgerError):
     pass
+
+
+class InvalidInput(LedgerError):
+    """A value the ledger refuses as bad input (HTTP 422, exit 2), not because of a request's state."""
 
 
 class IdempotencyConflict(LedgerError):
@@ -467,7 +473,8 @@ class Ledger:
                     "verified_at": rfc3339(at)}
                 task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
                 task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
-                task.reason = outcome.note or task.reason
+                # "erased 0 items" must be visible, not silent: the status, dashboard and certificate say so.
+                task.reason = outcome.note or task.reason or (NOTHING_MATCHED if not record["deleted"] else None)
                 if task.progress_estimated is not None:
                     task.progress_done = record["deleted"]
                 entry = self._audit(s, "task.completed", request.id, task.id,
@@ -569,12 +576,12 @@ class Ledger:
             return self._release_ready(s, request)
 
     def add_hold(self, subject_hashes: Iterable[str], reason: str, until: datetime | None = None,
-                 actor: str = "cli") -> int:
-        """Place a legal hold on a subject (by keyed hash). Returns the number of hashes held."""
-        if not reason.strip():
-            raise LedgerError("a hold needs a reason")
+                 actor: str = "cli", subject: Subject | None = None) -> int:
+        """Place a legal hold on a subject (by keyed hash). Returns the number of hashes held. ``subject``:
+        the values hashed, so a reason that repeats one is refused before it reaches the audit chain."""
+        _check_reason(reason, "a hold", subject)
         if until is not None and until <= now():
-            raise LedgerError("--until must be in the future")
+            raise InvalidInput("--until must be in the future")
         hashes = sorted(set(subject_hashes))
         with self.sessions.begin() as s:
             for subject_hash in hashes:
@@ -609,10 +616,10 @@ class Ledger:
 
     def extend_deadline(self, request_id: str, reason: str, actor: str = "cli") -> str:
         """Extend the deadline once, with a reason: GDPR Art. 12(3) two further months, CCPA 45 more days."""
-        if not reason.strip():
-            raise LedgerError("an extension needs a reason")
         with self.sessions.begin() as s:
             request = self._request(s, request_id, lock=True)
+            sealed = request.sealed_subject
+            _check_reason(reason, "an extension", self._unseal(request.id, sealed) if sealed else None)
             if request.extension_reason is not None:
                 raise LedgerError("the deadline was already extended once")
             if request.status in TERMINAL_REQUEST:
@@ -681,6 +688,7 @@ class Ledger:
                 raise LedgerError(f"request is {request.status} and has started; only a request that "
                                   "has not started executing can be cancelled")
             request.status, request.completed_at, request.sealed_subject = "cancelled", now(), None
+            s.info[WIPED_RAW_VALUES] = True
             for t in tasks:
                 if t.status in ("pending", "held", "awaiting_approval"):
                     t.status, t.reason, t.lease_expires_at = "skipped", "cancelled", None
@@ -1160,6 +1168,7 @@ class Ledger:
                                detail={"tasks": {t.target: t.status for t in tasks}})
         if request.status == "completed":
             request.sealed_subject = None  # no raw identifier survives a completed request
+            s.info[WIPED_RAW_VALUES] = True
         if request.status in ("completed", "failed") and not request.dry_run:
             if request.status == "completed":
                 self._issue_certificate(s, request, tasks, head, records)
@@ -1217,6 +1226,16 @@ class Ledger:
 def _shared_prefix(a: str, b: str) -> int:
     """How many leading characters two strings share."""
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _check_reason(reason: str, what: str, subject: Subject | None) -> None:
+    """A reason goes into the audit chain, which is kept for good: it must say something, and never the
+    subject's identifier (in any case or encoding) that only the hashes may stand for."""
+    if not reason.strip():
+        raise InvalidInput(f"{what} needs a reason")
+    if subject is not None and mentions(reason, subject.values()):
+        raise InvalidInput(f"the reason for {what} contains the subject's identifier, which the audit trail "
+                          "must never keep: state the ground without it")
 
 
 def _hold_on(holds: dict[str, Hold], subject_hashes: Iterable[str]) -> Hold | None:
