@@ -930,6 +930,14 @@ class Ledger:
                         detail={"dataset_name": name, "dataset_digest": digest, "members": count})
             return count
 
+    def list_datasets(self) -> list[dict[str, Any]]:
+        """The training datasets recorded with ``record_lineage``, newest first, with how many subjects each
+        holds (never who)."""
+        with self.sessions() as s:
+            rows = s.scalars(select(Dataset).order_by(Dataset.recorded_at.desc(), Dataset.name, Dataset.digest))
+            return [{"name": d.name, "digest": d.digest, "members": d.members, "recorded_at": rfc3339(d.recorded_at)}
+                    for d in rows]
+
     def datasets_for(self, subject_hashes: Iterable[str]) -> list[tuple[str, str]]:
         """(name, digest) of every recorded dataset that holds one of these subjects (one indexed lookup)."""
         with self.sessions() as s:

@@ -66,3 +66,12 @@ def test_an_unknown_status_filter_is_refused(filed: Ledger) -> None:
     with pytest.raises(LedgerError, match="unknown status 'bogus'"):
         filed.list_requests(status="bogus")
     assert len(filed.list_requests(status="planned")["items"]) == 4
+
+
+def test_recorded_datasets_are_listed_newest_first_with_their_size(filed: Ledger) -> None:
+    """`lethe lineage list` reads this: names, digests and member counts, never a member."""
+    filed.record_lineage("faces-a", "v1", iter(["a" * 64, "b" * 64]))
+    filed.record_lineage("faces-b", "v2", iter(["c" * 64]))
+    listed = filed.list_datasets()
+    assert [(d["name"], d["digest"], d["members"]) for d in listed] == [("faces-b", "v2", 1), ("faces-a", "v1", 2)]
+    assert all(d["recorded_at"].endswith("Z") for d in listed)
