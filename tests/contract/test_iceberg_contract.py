@@ -1,0 +1,206 @@
+"""IcebergTarget runs the target contract on real Iceberg tables (pyiceberg, SQL catalog on SQLite, a local
+warehouse), with history.
+
+Each seeded subject is one append of their rows mixed with rows of nobody (look-alike owners), so the table
+has several snapshots and every snapshot after the subject's append reads them. Two owner column types:
+string and long. After a purge, every snapshot that can still be read, every Parquet file under the table
+and every manifest of the current snapshot are read back directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+from orchestrator.identifiers import Subject
+from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
+from workers.targets.base import PermanentError
+from workers.targets.iceberg import IcebergConfig, IcebergTarget
+
+pytestmark = pytest.mark.integration
+
+PER_SUBJECT = {SUBJECT: 40, "123": 25, "1234": 10, "112": 5}
+NOBODY = ("120", "012", "1", "21", "1120", "12 ", "x12")
+
+
+class IcebergStore:
+    def __init__(self, root: Path, integer: bool) -> None:
+        root.mkdir(parents=True)
+        self.catalog_props = {"name": "contract", "uri": f"sqlite:///{root / 'catalog.db'}",
+                              "warehouse": f"file://{root / 'wh'}"}
+        self.catalog = SqlCatalog("contract", uri=self.catalog_props["uri"], warehouse=self.catalog_props["warehouse"])
+        self.catalog.create_namespace("lake")
+        self.integer = integer
+        self.owner_type = pa.int64() if integer else pa.string()
+        self.schema = pa.schema([("owner", self.owner_type), ("photo", pa.string()), ("age", pa.int32())])
+        self.catalog.create_table("lake.faces", schema=self.schema)
+        self.nobody = [o for o in NOBODY if not integer or (o.isdigit() and not o.startswith("0"))]
+        self._append(self.nobody * 30)
+
+    def table(self) -> Any:
+        return self.catalog.load_table("lake.faces")
+
+    def _owner(self, text: str) -> Any:
+        return int(text) if self.integer else text
+
+    def _append(self, owners: list[str]) -> None:
+        n = len(owners)
+        self.table().append(pa.table({
+            "owner": pa.array([self._owner(o) for o in owners], self.owner_type),
+            "photo": [f"photos/{o}/{i}.jpg" for i, o in enumerate(owners)],
+            "age": pa.array([18 + i % 60 for i in range(n)], pa.int32()),
+        }, schema=self.schema))
+
+    def seed(self, user_id: str) -> int:
+        self._append([user_id] * PER_SUBJECT[user_id] + self.nobody * 3)
+        return PER_SUBJECT[user_id]
+
+    def _count(self, column: pa.ChunkedArray, user_id: str) -> int:
+        return int(pc.sum(pc.equal(column.cast(self.owner_type), pa.scalar(self._owner(user_id), self.owner_type)))
+                   .as_py() or 0)
+
+    def owners(self, snapshot_id: int | None = None) -> pa.ChunkedArray:
+        return self.table().scan(selected_fields=("owner",), snapshot_id=snapshot_id).to_arrow().column("owner")
+
+    def remaining(self, user_id: str) -> int:
+        return self._count(self.owners(), user_id)
+
+    def total(self) -> int:
+        return len(self.owners())
+
+    def location(self) -> Path:
+        return Path(self.table().location().removeprefix("file://"))
+
+    def rows_in_every_file(self, user_id: str) -> int:
+        return sum(self._count(pq.read_table(p, columns=["owner"]).column("owner"), user_id)
+                   for p in (self.location() / "data").rglob("*.parquet"))
+
+
+class IcebergContract(TargetContract):
+    integer = False
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> IcebergStore:
+        return IcebergStore(tmp_path / "lake", self.integer)
+
+    @pytest.fixture
+    def target(self, store: IcebergStore) -> IcebergTarget:
+        return IcebergTarget(IcebergConfig(name="faces", kind="iceberg", catalog=store.catalog_props,
+                                           table="lake.faces", where={"owner": "{user_id}"}))
+
+    def test_no_snapshot_no_file_and_no_manifest_keeps_the_subject(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """Before: several snapshots read the subject. After: one snapshot, no readable snapshot and no data
+        file holds their rows, no manifest bound is their value, and no metadata file of before is left."""
+        snapshots = store.table().snapshots()
+        assert len(snapshots) == 1 + len(seeded)
+        files_before = {p for p in store.location().rglob("*") if p.is_file()}
+        assert target.purge(subject(SUBJECT), beats) == seeded[SUBJECT]
+        table = store.table()
+        assert [s.snapshot_id for s in table.snapshots()] == [table.current_snapshot().snapshot_id]
+        for snapshot in snapshots:  # time travel to each snapshot of before: gone, or without the subject
+            try:
+                owners = store.owners(snapshot.snapshot_id)
+            except Exception:
+                continue
+            assert store._count(owners, SUBJECT) == 0
+        assert store.rows_in_every_file(SUBJECT) == 0
+        assert {uid: store.rows_in_every_file(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
+        assert target._bounds_residue(table, {"owner": store._owner(SUBJECT)}) == 0
+        left = {str(p) for p in store.location().rglob("*") if p.is_file()}
+        live = target._reachable(table, [table.current_snapshot()]) | {table.metadata_location.removeprefix("file://")}
+        assert left == live  # every old manifest list, manifest, data and metadata file is gone
+        assert files_before - {Path(p) for p in left}
+        assert target.level == "bytes_reclaimed" and beats.calls >= 4
+
+    def test_only_files_holding_the_subject_are_rewritten(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """Manifest bounds prune the delete: of the 5 data files only the subject's is rewritten."""
+        target.purge(subject(SUBJECT), beats)
+        assert target.files_total == 1 + len(seeded)
+        assert target.files_rewritten == 1
+
+    def test_a_purge_killed_after_the_delete_is_finished_by_the_next(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int]
+    ) -> None:
+        """Killed after the delete: older snapshots still read the subject; the resumed purge deletes nothing
+        more, expires them, and verify then finds nothing."""
+
+        class Killed(BaseException):  # like the SystemExit of a worker shut down mid-purge
+            pass
+
+        def dies(done: int | None = None) -> None:
+            raise Killed
+
+        with pytest.raises(Killed):
+            target.purge(subject(SUBJECT), dies)
+        assert store.remaining(SUBJECT) == 0 and target.verify(subject(SUBJECT)) > 0
+        assert IcebergTarget(target.config).purge(subject(SUBJECT), Beats()) == 0
+        assert target.verify(subject(SUBJECT)) == 0 and store.rows_in_every_file(SUBJECT) == 0
+        assert {uid: store.remaining(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
+
+    def test_a_tagged_snapshot_is_refused_before_anything_is_deleted(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """A tag keeps an older snapshot (and the subject's rows): the purge refuses and deletes nothing."""
+        table = store.table()
+        table.manage_snapshots().create_tag(table.snapshots()[1].snapshot_id, "audit-2024").commit()
+        with pytest.raises(PermanentError, match="tag or branch"):
+            target.purge(subject(SUBJECT), beats)
+        assert store.remaining(SUBJECT) == seeded[SUBJECT]
+
+    def test_an_orphan_file_holding_the_subject_is_removed_once_old(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats, monkeypatch: Any
+    ) -> None:
+        """A data file no snapshot references that holds the subject is residue, then deleted once old."""
+        orphan = store.location() / "data" / "orphan.parquet"
+        pq.write_table(pa.table({"owner": pa.array([store._owner(SUBJECT)] * 3, store.owner_type)}), orphan)
+        target.purge(subject(SUBJECT), beats)
+        assert orphan.exists() and target.verify(subject(SUBJECT)) == 3
+        monkeypatch.setattr("workers.targets.iceberg.ORPHAN_GRACE", -1.0)
+        target.purge(subject(SUBJECT), beats)
+        assert not orphan.exists() and target.verify(subject(SUBJECT)) == 0
+
+
+class TestIcebergStringContract(IcebergContract):
+    integer = False
+
+    def test_injection_attempts_are_plain_values(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
+    ) -> None:
+        """Values shaped like SQL are one literal of an EqualTo: nothing matches, nothing is deleted."""
+        total = store.total()
+        for value in ("12' OR '1'='1", "12'--", "' OR owner IS NOT NULL OR '"):
+            hostile = Subject.parse({"user_id": value}, {"user_id": None})
+            assert target.count(hostile) == 0 and target.purge(hostile, beats) == 0
+        assert store.total() == total
+
+
+class TestIcebergIntegerContract(IcebergContract):
+    integer = True
+
+    @pytest.mark.parametrize("value", ["012", "+12", "12.0", "12' OR '1'='1", "99999999999999999999"])
+    def test_unconvertible_values_fail_and_delete_nothing(
+        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats, value: str
+    ) -> None:
+        total = store.total()
+        with pytest.raises(PermanentError):
+            target.purge(Subject.parse({"user_id": value}, {"user_id": None}), beats)
+        assert store.total() == total
+
+
+def test_config_is_checked_when_the_map_loads() -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a.b", where={"owner": "12"})
+    with pytest.raises(ValueError, match="namespace.name"):
+        IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a", where={"o": "{user_id}"})
+    with pytest.raises(ValueError, match="uri"):
+        IcebergConfig(name="x", kind="iceberg", catalog={}, table="a.b", where={"o": "{user_id}"})
