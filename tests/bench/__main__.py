@@ -10,6 +10,8 @@
 4. Bulk scale: the seed's case, 100k people erased at once (x 4 targets), end to end, against bare Celery
    for the same number of tasks; requests/s, p50/p99 completion, ledger size, every process's peak memory.
 5. Event intake, Feast offline purge, LanceDB purge: against their raw engines.
+6. Delta purge: 1,000 of 1M rows with vacuum and log cut, against a bare delete without vacuum
+   (tests/bench/lake.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -30,7 +32,7 @@ from tests.bench import report, stores
 from tests.bench.orchestration import BROKER, bench_orchestration
 from tests.fixtures.services import temporary_database
 
-FIGURES = ["orchestration", "s3", "memory", "bulk", "events", "feast", "lancedb"]
+FIGURES = ["orchestration", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta"]
 
 
 def mib(peaks: dict[str, float]) -> str:
@@ -107,6 +109,15 @@ def main() -> None:
             print(f"lancedb purge: {v['erased']:,} of {v['rows']:,} vectors: {v['vectors_per_second']:,.0f} vectors/s "
                   f"with compaction and cleanup = {v['compaction_cost_ratio']:.1f}x a bare delete "
                   f"({v['lethe_purge']['seconds']:.2f} s vs {v['raw_delete']['seconds']:.2f} s)")
+        if "delta" in only:
+            from tests.bench.lake import bench_delta
+
+            results["delta"] = d = bench_delta(work / "delta", scaled(1_000_000))
+            lp = d["lethe_purge"]
+            print(f"delta purge: {d['subject_rows']:,} of {d['rows']:,} rows: lethe {lp['seconds']:.2f} s (delete, "
+                  f"zero-retention vacuum, log cut; {lp['files_rewritten']}/{lp['files_total']} files rewritten, level "
+                  f"{lp['level']}) vs a bare delete without vacuum {d['bare_delete']['seconds']:.2f} s -> "
+                  f"{d['ratio']:.2f}x ({d['with_verify_ratio']:.2f}x with verify): the price of erasing history")
     for path in report.write(results, args.out):
         print(f"written: {path}")
 

@@ -15,6 +15,7 @@ FIGURES: dict[str, tuple[str, str, tuple[str, float] | None, str]] = {
     "events": ("event intake", "ratio", None, "lethe time / raw kombu time"),
     "feast_offline": ("Feast offline purge", "rate_ratio", None, "lethe rate / pyarrow rewrite rate"),
     "lancedb": ("LanceDB purge", "compaction_cost_ratio", None, "lethe time / bare delete time"),
+    "delta": ("Delta purge", "ratio", None, "lethe (vacuum, log cut) time / bare delete time"),
 }
 
 

@@ -200,7 +200,7 @@ class TestIcebergIntegerContract(IcebergContract):
 def test_config_is_checked_when_the_map_loads() -> None:
     with pytest.raises(ValueError, match="placeholder"):
         IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a.b", where={"owner": "12"})
-    with pytest.raises(ValueError, match="namespace.name"):
+    with pytest.raises(ValueError, match=r"namespace\.name"):
         IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a", where={"o": "{user_id}"})
     with pytest.raises(ValueError, match="uri"):
         IcebergConfig(name="x", kind="iceberg", catalog={}, table="a.b", where={"o": "{user_id}"})

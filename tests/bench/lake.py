@@ -1,0 +1,76 @@
+"""bench: a Delta purge (delete + zero-retention vacuum + log cut + proof scans) against a bare ``delete``
+without vacuum on an identical table; the difference is the price of erasing history, not just the
+current version.
+
+The table is ``files`` commits of equal size, each covering its own range of user ids (data clustered by
+user, as a lake compacted by user id is), so the subject's rows sit in one file and file statistics let
+both sides skip the rest.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.bench.stores import _in_child
+
+SUBJECT = 4242
+
+
+def make_delta(uri: Path, rows: int, files: int, subject_rows: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(19)
+    per_file = rows // files
+    span = 5000
+    for i in range(files):
+        ids = rng.integers(i * span, (i + 1) * span, per_file, dtype=np.int64)
+        ids[ids == SUBJECT] = SUBJECT + 1
+        if i == SUBJECT // span:
+            ids[:subject_rows] = SUBJECT
+        write_deltalake(str(uri), pa.table({
+            "user_id": ids,
+            "photo": pa.array([f"p{j}" for j in range(per_file)]),
+            "age": rng.integers(18, 80, per_file, dtype=np.int32),
+        }), mode="append")
+
+
+def bare_delete(uri: str) -> float:
+    from deltalake import DeltaTable
+
+    start = time.perf_counter()
+    DeltaTable(uri).delete(f"user_id = {SUBJECT}")
+    return time.perf_counter() - start
+
+
+def lethe_purge(uri: str) -> dict[str, Any]:
+    from orchestrator.identifiers import Subject
+    from workers.targets.delta import DeltaConfig, DeltaTarget
+
+    target = DeltaTarget(DeltaConfig(name="bench", kind="delta", uri=uri, where={"user_id": "{user_id}"}))
+    subject = Subject({"user_id": str(SUBJECT)})
+    start = time.perf_counter()
+    deleted = target.purge(subject, lambda done=None: None)
+    purge_seconds = time.perf_counter() - start
+    residue = target.verify(subject)
+    return {"seconds": purge_seconds, "with_verify_seconds": time.perf_counter() - start, "deleted": deleted,
+            "residue": residue, "level": target.level, "files_rewritten": target.files_rewritten,
+            "files_total": target.files_total}
+
+
+
+def bench_delta(workdir: Path, rows: int = 1_000_000, files: int = 20, subject_rows: int = 1000) -> dict[str, Any]:
+    source = workdir / "source"
+    make_delta(source, rows, files, subject_rows)
+    bare_uri, lethe_uri = workdir / "bare", workdir / "lethe"
+    shutil.copytree(source, bare_uri)
+    shutil.copytree(source, lethe_uri)
+    bare = _in_child(bare_delete, str(bare_uri))
+    lethe = lethe_purge(str(lethe_uri))  # in this process: its counters are read back
+    return {"rows": rows, "files": files, "subject_rows": subject_rows, "bare_delete": bare, "lethe_purge": lethe,
+            "ratio": lethe["seconds"] / bare["seconds"],
+            "with_verify_ratio": lethe["with_verify_seconds"] / bare["seconds"]}
