@@ -13,8 +13,8 @@ from sqlalchemy import create_engine, text
 
 from orchestrator.testing import put_objects, version_keys
 from tests.contract.base import SUBJECT, Beats, ContractStore, TargetContract, subject
-from workers.targets import s3 as s3_module
-from workers.targets.s3 import KeysQuery, S3Config, S3Target
+from workers.targets.s3 import S3Config, S3Target
+from workers.targets.selectors import KeysQuery, dispose_engine
 
 pytestmark = pytest.mark.integration
 
@@ -125,9 +125,7 @@ class TestS3KeysQueryContract(TargetContract):
         store = KeysQueryStore(s3_endpoint, bucket, pg_database)
         yield store
         store.db.dispose()
-        engine = s3_module._engines.pop(pg_database, None)  # the adapter's pool, before the drop
-        if engine is not None:
-            engine.dispose()
+        dispose_engine(pg_database)  # the adapter's pool, before the drop
 
     @pytest.fixture
     def target(self, store: ContractStore, s3_endpoint: str, bucket: str, pg_database: str) -> S3Target:

@@ -1,25 +1,8 @@
 """The Target protocol every store adapter implements, its errors, and the lazy registry of kinds.
 
-Contract (tests/contract/ checks it against every adapter's real engine):
-
-- ``count(subject)`` says how many items a purge would remove; it deletes nothing (dry runs).
-- ``purge(subject, heartbeat)`` removes every item the selector built from ``subject`` matches and returns
-  how many it removed. It is idempotent: purging what is already gone succeeds and returns 0. It never
-  removes an item its selector did not match, and it calls ``heartbeat()`` at least once per page of work
-  so a long purge keeps its lease.
-- ``level`` says how far the last purge went, recorded with the completion record and certificate:
-  ``invisible`` (no read or search returns it, bytes may remain until compaction), ``unindexed`` (also out
-  of every index), ``bytes_reclaimed`` (physically gone: no version, tombstone or old file holds it), and
-  for models ``quarantined`` (kept but withdrawn from serving: no alias or stage, tagged with the request).
-  An adapter that only reaches a lower level after some purges sets it on the instance in ``purge``.
-- A target with the capability ``resumable`` may be interrupted at any heartbeat (it raises SliceExpired
-  there) and finished later by calling ``purge`` again: what is gone stays gone, so a long purge runs as
-  several short messages. It must call ``heartbeat(done)`` with the items it removed so far.
-- ``verify(subject)`` reads the store back and returns the residue: how many matching items remain.
-  A purge is only recorded as complete when verify returns 0.
-- Vendor errors are translated at the edge: "already gone" is success, throttling and outages raise
-  ``RetryableError``, anything else raises ``PermanentError``. Messages never contain identifiers, keys or
-  paths; they name the operation and the vendor's error code.
+The contract is documented on the Protocol's members below; tests/contract/ checks it against every
+adapter's real engine. Selector plumbing the adapters share (read-only queries into the application's
+database, their engines, the ``match`` rule) lives in workers/targets/selectors.py.
 
 Adapter modules import their engine lazily (inside methods) or cheaply at the top, because the data map
 validator imports them to check their configuration; Feast, MLflow and LanceDB take seconds to import.
@@ -29,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,10 +95,17 @@ class TargetConfig(BaseModel):
 
     # Fields whose strings may hold {identifier} placeholders; only these are ever filled.
     template_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields holding a read-only query (selectors.KeysQuery) whose :kind parameters are bound per subject.
+    query_fields: ClassVar[tuple[str, ...]] = ()
 
     def required_identifiers(self) -> set[str]:
         """Identifier kinds this target's selector needs; a request without one skips the target."""
-        return set().union(*(placeholders_in(getattr(self, f)) for f in self.template_fields))
+        needed: set[str] = set().union(*(placeholders_in(getattr(self, f)) for f in self.template_fields))
+        for name in self.query_fields:
+            query = getattr(self, name)
+            if query is not None:
+                needed |= query.parameters()
+        return needed
 
     def check_dataset_selector(self, selector: dict[str, Any]) -> None:
         """Raise ValueError unless ``selector`` (from the map's ``datasets:``) can replace this target's
@@ -137,22 +128,89 @@ def require_placeholder(field: str, value: Any) -> None:
 
 @runtime_checkable
 class Target(Protocol):
-    """One configured store a subject's data is erased from. See the module docstring for the contract."""
+    """One configured store a subject's data is erased from.
+
+    An adapter is built per task from its validated ``Config`` (``__init__(config)``, or
+    ``__init__(config, context)`` to receive a ``TaskContext``) and may assume the configuration passed
+    the map's checks; anything only the store can tell (a missing table, a column's type) it finds out at
+    run time and reports as ``PermanentError``. Every method takes a ``Subject`` whose values are already
+    validated and normalised (the values hashed are the values that fill a selector).
+
+    Errors, for every method: vendor errors are translated at the edge. "Already gone" is success;
+    throttling, outages and dropped connections raise ``RetryableError`` (or a type listed in
+    ``retryable_errors``) and the task is retried with backoff; a legal refusal by the store (S3 Object
+    Lock) raises ``HeldError``; anything else (misconfiguration, missing permission, a value that cannot be
+    converted to the store's type, a foreign key refusing a delete) raises ``PermanentError`` and the task
+    fails keeping the message. Messages never contain identifiers, keys or paths: they name the operation
+    and the vendor's error code.
+    """
 
     kind: ClassVar[str]
+    """The data map's ``kind:`` for this adapter, e.g. ``s3``."""
     Config: ClassVar[type[TargetConfig]]
-    # What the adapter can do beyond the contract, e.g. {"versions"} for S3's object versions.
+    """The pydantic model the map's entry is validated with when the map loads."""
     capabilities: ClassVar[frozenset[str]]
-    # Vendor exception types that mean "try again later" when they escape untranslated.
+    """What the adapter can do beyond the contract, e.g. ``versions`` for S3's object versions. The
+    pipeline reads one: ``resumable`` (see ``purge``)."""
     retryable_errors: ClassVar[tuple[type[BaseException], ...]]
-    # Erasure level reached by purge: "invisible", "unindexed", "bytes_reclaimed" or "quarantined" (see above).
+    """Vendor exception types that mean "try again later" when they escape untranslated."""
     level: str
+    """How far the last purge went, recorded with the completion record and the certificate:
+    ``invisible`` (no read or search returns it; bytes may remain until compaction or vacuum),
+    ``unindexed`` (also out of every index), ``bytes_reclaimed`` (physically gone: no version, tombstone
+    or old file holds it), and for models ``quarantined`` (kept but withdrawn from serving: no alias or
+    stage, tagged with the request). An adapter that reaches a lower level only on some purges sets it on
+    the instance in ``purge``; the value is read after ``purge`` returns."""
 
-    def count(self, subject: Subject) -> int: ...
+    def count(self, subject: Subject) -> int:
+        """How many items a purge of ``subject`` would remove now. Deletes and changes nothing: the
+        pipeline calls it for dry runs and for the blast-radius check (``max_items``) before a purge, so it
+        must count exactly what ``purge`` would act on. Safe to call any number of times."""
+        ...
 
-    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int: ...
+    def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        """Remove every item the selector built from ``subject`` matches; return how many this call
+        removed. Never removes an item the selector did not match (subject ``12`` never touches ``123``).
 
-    def verify(self, subject: Subject) -> int: ...
+        Idempotent: purging what is already gone succeeds and returns 0, so a redelivered task is harmless.
+        Calls ``heartbeat(done)`` at least once per page or batch of work with the items removed so far, so a
+        long purge keeps its lease and shows progress. With the ``resumable`` capability the heartbeat may
+        raise ``SliceExpired`` between two batches: what was removed must stay removed, and a later call
+        finishes the rest (a long purge runs as several short messages). Without it, the purge runs to the
+        end in one call."""
+        ...
+
+    def verify(self, subject: Subject) -> int:
+        """Read the store back and return the residue: how many of the subject's items remain (0 after a
+        complete purge). Reads only; the pipeline records a purge as complete only when this returns 0, and
+        retries the task when it does not."""
+        ...
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """An adapter that can check its store before any request runs (``lethe check-map --probe``)."""
+
+    def probe(self, earlier: Sequence[TargetConfig]) -> list[str]:
+        """Connect to the store and return the problems found, one line each, empty when all is well:
+        unreachable, a missing table or column, data the map leaves behind (for ``sql``: tables that
+        reference the target's table by foreign key with no target among ``earlier``, the targets that
+        complete before this one). Reads only; never raises for a problem it can describe; never names an
+        identifier."""
+        ...
+
+
+def probe_target(config: TargetConfig, earlier: Sequence[TargetConfig]) -> list[str]:
+    """The problems ``check-map --probe`` reports for one target (see ``Probed``)."""
+    try:
+        target = build_target(config)
+        if not isinstance(target, Probed):
+            return []
+        return target.probe(earlier)
+    except TargetError as exc:
+        return [str(exc)]
+    except Exception as exc:  # an engine's own error text may hold data: keep its type only
+        return [f"cannot probe the store: {type(exc).__name__}"]
 
 
 # kind -> "module:Class". Modules are imported only when a kind is used, so `lethe status` stays instant.
@@ -163,8 +221,24 @@ BUILTIN_TARGETS: dict[str, str] = {
     "qdrant": "workers.targets.qdrant:QdrantTarget",
     "lancedb": "workers.targets.lancedb:LanceDBTarget",
     "mlflow": "workers.targets.mlflow:MLflowTarget",
+    "delta": "workers.targets.delta:DeltaTarget",
+    "iceberg": "workers.targets.iceberg:IcebergTarget",
+    "parquet": "workers.targets.parquet:ParquetTarget",
 }
 ENTRY_POINT_GROUP = "lethe.targets"
+# kind -> (the extra that installs its engine, the top-level modules that extra provides). Checked before the
+# adapter module is imported, so a map naming a kind whose extra is missing is refused when it loads, with the
+# command that fixes it. Kinds not listed (memory, sql, third-party entry points) need nothing beyond the core.
+EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "s3": ("s3", ("boto3",)),
+    "feast": ("feast", ("feast",)),
+    "qdrant": ("qdrant", ("qdrant_client",)),
+    "lancedb": ("lancedb", ("lancedb", "lance")),
+    "mlflow": ("mlflow", ("mlflow",)),
+    "delta": ("delta", ("deltalake", "pyarrow")),
+    "iceberg": ("iceberg", ("pyiceberg", "pyarrow")),
+    "parquet": ("parquet", ("pyarrow",)),
+}
 
 
 class UnknownTargetKind(LookupError):
@@ -172,6 +246,14 @@ class UnknownTargetKind(LookupError):
         hint = difflib.get_close_matches(kind, known, n=1, cutoff=0.5)  # "s4" vs "s3" scores 0.5
         suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known kinds: {', '.join(known)})"
         super().__init__(f"no target adapter for kind {kind!r}{suggestion}")
+
+
+class MissingExtra(UnknownTargetKind):
+    """A built-in kind whose engine is not installed: the extra is named, with the command that installs it."""
+
+    def __init__(self, kind: str, extra: str):
+        LookupError.__init__(self, f"kind {kind!r} needs the {extra!r} extra, which is not installed: "
+                                   f"pip install 'lethe[{extra}]'")
 
 
 def known_kinds() -> dict[str, str]:
@@ -191,6 +273,9 @@ def target_class(kind: str) -> type[Any]:
     kinds = known_kinds()
     if kind not in kinds:
         raise UnknownTargetKind(kind, sorted(kinds))
+    extra, modules = EXTRAS.get(kind, ("", ()))
+    if any(importlib.util.find_spec(module) is None for module in modules):
+        raise MissingExtra(kind, extra)
     module_name, _, class_name = kinds[kind].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     _loaded[kind] = cls

@@ -70,12 +70,11 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field, field_validator, model_validator
-from sqlalchemy import text
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
-from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig, require_placeholder
-from workers.targets.s3 import KeysQuery
+from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
+from workers.targets.selectors import KeysQuery, check_match
 
 COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 TABLE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -105,6 +104,7 @@ class LanceDBConfig(TargetConfig):
     id_column: str = Field("id", description="Column the ids_query's ids are compared with.")
 
     template_fields: ClassVar[tuple[str, ...]] = ("match",)
+    query_fields: ClassVar[tuple[str, ...]] = ("ids_query",)
 
     @model_validator(mode="before")
     @classmethod
@@ -141,25 +141,13 @@ class LanceDBConfig(TargetConfig):
     @field_validator("match")
     @classmethod
     def _match_is_safe(cls, match: dict[str, str] | None) -> dict[str, str] | None:
-        if match is None:
-            return None
-        if not match:
-            raise ValueError("match needs at least one column")
-        bad = [column for column in match if not COLUMN.fullmatch(column)]
-        if bad:
-            raise ValueError(f"match columns must be plain column names (letters, digits, _): {bad[0]!r}")
-        require_placeholder("match", match)
-        return match
+        return check_match(match, COLUMN, "column", "column name (letters, digits, _)")
 
     @model_validator(mode="after")
     def _one_selector(self) -> LanceDBConfig:
         if (self.match is None) == (self.ids_query is None):
             raise ValueError("give exactly one of match or ids_query")
         return self
-
-    def required_identifiers(self) -> set[str]:
-        needed = super().required_identifiers()
-        return needed | (self.ids_query.parameters() if self.ids_query else set())
 
 
 # -- predicates ---------------------------------------------------------------------------------------
@@ -412,32 +400,20 @@ class LanceDBTarget:
     def _query_ids(self, subject: Subject, schema: Any) -> list[object]:
         import pyarrow.types as pat
 
-        from workers.targets.s3 import _keys_engine
-
         assert self.config.ids_query is not None
-        query = self.config.ids_query
         column = self.config.id_column
         integer = pat.is_integer(_column_type(schema, column, self.name))
-        params = {name: subject[name] for name in query.parameters()}
         ids: dict[object, None] = {}  # ordered, without duplicates
-        try:
-            with _keys_engine(query.url).connect() as conn:
-                for (value,) in conn.execute(text(query.sql), params).yield_per(IDS_BATCH):
-                    if value is None or isinstance(value, bool) or not isinstance(value, int | str):
-                        raise PermanentError("ids_query returned a value that is not an id")
-                    if integer:
-                        if isinstance(value, str) and not CANONICAL_INTEGER.fullmatch(value):
-                            raise PermanentError(
-                                f"ids_query returned an id that is not an integer for column {column}"
-                            )
-                        value = int(value)
-                    else:
-                        value = str(value)
-                    ids[value] = None
-        except PermanentError:
-            raise
-        except Exception as exc:  # the application database: its text may hold data, keep only the type
-            raise RetryableError(f"ids_query failed: {type(exc).__name__}") from None
+        for value in self.config.ids_query.values(subject, IDS_BATCH, "ids_query"):
+            if value is None or isinstance(value, bool) or not isinstance(value, int | str):
+                raise PermanentError("ids_query returned a value that is not an id")
+            if integer:
+                if isinstance(value, str) and not CANONICAL_INTEGER.fullmatch(value):
+                    raise PermanentError(f"ids_query returned an id that is not an integer for column {column}")
+                value = int(value)
+            else:
+                value = str(value)
+            ids[value] = None
         return list(ids)
 
     # -- stages -------------------------------------------------------------------------------------

@@ -98,7 +98,6 @@ from typing import Any, ClassVar
 
 import httpx
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from sqlalchemy import text
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
@@ -108,9 +107,8 @@ from workers.targets.base import (
     RetryableError,
     TargetConfig,
     TargetError,
-    require_placeholder,
 )
-from workers.targets.s3 import KeysQuery, _keys_engine
+from workers.targets.selectors import KeysQuery, check_match
 
 PAGE = 256  # points read (with vectors) and deleted per round
 MAX_PROBES = 1000  # vectors kept from a purge for verify's nearest-neighbour read-back
@@ -152,6 +150,7 @@ class QdrantConfig(TargetConfig):
     vacuum: QdrantVacuum | None = Field(None, description="Server mode: trigger and await the vacuum optimizer.")
 
     template_fields: ClassVar[tuple[str, ...]] = ("match",)
+    query_fields: ClassVar[tuple[str, ...]] = ("ids_query",)
 
     @field_validator("collection")
     @classmethod
@@ -179,15 +178,7 @@ class QdrantConfig(TargetConfig):
     @field_validator("match")
     @classmethod
     def _match_names_the_subject(cls, match: dict[str, str] | None) -> dict[str, str] | None:
-        if match is None:
-            return None
-        if not match:
-            raise ValueError("match must name at least one payload field")
-        bad = [field for field in match if not FIELD_NAME.fullmatch(field)]
-        if bad:
-            raise ValueError(f"match field {bad[0]!r} is not a plain payload key (letters, digits, _ . -)")
-        require_placeholder("match", match)
-        return match
+        return check_match(match, FIELD_NAME, "payload field", "payload key (letters, digits, _ . -)")
 
     @model_validator(mode="after")
     def _consistent(self) -> QdrantConfig:
@@ -200,10 +191,6 @@ class QdrantConfig(TargetConfig):
         if self.api_key is not None and self.api_key_env is not None:
             raise ValueError("give at most one of api_key or api_key_env")
         return self
-
-    def required_identifiers(self) -> set[str]:
-        needed = super().required_identifiers()
-        return needed | (self.ids_query.parameters() if self.ids_query else set())
 
     def check_dataset_selector(self, selector: dict[str, Any]) -> None:
         """A dataset (``datasets:`` in the map) is found by a literal payload match, e.g.
@@ -557,17 +544,9 @@ class QdrantTarget:
 
     def _query_ids(self, subject: Subject) -> list[int | str]:
         assert self.config.ids_query is not None
-        query = self.config.ids_query
-        params = {name: subject[name] for name in query.parameters()}
         ids: dict[int | str, None] = {}
-        try:
-            with _keys_engine(query.url).connect() as conn:
-                for (value,) in conn.execute(text(query.sql), params).yield_per(PAGE):
-                    ids.setdefault(point_id(value))
-        except PermanentError:
-            raise
-        except Exception as exc:  # the application database: its text may hold data, keep only the type
-            raise RetryableError(f"ids_query failed: {type(exc).__name__}") from None
+        for value in self.config.ids_query.values(subject, PAGE, "ids_query"):
+            ids.setdefault(point_id(value))
         return list(ids)
 
     def _keep_probes(self, vector: Any) -> None:

@@ -17,7 +17,6 @@ empty page, which would end the purge early and leave residue).
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 from collections import Counter
@@ -33,8 +32,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import text
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
@@ -46,6 +44,7 @@ from workers.targets.base import (
     TargetConfig,
     require_placeholder,
 )
+from workers.targets.selectors import KeysQuery
 
 BATCH = 1000  # DeleteObjects' limit
 RETRYABLE_CODES = frozenset(
@@ -54,38 +53,6 @@ RETRYABLE_CODES = frozenset(
 )
 GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
 KEY_RETRIES = 5  # rounds of re-sending per-key retryable errors inside one DeleteObjects batch
-# Statements a keys query must not contain; the database connection is read-only as well.
-WRITE_WORDS = re.compile(
-    r"\b(insert|update|delete|merge|drop|alter|create|truncate|grant|revoke|copy|call)\b", re.IGNORECASE
-)
-
-
-class KeysQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field(description="SQLAlchemy URL of the application database holding the keys.")
-    sql: str = Field(description="SELECT returning object keys in its first column; :kind parameters bound.")
-
-    @field_validator("sql")
-    @classmethod
-    def _select_only(cls, sql: str) -> str:
-        if not sql.lstrip().lower().startswith(("select", "with")):
-            raise ValueError("keys_query.sql must be a SELECT")
-        if "{" in sql:
-            raise ValueError("keys_query.sql takes :kind bound parameters, never {placeholders}")
-        if ";" in sql.rstrip().rstrip(";"):
-            raise ValueError("keys_query.sql must be a single statement")
-        writes = WRITE_WORDS.findall(sql)
-        if writes:
-            raise ValueError(f"keys_query.sql must only read (found {writes[0].upper()})")
-        if not text(sql).compile().params:
-            raise ValueError(
-                "keys_query.sql needs a :kind parameter, or it would select the same keys for every subject"
-            )
-        return sql
-
-    def parameters(self) -> set[str]:
-        return set(text(self.sql).compile().params)
 
 
 class S3Config(TargetConfig):
@@ -96,6 +63,7 @@ class S3Config(TargetConfig):
     keys_query: KeysQuery | None = Field(None, description="Exact keys from the application's database.")
 
     template_fields: ClassVar[tuple[str, ...]] = ("prefix",)
+    query_fields: ClassVar[tuple[str, ...]] = ("keys_query",)
 
     @field_validator("prefix")
     @classmethod
@@ -121,9 +89,6 @@ class S3Config(TargetConfig):
         if "prefix" in selector and "keys_query" in selector:
             raise ValueError("give one of prefix or keys_query")
 
-    def required_identifiers(self) -> set[str]:
-        needed = super().required_identifiers()
-        return needed | (self.keys_query.parameters() if self.keys_query else set())
 
 
 _clients: dict[tuple[str | None, str | None], Any] = {}
@@ -170,29 +135,6 @@ def s3_client(endpoint_url: str | None, region: str | None) -> Any:
                 ),
             )
         return _clients[key]
-
-
-_engines: dict[str, Any] = {}
-
-
-def _keys_engine(url: str) -> Any:
-    from sqlalchemy import create_engine, event
-
-    from orchestrator.config import Settings
-
-    url = Settings(database_url=url).database_url  # same postgresql:// handling as the ledger
-    with _clients_lock:
-        if url not in _engines:
-            # Read-only sessions: a keys query can never change the application's database.
-            if url.startswith("postgresql"):
-                engine = create_engine(url, pool_pre_ping=True,
-                                       connect_args={"options": "-c default_transaction_read_only=on"})
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-                if url.startswith("sqlite"):
-                    event.listen(engine, "connect", lambda conn, _rec: conn.execute("PRAGMA query_only = ON"))
-            _engines[url] = engine
-        return _engines[url]
 
 
 class S3Target:
@@ -298,21 +240,13 @@ class S3Target:
 
     def _query_keys(self, subject: Subject) -> Iterator[str]:
         assert self.config.keys_query is not None
-        query = self.config.keys_query
-        params = {name: subject[name] for name in query.parameters()}
         seen: set[str] = set()  # a key on several rows (one photo in two albums) is one object
-        try:
-            with _keys_engine(query.url).connect() as conn:
-                for (key,) in conn.execute(text(query.sql), params).yield_per(BATCH):
-                    if not isinstance(key, str) or not key or len(key) > 1024:
-                        raise PermanentError("keys_query returned a value that is not an object key")
-                    if key not in seen:
-                        seen.add(key)
-                        yield key
-        except PermanentError:
-            raise
-        except Exception as exc:  # the application database: its text may hold data, keep only the type
-            raise RetryableError(f"keys_query failed: {type(exc).__name__}") from None
+        for key in self.config.keys_query.values(subject, BATCH, "keys_query"):
+            if not isinstance(key, str) or not key or len(key) > 1024:
+                raise PermanentError("keys_query returned a value that is not an object key")
+            if key not in seen:
+                seen.add(key)
+                yield key
 
     # -- deletion ---------------------------------------------------------------------------------
     def _delete(self, batch: list[dict[str, str]], refused: Counter[str]) -> int:

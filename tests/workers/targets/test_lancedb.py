@@ -21,7 +21,6 @@ from sqlalchemy import create_engine, text
 from orchestrator.identifiers import InvalidIdentifier, Subject
 from tests.contract.base import Beats
 from workers.targets import lancedb as lancedb_module
-from workers.targets import s3 as s3_module
 from workers.targets.base import PermanentError, RetryableError, build_target
 from workers.targets.lancedb import (
     LanceDBConfig,
@@ -32,7 +31,7 @@ from workers.targets.lancedb import (
     quote_column,
     sql_literal,
 )
-from workers.targets.s3 import KeysQuery
+from workers.targets.selectors import KeysQuery, dispose_engine
 
 pytestmark = pytest.mark.integration
 
@@ -512,9 +511,7 @@ def app_db(pg_database: str) -> Iterator[str]:
         conn.execute(text("INSERT INTO items VALUES (:o, :i, :n)"), rows)
     yield pg_database
     engine.dispose()
-    pool = s3_module._engines.pop(pg_database, None)  # the adapter's pool, before the database is dropped
-    if pool is not None:
-        pool.dispose()
+    dispose_engine(pg_database)  # the adapter's pool, before the database is dropped
 
 
 def test_ids_query_erases_exactly_the_listed_items(tmp_path: Path, app_db: str) -> None:

@@ -31,9 +31,9 @@ from tests.contract.test_qdrant_contract import (
     vectors_near,
 )
 from workers.targets import qdrant as qdrant_module
-from workers.targets import s3 as s3_module
 from workers.targets.base import PermanentError, RetryableError
 from workers.targets.qdrant import PAGE, QdrantConfig, QdrantTarget, field_condition, point_id
+from workers.targets.selectors import dispose_engine
 
 pytestmark = pytest.mark.integration
 
@@ -286,9 +286,7 @@ def app_db(pg_database: str) -> Iterator[str]:
         ])
     engine.dispose()
     yield pg_database
-    pool = s3_module._engines.pop(pg_database, None)  # the adapter's pool, before the database is dropped
-    if pool is not None:
-        pool.dispose()
+    dispose_engine(pg_database)  # the adapter's pool, before the database is dropped
 
 
 def ids_query(url: str, sql: str = "SELECT point_id FROM face_points WHERE owner_id = :user_id") -> dict[str, str]:

@@ -19,7 +19,8 @@ from orchestrator.identifiers import Subject
 from orchestrator.testing import make_bucket, put_objects, version_keys, versions_per_owner
 from workers.targets import s3 as s3_module
 from workers.targets.base import HeldError, PermanentError, RetryableError, SliceExpired
-from workers.targets.s3 import BATCH, KEY_RETRIES, KeysQuery, S3Config, S3Target
+from workers.targets.s3 import BATCH, KEY_RETRIES, S3Config, S3Target
+from workers.targets.selectors import KeysQuery, dispose_engine
 
 USER = "u-4711-secret"  # a value that must never appear in an error message
 PREFIX = f"users/{USER}/"
@@ -377,7 +378,7 @@ def test_keys_query_lists_each_key_once(tmp_path: Any) -> None:
     try:
         assert target.purge(subject("12"), lambda done=None: None) == 2501  # mine[7] has two versions
     finally:
-        s3_module._engines.pop(url).dispose()
+        dispose_engine(url)
     assert Counter(stub.list_calls) == Counter(mine)
     assert len(stub.delete_calls) == 3
     assert sorted(v["Key"] for v in stub.versions) == ["uploads/00007.jpg.bak", "uploads/other.jpg"]

@@ -1,0 +1,173 @@
+"""The read-only SQL a data map may hold (``keys_query``, ``ids_query``, ``identities``), checked when the
+map loads with a real SQL parser (sqlglot), so a statement that could write, call a server function or
+select every subject's rows is refused before it ever reaches a database.
+
+What passes, and only that:
+
+- one statement: a plain ``SELECT`` (read-only ``WITH`` parts and ``UNION`` branches allowed, each branch
+  checked like the statement itself);
+- over tables named in ``FROM``/``JOIN`` (no table functions, no system catalogs), every join with an
+  ``ON`` that equates columns (no cross joins, which would pair the subject's rows with everybody's);
+- built from a small allow-list of node types: columns, literals, comparisons, ``AND``/``OR``/``NOT``,
+  ``IN``/``BETWEEN``/``LIKE``/``IS``, ``||`` and ``+ - *``, ``DISTINCT``/``ORDER BY``/``LIMIT``/``GROUP BY``
+  and the functions in ``FUNCTIONS``. Anything else (``INTO``, ``FOR UPDATE``, ``pg_read_file``, a
+  recursive CTE, a write) is named in the error;
+- parameters are SQLAlchemy's bound ``:kind`` only, and the ``WHERE`` of every branch is *pinned*: it
+  holds ``column = :kind`` (functions of either side allowed) as a conjunct, or every side of a
+  top-level ``OR`` is pinned. So ``… OR true`` or ``… OR 1=1`` is refused: every row returned matches a
+  bound identifier.
+
+This is the first of three layers; docs/sql-safety.md describes the other two (a read-only session with
+a statement timeout, and a role granted SELECT on the needed tables only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlglot
+from sqlalchemy import text
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+FUNCTIONS: dict[type[exp.Expression], str] = {
+    exp.Lower: "lower", exp.Upper: "upper", exp.Trim: "trim", exp.Cast: "cast", exp.Coalesce: "coalesce",
+    exp.Concat: "concat",
+}
+# Node types a checked statement may contain besides FUNCTIONS; a whitelist, so anything new in sqlglot
+# (or any construct not thought of here) is refused rather than let through.
+ALLOWED: frozenset[type[exp.Expression]] = frozenset({
+    exp.Select, exp.Union, exp.From, exp.Join, exp.Where, exp.Table, exp.TableAlias, exp.Alias, exp.Identifier,
+    exp.Column, exp.Star, exp.Dot, exp.Distinct, exp.Order, exp.Ordered, exp.Limit, exp.Offset, exp.Group,
+    exp.Having, exp.Subquery, exp.With, exp.CTE, exp.Paren, exp.Tuple, exp.And, exp.Or, exp.Not, exp.EQ,
+    exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.Null,
+    exp.Boolean, exp.Literal, exp.Placeholder, exp.Neg, exp.DataType, exp.DataTypeParam, exp.DPipe, exp.Add,
+    exp.Sub, exp.Mul, *FUNCTIONS,
+})
+WRITES: tuple[type[exp.Expression], ...] = (
+    exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Drop, exp.Create, exp.Alter, exp.TruncateTable,
+    exp.Command, exp.Grant, exp.Copy,
+)
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "mysql", "performance_schema", "sys"})
+SYSTEM_TABLE_PREFIXES = ("pg_", "sqlite_")
+# sides of a pinning equality: a column (or function of it) against a bound parameter (or function of it)
+SIDE_NODES = frozenset({exp.Column, exp.Identifier, exp.Dot, exp.Paren, exp.Lower, exp.Upper, exp.Trim,
+                        exp.Cast, exp.DataType, exp.DataTypeParam})
+
+
+class UnsafeQuery(ValueError):
+    """A statement the checker refuses; the message names the problem (never the statement's values)."""
+
+
+def dialect_of(url: str | None) -> str | None:
+    """sqlglot's dialect for a SQLAlchemy URL (``postgresql+psycopg://…`` -> ``postgres``)."""
+    scheme = (url or "").split(":", 1)[0].split("+", 1)[0].lower()
+    return {"postgresql": "postgres", "postgres": "postgres", "mysql": "mysql", "mariadb": "mysql",
+            "sqlite": "sqlite"}.get(scheme)
+
+
+def check_read_query(sql: str, dialect: str | None = None, what: str = "the query") -> frozenset[str]:
+    """Refuse (UnsafeQuery) unless ``sql`` is a read-only SELECT pinned to bound identifiers (see the module
+    docstring); return the names of its ``:kind`` parameters. The one check every SQL of a data map passes."""
+    if "{" in sql:
+        raise UnsafeQuery(f"{what} takes :kind bound parameters, never {{placeholders}}")
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except SqlglotError as exc:
+        raise UnsafeQuery(f"{what} is not valid SQL: {str(exc).splitlines()[0][:120]}") from None
+    except RecursionError:
+        raise UnsafeQuery(f"{what} is nested too deeply") from None
+    if len(statements) != 1:
+        raise UnsafeQuery(f"{what} must be a single statement (found {len(statements)})")
+    tree = statements[0]
+    if not isinstance(tree, exp.Select | exp.Union):
+        raise UnsafeQuery(f"{what} must be a SELECT (found {_name(tree)})")
+    writes = [node for node in tree.walk() if isinstance(node, WRITES)]
+    if writes:
+        raise UnsafeQuery(f"{what} must only read (found {_name(writes[0])})")
+    for node in tree.walk():
+        _check_node(node, what)
+    params = _parameters(tree, what)
+    if set(text(sql).compile().params) != params:  # the text SQLAlchemy binds must be the text checked
+        raise UnsafeQuery(f"{what}: its :kind parameters are ambiguous (write them as plain :name)")
+    if not params:
+        raise UnsafeQuery(f"{what} needs a :kind parameter, or it would select the same rows for every subject")
+    for branch in _branches(tree, what):
+        where = branch.args.get("where")
+        if where is None or not _pinned(where.this):
+            raise UnsafeQuery(
+                f"{what} must compare a column with a :kind parameter in its WHERE, joined with AND "
+                "(an OR is allowed only when every side does), or it could select every subject's rows"
+            )
+    return frozenset(params)
+
+
+def _name(node: Any) -> str:  # Any: sqlglot's walk() yields its Expr base class
+    return node.key.upper() if node.key else type(node).__name__.upper()
+
+
+def _check_node(node: Any, what: str) -> None:
+    if isinstance(node, exp.Func) and type(node) not in ALLOWED:  # AND/OR are Funcs to sqlglot too
+        name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+        allowed = ", ".join(sorted(FUNCTIONS.values()))
+        raise UnsafeQuery(f"{what} calls {name.lower()}(), which is not allowed (allowed: {allowed})")
+    if type(node) not in ALLOWED:
+        raise UnsafeQuery(f"{what} uses {_name(node)}, which a read-only lookup may not")
+    if isinstance(node, exp.With) and node.args.get("recursive"):
+        raise UnsafeQuery(f"{what} uses WITH RECURSIVE, which a read-only lookup may not")
+    if isinstance(node, exp.Table):
+        if not isinstance(node.this, exp.Identifier):
+            raise UnsafeQuery(f"{what} reads from a table function, not a table")
+        schema, name = node.db.lower(), node.name.lower()
+        if schema in SYSTEM_SCHEMAS or name.startswith(SYSTEM_TABLE_PREFIXES):
+            raise UnsafeQuery(f"{what} reads a system catalog ({node.sql()}), not an application table")
+    if isinstance(node, exp.Join) and not (node.args.get("on") is not None and _joins_columns(node.args["on"])):
+        raise UnsafeQuery(f"{what} joins without ON column = column (a cross join pairs every row)")
+
+
+def _parameters(tree: exp.Expression, what: str) -> set[str]:
+    names: set[str] = set()
+    for node in tree.find_all(exp.Placeholder):
+        if not isinstance(node.this, str) or not node.this:
+            raise UnsafeQuery(f"{what} takes :kind bound parameters only (not ?, %s or %(name)s)")
+        names.add(node.this)
+    return names
+
+
+def _branches(tree: exp.Expression, what: str) -> list[exp.Select]:
+    if isinstance(tree, exp.Union):
+        return _branches(tree.this, what) + _branches(tree.expression, what)
+    if isinstance(tree, exp.Subquery):
+        return _branches(tree.this, what)
+    if not isinstance(tree, exp.Select) or tree.args.get("from_", tree.args.get("from")) is None:
+        raise UnsafeQuery(f"{what} must select FROM a table in every branch")
+    return [tree]
+
+
+def _pinned(node: exp.Expression) -> bool:
+    """True when every row ``node`` accepts equals a bound parameter on some column."""
+    if isinstance(node, exp.Paren):
+        return _pinned(node.this)
+    if isinstance(node, exp.And):
+        return _pinned(node.this) or _pinned(node.expression)
+    if isinstance(node, exp.Or):
+        return _pinned(node.this) and _pinned(node.expression)
+    if isinstance(node, exp.EQ):
+        sides = (node.this, node.expression)
+        return any(_is_side(a, exp.Column, exp.Placeholder) and _is_side(b, exp.Placeholder, exp.Column)
+                   for a, b in (sides, sides[::-1]))
+    return False
+
+
+def _is_side(node: exp.Expression, must: type[exp.Expression], must_not: type[exp.Expression]) -> bool:
+    nodes = list(node.walk())
+    return (all(type(n) in SIDE_NODES | {must} for n in nodes) and any(isinstance(n, must) for n in nodes)
+            and not any(isinstance(n, must_not) for n in nodes))
+
+
+def _joins_columns(node: exp.Expression) -> bool:
+    if isinstance(node, exp.Paren):
+        return _joins_columns(node.this)
+    if isinstance(node, exp.And):
+        return _joins_columns(node.this) or _joins_columns(node.expression)
+    return isinstance(node, exp.EQ) and isinstance(node.this, exp.Column) and isinstance(node.expression, exp.Column)
