@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator.identifiers import Subject
 from orchestrator.testing import make_bucket
-from tests.contract.base import OTHERS, SUBJECT, Beats, ContractStore, TargetContract, subject
+from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
 from workers.targets.base import PermanentError
 from workers.targets.parquet import ParquetConfig, ParquetTarget
 from workers.targets.parquet_files import Location
