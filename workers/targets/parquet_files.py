@@ -48,15 +48,11 @@ TEMP_PREFIX = ".lethe-tmp-"
 
 
 def check_where(where: Mapping[str, str]) -> None:
-    """The map-load rule for a lake target's ``where``: plain column names, at least one placeholder."""
-    from workers.targets.base import require_placeholder
+    """The map-load rule for a lake target's ``where`` (the selectors' one rule): plain column names, at
+    least one placeholder."""
+    from workers.targets.selectors import check_match
 
-    if not where:
-        raise ValueError("where needs at least one column")
-    bad = [column for column in where if not COLUMN.fullmatch(column)]
-    if bad:
-        raise ValueError(f"where columns must be plain column names (letters, digits, _): {bad[0]!r}")
-    require_placeholder("where", where)
+    check_match(dict(where), COLUMN, "column", "column name (letters, digits, _)", field="where")
 
 
 def typed_value(text: str, arrow_type: Any, column: str) -> Value:
