@@ -152,6 +152,7 @@ class Lethe:
         pruned = self.ledger.prune(self.settings.record_retention_days, self.settings.tombstone_days)
         if pruned:
             log.info("reconcile.pruned", requests=pruned)
+        self.ledger.sign_head()  # at most one reconcile period of audit entries is ever unsigned
         return len(dispatches)
 
     def send(self, dispatches: list[Dispatch], countdown: float | None = None) -> int:

@@ -28,9 +28,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import certificates
+from orchestrator import certificates, keys
+from orchestrator.certificates import rfc3339
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
+from orchestrator.ledger import proof
 from orchestrator.ledger.db import WIPED_RAW_VALUES, make_engine, migrate, session_factory
 from orchestrator.ledger.models import (
     AuditCheckpoint,
@@ -45,6 +47,7 @@ from orchestrator.ledger.models import (
     Hold,
     OutboxEvent,
     Request,
+    SignedHead,
     Task,
     Tombstone,
 )
@@ -62,7 +65,7 @@ REQUEST_STATUSES = ("received", "planned", "running", "completed", "failed", "ca
                     "awaiting_approval")
 ID_PREFIX_MIN, SHORT_ID_MIN = 4, 8  # shortest prefix taken for a request id / shown for one (as git does)
 REGIMES = {"gdpr", "ccpa"}
-GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
+GENESIS_HASH = proof.GENESIS_HASH
 AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to the audit chain
 IDEMPOTENCY_DAYS = 30
 NOTHING_MATCHED = "nothing matched: the target's selector found no item"  # the reason of a task that deleted 0
@@ -164,10 +167,6 @@ def due_date(received: datetime, regime: str) -> datetime:
     return received.replace(year=year, month=month, day=day)
 
 
-def rfc3339(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 class Ledger:
     def __init__(self, database_url: str, subject_key: bytes, signing_key: Ed25519PrivateKey,
                  lease_seconds: int = 600):
@@ -180,6 +179,11 @@ class Ledger:
         seal_key = hmac.new(subject_key, b"lethe/seal/v1", hashlib.sha256).digest()
         self._aead = AESGCM(seal_key)
         self._maps: dict[str, DataMap] = {}
+        proof.track_rows(self.sessions, lambda s, rows: self._audit(s, "rows.changed", None, actor="ledger",
+                                                                    detail={"rows": rows}))
+        with self.sessions.begin() as s:  # another key than the ledger's: KeyMismatch, nothing written
+            if keys.check(s, subject_key, signing_key, self._unseal):
+                self._adopt(s)
 
     # -- sealing raw identifiers while a request runs -----------------------------------------------
     def _seal(self, request_id: str, subject: Subject) -> bytes:
@@ -987,10 +991,12 @@ class Ledger:
             "exemptions": [{"store": st.name, "reason": st.not_erased} for st in datamap.stores if st.not_erased],
             "audit_head": audit_head,
             "issued_at": rfc3339(issued),
+            "key_id": certificates.key_id(self.signing_key.public_key()),
         }
         signed = certificates.sign(body, self.signing_key)
         s.add(Certificate(request_id=request.id, body=certificates.canonical_json(signed).decode(), issued_at=issued))
         self._audit(s, "certificate.issued", request.id, detail={"sha256": certificates.sha256_hex(signed)})
+        proof.sign_head(s, self.signing_key, *s.info["audit_head"])  # every certificate: a signed head
 
     def certificate(self, request_id: str) -> dict[str, Any]:
         """The signed certificate of a completed request."""
@@ -1006,68 +1012,80 @@ class Ledger:
     def public_key_pem(self) -> str:
         return certificates.public_pem(self.signing_key)
 
-    def verify(self) -> list[str]:
-        """Walk the audit chain, completion records and certificates; return the problems (the first names
-        the first bad entry), or an empty list when the ledger is intact."""
-        problems: list[str] = []
-        expected_records: dict[tuple[str, str], dict[str, Any]] = {}
-        certified: dict[str, str] = {}  # request id -> sha256 of the certificate the chain recorded
-        chain_hashes: set[str] = set()
+    def public_keys(self) -> list[keys.KnownKey]:
+        """Every signing key this ledger has used, oldest first (the last one signs now)."""
         with self.sessions() as s:
-            checkpoint = s.get(AuditCheckpoint, 1)
-            prev_id, prev_hash = (0, GENESIS_HASH)
-            if checkpoint is not None:
-                prev_id, prev_hash = checkpoint.last_pruned_id, checkpoint.last_pruned_hash
-            for entry in s.scalars(select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)):
-                where = f"audit entry {entry.id} ({entry.action})"
-                if entry.id != prev_id + 1:
-                    problems.append(f"{where}: entries {prev_id + 1}..{entry.id - 1} are missing")
-                if entry.prev_hash != prev_hash:
-                    problems.append(f"{where}: does not follow the entry before it (removed or reordered)")
-                if audit_hash(entry) != entry.hash:
-                    problems.append(f"{where}: its content was changed")
-                prev_id, prev_hash = entry.id, entry.hash
-                chain_hashes.add(entry.hash)
-                if entry.action == "task.completed" and not entry.detail.get("dry_run"):
-                    d = entry.detail
-                    expected_records[(entry.request_id or "", d.get("target", ""))] = {
-                        k: d.get(k) for k in ("target", "deleted", "residue", "level", "verified_at")}
-                if entry.action == "certificate.issued":
-                    certified[entry.request_id or ""] = entry.detail.get("sha256", "")
-            for record in s.scalars(select(CompletionRecord).order_by(CompletionRecord.id)):
-                expected = expected_records.pop((record.request_id, record.target), None)
-                where = f"completion record {record.request_id}/{record.target}"
-                if expected is None:
-                    problems.append(f"{where}: not in the audit chain")
-                elif _record_detail(record) != expected:
-                    problems.append(f"{where}: differs from the audit chain")
-            for request_id, target in expected_records:
-                if s.get(Request, request_id) is not None:
-                    problems.append(f"completion record {request_id}/{target}: removed")
-            public = self.signing_key.public_key()
-            for cert in s.scalars(select(Certificate)):
-                body = json.loads(cert.body)
-                where = f"certificate {cert.request_id}"
-                if not certificates.verify(body, public):
-                    problems.append(f"{where}: bad signature")
-                elif certified.get(cert.request_id) != certificates.sha256_hex(body):
-                    problems.append(f"{where}: not the one the audit chain recorded")
-                elif body.get("audit_head") not in chain_hashes:
-                    problems.append(f"{where}: its audit_head is not in the chain")
-        return problems
+            return keys.known_keys(s)
+
+    def verify(self) -> list[str]:
+        """Walk the audit chain, its signed heads and checkpoint, the rows it protects (requests, holds,
+        tombstones), completion records and certificates; return the problems (the first names the first bad
+        entry), or an empty list when the ledger is intact."""
+        with self.sessions() as s:
+            return proof.verify(s)
+
+    def signed_through(self) -> tuple[int, int]:
+        """(last signed entry, last entry): a truncated tail after the last signed head goes unnoticed."""
+        with self.sessions() as s:
+            return (s.scalar(select(func.max(SignedHead.entry_id))) or 0,
+                    s.scalar(select(func.max(AuditEntry.id))) or 0)
+
+    def sign_head(self) -> bool:
+        """Sign the chain's head if it is not signed yet (reconcile calls this: never more than one pass of
+        entries unsigned). Returns True when it signed."""
+        with self.sessions.begin() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            head = s.execute(select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).first()
+            if head is None or s.get(SignedHead, head[0]) is not None:
+                return False
+            proof.sign_head(s, self.signing_key, head[0], head[1])
+            return True
+
+    def rotate_signing_key(self, new_key: Ed25519PrivateKey, actor: str = "cli") -> str:
+        """Take a new signing key: the rotation is an audit entry, cross-signed by the old key and the new
+        one; from then on the new key signs. Returns its key_id. Every earlier certificate still verifies."""
+        with self.sessions.begin() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            statement = keys.rotate(s, self.signing_key, new_key)
+            self._audit(s, "keys.rotated", None, actor=actor, detail=statement)
+            proof.sign_head(s, self.signing_key, *s.info["audit_head"])  # the old key's last head
+        self.signing_key = new_key
+        self.sign_head()  # the new key's first
+        return str(statement["key_id"])
+
+    def _adopt(self, s: Session) -> None:
+        """First use since migration 0006: what the ledger held before is put on the chain as it is now (row
+        digests), the pruning checkpoint is signed and the head is signed, so proof starts from here."""
+        checkpoint = s.get(AuditCheckpoint, 1)
+        if checkpoint is not None and checkpoint.signature is None:
+            proof.sign_checkpoint(checkpoint, self.signing_key)
+        for model in proof.PROTECTED:
+            rows = {proof.row_key(row): proof.row_digest(row) for row in s.scalars(select(model))}
+            names = sorted(rows)
+            for start in range(0, len(names), 10_000):
+                self._audit(s, "rows.adopted", None, actor="ledger",
+                            detail={"rows": {k: rows[k] for k in names[start:start + 10_000]}})
+        if "audit_head" in s.info:
+            proof.sign_head(s, self.signing_key, *s.info["audit_head"])
 
     def prune(self, retention_days: int, tombstone_days: int = 90) -> int:
-        """Forget finished requests older than the retention period, and idempotency keys after 30 days.
+        """Forget finished requests older than the retention period, tombstones after ``tombstone_days`` and
+        idempotency keys after 30 days.
 
         Only a prefix of the audit chain can go (the chain must stay contiguous): the entries before the
-        first one of a request that is kept. A checkpoint keeps the hash the remaining chain starts from, so
-        verify-ledger still proves the rest. Returns the number of requests pruned.
+        first one of a request that is kept. A signed checkpoint keeps the hash the remaining chain starts
+        from, so verify-ledger still proves the rest; the digests of held and tombstoned rows those entries
+        recorded are carried over into the prune's entry, and the tombstones removed are named in it.
+        Returns the number of requests pruned.
         """
         at = now()
         with self.sessions.begin() as s:
             if s.get_bind().dialect.name == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
-            s.execute(delete(Tombstone).where(Tombstone.erased_at < at - timedelta(days=tombstone_days)))
+            removed = list(s.scalars(delete(Tombstone).where(
+                Tombstone.erased_at < at - timedelta(days=tombstone_days)).returning(Tombstone.id)))
             s.execute(delete(OutboxEvent).where(OutboxEvent.published_at < at - timedelta(days=IDEMPOTENCY_DAYS)))
             old_keys = Request.received_at < at - timedelta(days=IDEMPOTENCY_DAYS)
             for request in s.scalars(select(Request).where(old_keys, Request.idempotency_key.is_not(None))):
@@ -1076,25 +1094,33 @@ class Ledger:
             expired = select(Request.id).where(Request.status.in_(TERMINAL_REQUEST), Request.completed_at < cutoff)
             kept_first = s.scalar(select(func.min(AuditEntry.id)).where(
                 AuditEntry.request_id.is_not(None), AuditEntry.request_id.not_in(expired)))
-            last_entry = s.scalar(select(func.max(AuditEntry.id)))
-            if last_entry is None:
-                return 0
+            last_entry = s.scalar(select(func.max(AuditEntry.id))) or 0
             through = kept_first - 1 if kept_first is not None else last_entry
             ids = list(s.scalars(select(AuditEntry.request_id).distinct().where(
                 AuditEntry.id <= through, AuditEntry.request_id.is_not(None))))
-            if through < 1 or not ids:
-                return 0
-            last_hash = s.scalar(select(AuditEntry.hash).where(AuditEntry.id == through))
-            assert last_hash is not None
-            checkpoint = s.get(AuditCheckpoint, 1)
-            if checkpoint is None:
-                s.add(AuditCheckpoint(id=1, last_pruned_id=through, last_pruned_hash=last_hash, pruned_at=at))
-            else:
+            detail: dict[str, Any] = {"tombstones_removed": proof.id_ranges(removed)} if removed else {}
+            if through >= 1 and ids:
+                last_hash = s.scalar(select(AuditEntry.hash).where(AuditEntry.id == through))
+                assert last_hash is not None
+                carried = proof.recorded_rows(s, through)
+                proof.apply_rows(carried, detail)
+                detail["restated"] = {k: d for k, d in carried.items()
+                                      if d is not None and not k.startswith("request:")}
+                checkpoint = s.get(AuditCheckpoint, 1)
+                if checkpoint is None:
+                    checkpoint = AuditCheckpoint(id=1)
+                    s.add(checkpoint)
                 checkpoint.last_pruned_id, checkpoint.last_pruned_hash, checkpoint.pruned_at = through, last_hash, at
-            s.execute(delete(AuditEntry).where(AuditEntry.id <= through))
-            s.execute(delete(Request).where(Request.id.in_(ids)))
-            self._audit(s, "ledger.pruned", None, actor="reconcile",
-                        detail={"requests": len(ids), "through_entry": through, "retention_days": retention_days})
+                proof.sign_checkpoint(checkpoint, self.signing_key)
+                s.execute(delete(SignedHead).where(SignedHead.entry_id <= through))
+                s.execute(delete(AuditEntry).where(AuditEntry.id <= through))
+                s.execute(delete(Request).where(Request.id.in_(ids)))
+                detail.update({"requests": len(ids), "through_entry": through, "retention_days": retention_days})
+            else:
+                ids = []
+            if detail:
+                self._audit(s, "ledger.pruned", None, actor="reconcile", detail=detail)
+                proof.sign_head(s, self.signing_key, *s.info["audit_head"])
             return len(ids)
 
     # -- internals ------------------------------------------------------------------------------------
@@ -1205,10 +1231,9 @@ class Ledger:
 
         return any(t.status == "running" or (t.status == "pending" and not blocked(t)) for t in tasks)
 
-    @staticmethod
-    def _audit(s: Session, action: str, request_id: str | None, task_id: str | None = None,
+    def _audit(self, s: Session, action: str, request_id: str | None, task_id: str | None = None,
                actor: str = "worker", detail: dict[str, Any] | None = None) -> str:
-        """Append an entry to the hash chain; returns its hash.
+        """Append an entry to the hash chain; returns its hash. Every ``proof.HEAD_EVERY``-th entry is signed.
 
         Appends are serialised so concurrent writers never fork the chain: a transaction-scoped advisory
         lock on PostgreSQL (held to commit), and SQLite's write lock (every transaction is BEGIN IMMEDIATE).
@@ -1228,12 +1253,9 @@ class Ledger:
         entry.hash = audit_hash(entry)
         s.add(entry)
         s.info["audit_head"] = (entry.id, entry.hash)
+        if entry.id % proof.HEAD_EVERY == 0:
+            proof.sign_head(s, self.signing_key, entry.id, entry.hash)
         return entry.hash
-
-
-def _shared_prefix(a: str, b: str) -> int:
-    """How many leading characters two strings share."""
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _check_reason(reason: str, what: str, subject: Subject | None) -> None:
@@ -1246,6 +1268,11 @@ def _check_reason(reason: str, what: str, subject: Subject | None) -> None:
                           "must never keep: state the ground without it")
 
 
+def _shared_prefix(a: str, b: str) -> int:
+    """How many leading characters two strings share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def _hold_on(holds: dict[str, Hold], subject_hashes: Iterable[str]) -> Hold | None:
     """The active hold (from ``_active_holds``) on any of these subject hashes, if one is."""
     return next((holds[h] for h in subject_hashes if h in holds), None)
@@ -1256,16 +1283,8 @@ def _after_done(task: Task, tasks: Iterable[Task]) -> bool:
     return not task.after or set(task.after) <= {t.target for t in tasks if t.status in DONE_TASK}
 
 
-def audit_hash(entry: AuditEntry) -> str:
-    return certificates.sha256_hex({
-        "id": entry.id, "at": rfc3339(entry.at), "request_id": entry.request_id, "task_id": entry.task_id,
-        "actor": entry.actor, "action": entry.action, "detail": entry.detail, "prev_hash": entry.prev_hash,
-    })
-
-
-def _record_detail(record: CompletionRecord) -> dict[str, Any]:
-    return {"target": record.target, "deleted": record.deleted, "residue": record.residue,
-            "level": record.level, "verified_at": rfc3339(record.verified_at)}
+audit_hash = proof.audit_hash
+_record_detail = proof.record_detail
 
 
 def _insert_if_absent(s: Session, model: type[Base], **values: Any) -> None:

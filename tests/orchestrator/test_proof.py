@@ -55,7 +55,7 @@ def test_certificate_has_the_spec_fields_and_verifies_offline(ledger: Ledger) ->
     cert = ledger.certificate(request_id)
     assert set(cert) == {"version", "request_id", "scope", "subject_hashes", "regime", "received_at", "due_at",
                          "completed_at", "data_map_digest", "targets", "exemptions", "audit_head", "issued_at",
-                         "signature"}
+                         "key_id", "signature"}
     assert cert["request_id"] == request_id and cert["scope"] == "subject"
     assert [(t["target"], t["deleted"], t["residue"], t["level"]) for t in cert["targets"]] == [
         ("photos", 5, 0, "bytes_reclaimed"), ("vectors", 2, 0, "bytes_reclaimed")]

@@ -1,0 +1,286 @@
+"""The proof a ledger keeps of itself, and the walk that checks it (``lethe verify-ledger``).
+
+- The audit chain: each entry's hash covers the one before it, so an edited, removed or reordered entry shows.
+- Signed heads: an entry's hash signed with the signing key, at every certificate, at every ``HEAD_EVERY``-th
+  entry and whenever reconcile finds the head unsigned. Someone with write access to the database but not
+  the key can recompute every hash of a rewritten chain, but not these signatures; so the chain is proven up
+  to the last signed head, and only the entries after it could go unnoticed (docs/threat-model-ledger.md).
+- Protected rows: every change to a request, hold or tombstone row puts a digest of the row's protected
+  fields on the chain (one ``rows.changed`` entry per transaction, written by a session hook, so no code
+  path can forget it); verify recomputes the digests from the rows.
+- The pruning checkpoint is signed, so a checkpoint forged to hide the oldest entries fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import certificates, keys
+from orchestrator.certificates import rfc3339
+from orchestrator.ledger.models import (
+    AuditCheckpoint,
+    AuditEntry,
+    Base,
+    Certificate,
+    CompletionRecord,
+    Hold,
+    LedgerIdentity,
+    Request,
+    SignedHead,
+    Tombstone,
+)
+
+GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
+HEAD_EVERY = 100  # a signed head at every entry whose id is a multiple of this: never more unsigned in a row
+ROW_ACTIONS = ("rows.changed", "rows.adopted", "ledger.pruned")  # entries whose detail carries row digests
+
+# The fields of each protected table that a change must put on the chain. Columns not named here (the
+# sealed subject, idempotency keys, dispatch bookkeeping) change without an entry: they prove nothing.
+PROTECTED: dict[type[Base], tuple[str, tuple[str, ...]]] = {
+    Request: ("request", ("id", "scope", "dataset", "status", "dry_run", "regime", "received_at", "due_at",
+                          "completed_at", "data_map_digest", "subject_hashes", "actor", "approved_by",
+                          "approved_at", "extension_reason")),
+    Hold: ("hold", ("id", "subject_hash", "reason", "until", "created_at", "created_by", "released_at",
+                    "released_by")),
+    Tombstone: ("tombstone", ("id", "subject_hash", "request_id", "erased_at")),
+}
+
+
+def audit_hash(entry: AuditEntry) -> str:
+    return certificates.sha256_hex({
+        "id": entry.id, "at": rfc3339(entry.at), "request_id": entry.request_id, "task_id": entry.task_id,
+        "actor": entry.actor, "action": entry.action, "detail": entry.detail, "prev_hash": entry.prev_hash,
+    })
+
+
+# -- protected rows ---------------------------------------------------------------------------------------
+def row_key(row: Base) -> str:
+    return f"{PROTECTED[type(row)][0]}:{row.id}"  # type: ignore[attr-defined]
+
+
+def row_digest(row: Base) -> str:
+    fields = PROTECTED[type(row)][1]
+    values = {f: getattr(row, f) for f in fields}
+    return certificates.sha256_hex({f: rfc3339(v) if isinstance(v, datetime) else v for f, v in values.items()})
+
+
+def apply_rows(expected: dict[str, str | None], detail: dict[str, Any]) -> None:
+    """Update ``row key -> digest`` (None: deleted) with what one entry says, in chain order: ``rows`` are
+    changes; ``restated`` are digests a prune carried over from the entries it removed (a later change wins);
+    ``tombstones_removed`` are id ranges a prune deleted."""
+    expected.update(detail.get("rows") or {})
+    for key, digest in (detail.get("restated") or {}).items():
+        expected.setdefault(key, digest)
+    for first, last in detail.get("tombstones_removed") or []:
+        for tombstone_id in range(first, last + 1):
+            expected.pop(f"tombstone:{tombstone_id}", None)
+
+
+def track_rows(sessions: sessionmaker[Session], append: Callable[[Session, dict[str, str | None]], object]) -> None:
+    """Put every change of a protected row on the chain: after each flush the changed rows' digests are
+    noted; before commit they go into one entry, through ``append(session, rows)``."""
+
+    @event.listens_for(sessions, "after_flush")
+    def _note(s: Session, _context: Any) -> None:
+        changed = [row for row in (*s.new, *s.dirty) if type(row) in PROTECTED]
+        gone = [row for row in s.deleted if type(row) in PROTECTED]
+        if changed or gone:
+            pending = s.info.setdefault("rows_pending", {})
+            pending.update({row_key(row): row_digest(row) for row in changed})
+            pending.update({row_key(row): None for row in gone})
+
+    @event.listens_for(sessions, "before_commit")
+    def _append(s: Session) -> None:
+        s.flush()
+        pending = s.info.pop("rows_pending", None)
+        if pending:
+            append(s, pending)
+
+    @event.listens_for(sessions, "after_commit")
+    @event.listens_for(sessions, "after_rollback")
+    def _forget(s: Session) -> None:
+        # The chain's head and what was signed belong to one transaction: a session used again re-reads them
+        # under the lock.
+        for name in ("audit_head", "heads_signed", "rows_pending"):
+            s.info.pop(name, None)
+
+
+def recorded_rows(s: Session, through: int) -> dict[str, str | None]:
+    """The row digests that the entries up to ``through`` leave in force (what a prune must carry over)."""
+    expected: dict[str, str | None] = {}
+    for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.id <= through,
+                                                            AuditEntry.action.in_(ROW_ACTIONS))
+                            .order_by(AuditEntry.id).execution_options(yield_per=1000)):
+        apply_rows(expected, detail)
+    return expected
+
+
+def id_ranges(ids: Iterable[int]) -> list[list[int]]:
+    """[[first, last], …] of consecutive runs: a prune's thousands of tombstone ids in a few numbers."""
+    ranges: list[list[int]] = []
+    for n in sorted(ids):
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    return ranges
+
+
+# -- signatures -------------------------------------------------------------------------------------------
+def head_body(head: SignedHead) -> dict[str, Any]:
+    return {"audit_entry": head.entry_id, "hash": head.hash, "key_id": head.key_id,
+            "signed_at": rfc3339(head.signed_at)}
+
+
+def sign_head(s: Session, key: Ed25519PrivateKey, entry_id: int, entry_hash: str) -> None:
+    """Sign the chain up to this entry (once per entry; the row is written with the transaction)."""
+    signed: set[int] = s.info.setdefault("heads_signed", set())
+    if entry_id in signed:
+        return
+    signed.add(entry_id)
+    head = SignedHead(entry_id=entry_id, hash=entry_hash, key_id=certificates.key_id(key.public_key()),
+                      signed_at=datetime.now(UTC))
+    head.signature = certificates.signature_of(head_body(head), key)
+    s.add(head)
+
+
+def checkpoint_body(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    return {"last_pruned_id": checkpoint.last_pruned_id, "last_pruned_hash": checkpoint.last_pruned_hash,
+            "pruned_at": rfc3339(checkpoint.pruned_at), "key_id": checkpoint.key_id}
+
+
+def sign_checkpoint(checkpoint: AuditCheckpoint, key: Ed25519PrivateKey) -> None:
+    checkpoint.key_id = certificates.key_id(key.public_key())
+    checkpoint.signature = certificates.signature_of(checkpoint_body(checkpoint), key)
+
+
+# -- verification -----------------------------------------------------------------------------------------
+def verify(s: Session) -> list[str]:
+    """Every problem found, in order: the first names the first bad entry (or row). Empty: intact."""
+    public = {k.key_id: k.public_key for k in keys.known_keys(s)}
+    problems = keys.history_problems(s)
+    identity = s.get(LedgerIdentity, 1)
+    heads_from = 0
+    if identity is None:
+        problems.append("ledger identity: removed (migration 0006 writes it)")
+    else:
+        heads_from = identity.heads_from
+        if identity.subject_key_fingerprint is not None and not certificates.signature_valid(
+                keys.identity_body(identity), identity.signature, public.get(identity.key_id or "")):
+            problems.append("ledger identity: changed (its signature fails)")
+    checkpoint = s.get(AuditCheckpoint, 1)
+    prev_id, prev_hash = 0, GENESIS_HASH
+    if checkpoint is not None:
+        prev_id, prev_hash = checkpoint.last_pruned_id, checkpoint.last_pruned_hash
+        if not certificates.signature_valid(checkpoint_body(checkpoint), checkpoint.signature,
+                                            public.get(checkpoint.key_id or "")):
+            problems.append(f"audit checkpoint (entries 1..{prev_id} pruned): not signed by the ledger's key: "
+                            "forged or changed, so the oldest entries may have been removed")
+    heads = {h.entry_id: h for h in s.scalars(select(SignedHead))}
+    first_id = prev_id + 1
+    expected_records: dict[tuple[str, str], dict[str, Any]] = {}
+    certified: dict[str, str] = {}  # request id -> sha256 of the certificate the chain recorded
+    chain_hashes: set[str] = set()
+    with_entries: set[str] = set()  # requests the chain still has entries of (not pruned)
+    rows: dict[str, str | None] = {}
+    for entry in s.scalars(select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)):
+        where = f"audit entry {entry.id} ({entry.action})"
+        if entry.id != prev_id + 1:
+            problems.append(f"{where}: entries {prev_id + 1}..{entry.id - 1} are missing")
+        if entry.prev_hash != prev_hash:
+            problems.append(f"{where}: does not follow the entry before it (removed or reordered)")
+        if audit_hash(entry) != entry.hash:
+            problems.append(f"{where}: its content was changed")
+        head = heads.pop(entry.id, None)
+        if head is not None and head.hash != entry.hash:
+            problems.append(f"{where}: not the entry its signed head covers: the chain up to it was rewritten")
+        elif head is None and entry.id > heads_from and (entry.id % HEAD_EVERY == 0
+                                                         or entry.action == "certificate.issued"):
+            problems.append(f"{where}: its signed head was removed (the chain may have been rewritten)")
+        elif head is not None and not certificates.signature_valid(head_body(head), head.signature,
+                                                                    public.get(head.key_id)):
+            problems.append(f"{where}: its signed head has a bad signature")
+        prev_id, prev_hash = entry.id, entry.hash
+        chain_hashes.add(entry.hash)
+        if entry.request_id:
+            with_entries.add(entry.request_id)
+        if entry.action in ROW_ACTIONS:
+            apply_rows(rows, entry.detail)
+        if entry.action == "task.completed" and not entry.detail.get("dry_run"):
+            d = entry.detail
+            expected_records[(entry.request_id or "", d.get("target", ""))] = {
+                k: d.get(k) for k in ("target", "deleted", "residue", "level", "verified_at")}
+        if entry.action == "certificate.issued":
+            certified[entry.request_id or ""] = entry.detail.get("sha256", "")
+    for entry_id in sorted(i for i in heads if i >= first_id):
+        problems.append(f"audit entry {entry_id}: removed (a signed head covers it)")
+    problems += _row_problems(s, rows, with_entries)
+    problems += _record_problems(s, expected_records)
+    problems += _certificate_problems(s, certified, chain_hashes, public)
+    return problems
+
+
+def _row_problems(s: Session, expected: dict[str, str | None], with_entries: set[str]) -> list[str]:
+    problems = []
+    for model, (table, _) in PROTECTED.items():
+        for row in s.scalars(select(model).execution_options(yield_per=1000)):
+            key = row_key(row)
+            if key not in expected:
+                problems.append(f"{table} {row.id}: not in the audit chain (written outside lethe)")  # type: ignore[attr-defined]
+            elif expected.pop(key) != row_digest(row):
+                problems.append(f"{table} {row.id}: changed outside the audit chain")  # type: ignore[attr-defined]
+    for key, digest in expected.items():
+        table, _, row_id = key.partition(":")
+        if digest is not None and (table != "request" or row_id in with_entries):
+            problems.append(f"{table} {row_id}: removed outside the audit chain")
+    return problems
+
+
+def _record_problems(s: Session, expected: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    problems = []
+    for record in s.scalars(select(CompletionRecord).order_by(CompletionRecord.id)):
+        recorded = expected.pop((record.request_id, record.target), None)
+        where = f"completion record {record.request_id}/{record.target}"
+        if recorded is None:
+            problems.append(f"{where}: not in the audit chain")
+        elif record_detail(record) != recorded:
+            problems.append(f"{where}: differs from the audit chain")
+    for request_id, target in expected:
+        if s.get(Request, request_id) is not None:
+            problems.append(f"completion record {request_id}/{target}: removed")
+    return problems
+
+
+def _certificate_problems(s: Session, certified: dict[str, str], chain_hashes: set[str],
+                          public: dict[str, Any]) -> list[str]:
+    problems = []
+    first_key = next(iter(public.values()), None)
+    for cert in s.scalars(select(Certificate)):
+        where = f"certificate {cert.request_id}"
+        try:
+            body = certificates.parse_certificate(cert.body.encode())
+        except certificates.CertificateError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        # Certificates issued before they named their key were signed by the ledger's first key.
+        if not certificates.verify(body, public.get(body["key_id"]) if "key_id" in body else first_key):
+            problems.append(f"{where}: bad signature")
+        elif certified.pop(cert.request_id, None) != certificates.sha256_hex(body):
+            problems.append(f"{where}: not the one the audit chain recorded")
+        elif body.get("audit_head") not in chain_hashes:
+            problems.append(f"{where}: its audit_head is not in the chain")
+    for request_id in certified:
+        if s.get(Request, request_id) is not None:
+            problems.append(f"certificate {request_id}: removed")
+    return problems
+
+
+def record_detail(record: CompletionRecord) -> dict[str, Any]:
+    return {"target": record.target, "deleted": record.deleted, "residue": record.residue,
+            "level": record.level, "verified_at": rfc3339(record.verified_at)}
