@@ -4,7 +4,6 @@ the caller's token name and role as its actor (``api:NAME(ROLE)``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -171,8 +170,7 @@ def list_holds(request: Request, _principal: Annotated[Principal, Depends(requir
 def add_hold(body: HoldIn, request: Request,
              principal: Annotated[Principal, Depends(require(Action.HOLD))]) -> dict[str, Any]:
     """Place a legal hold on a subject (admin): their requests wait on_hold, nothing of theirs is deleted."""
-    until = body.until if body.until is None or body.until.tzinfo else body.until.replace(tzinfo=UTC)
-    held = lethe_of(request).add_hold(body.subject, body.reason, until, actor=principal.actor("api"))
+    held = lethe_of(request).add_hold(body.subject, body.reason, body.until, actor=principal.actor("api"))
     return {"held": held}
 
 

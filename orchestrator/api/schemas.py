@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from orchestrator.times import to_utc
 
 RequestStatus = Literal["received", "planned", "running", "completed", "failed", "cancelled", "on_hold",
                         "awaiting_approval"]
@@ -36,7 +38,8 @@ class HoldIn(BaseModel):
 
     subject: dict[str, Any] = Field(description="Identifier kind -> value, validated like a request's.")
     reason: str = Field(min_length=1, max_length=1000, description="The legal ground, kept in the audit trail.")
-    until: datetime | None = Field(None, description="When the hold ends by itself (RFC 3339); none: until released.")
+    until: Annotated[datetime, AfterValidator(to_utc)] | None = Field(
+        None, description="When the hold ends by itself (RFC 3339; no offset: UTC); none: until released.")
 
 
 class HoldRelease(BaseModel):

@@ -20,13 +20,14 @@ from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import InvalidIdentifier
 from orchestrator.ledger.store import TERMINAL_TASK, LedgerError
 from orchestrator.service import Lethe
+from orchestrator.times import InvalidTime
 from workers.targets.base import UnknownTargetKind
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are read by scripts too: no hard wraps
 
 T = TypeVar("T")
-USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind)
+USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind, InvalidTime)
 
 
 class Exit:

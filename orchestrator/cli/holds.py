@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from orchestrator.cli.common import make_lethe, out, parse_subject, user_errors
+from orchestrator.times import parse_time
 
 app = typer.Typer(name="hold", help="Legal holds: a held subject's data is not deleted.", no_args_is_help=True)
 
@@ -19,12 +19,13 @@ app = typer.Typer(name="hold", help="Legal holds: a held subject's data is not d
 def hold_add(
     subject: Annotated[list[str], typer.Option("--subject", help="KIND=VALUE; repeat for several.")],
     reason: Annotated[str, typer.Option(help="The legal ground, e.g. litigation hold case 2026-17.")],
-    until: Annotated[datetime | None, typer.Option(help="Date the hold ends by itself (UTC).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="When the hold ends by itself: ISO 8601 date or time, with an offset or UTC.")] = None,
 ) -> None:
     """Place a legal hold: the subject's requests wait on_hold and nothing of theirs is deleted."""
     lethe = make_lethe()
     with user_errors():
-        ends = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+        ends = parse_time(until) if until is not None else None
         lethe.add_hold(parse_subject(subject), reason, ends, actor="cli")
     out.print("hold placed" + (f" until {ends.isoformat()}" if ends else ""))
 
