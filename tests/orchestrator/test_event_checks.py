@@ -34,7 +34,7 @@ KEY = b"platform-shared-event-secret"
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 MAP = """
 version: 1
-identifiers: {user_id: "[0-9]+", email: email}
+identifiers: {user_id: "[0-9]+", email: "[^@]+@[^@]+"}
 targets:
   - {name: photos, kind: memory, store: photos, match: {owner: "{user_id}"}}
 """

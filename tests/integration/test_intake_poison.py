@@ -1,0 +1,205 @@
+"""Poison messages on the real broker (Redis): each is dead-lettered with its reason and body unchanged, and
+the intake reads on - the good event behind them is filed."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Connection, Producer
+from sqlalchemy import func, select
+
+from orchestrator.events import (
+    CONTENT_TYPE,
+    DATA_WRITTEN,
+    DEAD_QUEUE,
+    ERASURE_REQUESTED,
+    EXCHANGE,
+    declare,
+    intake_queue,
+    make_event,
+    sign,
+)
+from orchestrator.intake import Intake
+from orchestrator.ledger.models import Request
+from orchestrator.service import Lethe
+from workers.targets.memory import MemoryStore
+
+pytestmark = pytest.mark.integration
+
+KEY = b"platform-shared-event-secret"
+MAP = """
+version: 1
+identifiers: {user_id: "[0-9]+"}
+targets:
+  - {name: photos, kind: memory, store: photos, match: {owner: "{user_id}"}}
+"""
+
+
+def signed_raw(event: dict[str, Any]) -> bytes:
+    """Signed with the right key, sent as JSON text with escapes. A lone surrogate has no UTF-8 form, so no
+    signature can cover it: such an event is sent with any signature (as \\ud800 in the JSON text)."""
+    try:
+        return json.dumps(sign(event, KEY)).encode()
+    except UnicodeEncodeError:
+        return json.dumps({**event, "signature": "0" * 64}).encode()
+
+
+def an_event(subject: dict[str, Any]) -> dict[str, Any]:
+    """An erasure request as a platform service would send it, not yet signed."""
+    event = make_event(ERASURE_REQUESTED, {"subject": {}}, source="svc", key=KEY)
+    return {**{k: v for k, v in event.items() if k != "signature"}, "data": {"subject": subject}}
+
+
+def poison() -> dict[bytes, str]:
+    """Bodies that once stopped the intake or slipped past it, with the reason each must get."""
+    good = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY)
+    body = {k: v for k, v in good.items() if k != "signature"}
+    old = datetime.now(UTC) - timedelta(days=8)
+    return {
+        b'{"signature": "' + b"a" * 64 + b'", "data": {"subject": {"user_id": "\\ud800"}}}': "malformed",
+        b"[" * 40_000: "malformed",
+        b'{"id": "\xff\xfe"}': "malformed",
+        '{"id": "x"}'.encode("utf-16"): "malformed",
+        signed_raw({k: v for k, v in body.items() if k != "time"}): "malformed",  # time is required
+        signed_raw({**body, "time": "last tuesday"}): "malformed",
+        json.dumps(make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY,
+                              time=old)).encode(): "stale",
+        json.dumps(make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY,
+                              time=datetime.now(UTC) + timedelta(minutes=10))).encode(): "stale",
+        signed_raw({**body, "data": {"subject": {"user_id": "12"}, "regime": "lgpd"}}): "malformed",
+    }
+
+
+def send(broker: str, bodies: list[bytes]) -> None:
+    with Connection(broker) as conn:
+        producer = Producer(conn.default_channel)
+        for body in bodies:
+            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
+                             content_encoding="binary")
+
+
+def drain_dead(broker: str, expected: int, timeout: float = 20) -> list[tuple[bytes, str]]:
+    got: list[tuple[bytes, str]] = []
+    deadline = time.monotonic() + timeout
+    with Connection(broker) as conn:
+        queue = DEAD_QUEUE(conn.default_channel)
+        while len(got) < expected and time.monotonic() < deadline:
+            message = queue.get(no_ack=True)
+            if message is None:
+                time.sleep(0.05)
+                continue
+            got.append((message.body, message.headers["x-lethe-reason"]))
+    return got
+
+
+def requests_made(lethe: Lethe) -> int:
+    with lethe.ledger.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Request)) or 0
+
+
+@contextmanager
+def running_intake(instance: Lethe, broker: str) -> Iterator[threading.Thread]:
+    with Connection(broker) as connection:
+        intake = Intake(instance, connection, KEY)
+        thread = threading.Thread(target=intake.run, daemon=True)
+        thread.start()
+        try:
+            yield thread
+        finally:
+            intake.should_stop = True
+            thread.join(10)
+
+
+@pytest.fixture
+def lethe(redis_broker: str, pg_database: str, write_map: Callable[[str], Path],
+          make_lethe: Callable[..., Lethe]) -> Lethe:
+    instance = make_lethe(database_url=pg_database, broker_url=redis_broker, data_map=write_map(MAP),
+                          event_key=KEY.decode())
+    with Connection(redis_broker) as conn:
+        declare(conn)
+    MemoryStore.add("photos", {"owner": "12"}, {"owner": "77"})
+    return instance
+
+
+def test_poison_messages_are_dead_lettered_and_the_good_event_behind_them_is_filed(
+        lethe: Lethe, redis_broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Surrogates, 40 KB of '[', bytes that are not UTF-8, no time, a stale time, and an event a bug fails
+    on: each is dead-lettered unchanged with its reason; the good event after them completes."""
+    bodies = poison()
+    buggy = make_event(DATA_WRITTEN, {"subject": {"user_id": "77"}, "target": "photos"}, source="svc", key=KEY)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a bug in lethe on this one message")
+
+    monkeypatch.setattr(lethe.ledger, "tombstones_of", broken)
+    bodies[json.dumps(buggy).encode()] = "malformed"
+    good = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY)
+    send(redis_broker, [*bodies, json.dumps(good).encode()])
+    with lethe.embedded_worker(), running_intake(lethe, redis_broker) as thread:
+        got = drain_dead(redis_broker, len(bodies))
+        deadline = time.monotonic() + 30
+        while requests_made(lethe) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert thread.is_alive()  # nothing stopped the intake
+        with lethe.ledger.sessions() as s:
+            (request_id,) = s.scalars(select(Request.id))
+        assert lethe.wait(request_id, timeout=30)["status"] == "completed"
+    assert sorted(got) == sorted(bodies.items())  # body unchanged, reason as the SPEC names it
+    assert [r["owner"] for r in MemoryStore.records("photos")] == ["77"]
+    counts = lethe.ledger.dead_letter_counts()
+    assert counts == {"malformed": 8, "stale": 2}
+    with Connection(redis_broker) as conn:
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+
+
+hostile_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=12)
+bodies = st.one_of(
+    st.binary(max_size=300),
+    hostile_json.map(lambda v: json.dumps(v).encode()),
+    st.builds(lambda s, extra: signed_raw({**an_event(s), **extra}),
+              st.dictionaries(st.sampled_from(["user_id", "x"]),
+                              st.sampled_from(["12", "*", "\ud800", "77"]) | st.text(), max_size=2),
+              st.dictionaries(st.sampled_from(["time", "type", "specversion", "x"]), hostile_json, max_size=2)),
+    st.integers(min_value=1, max_value=3000).map(lambda n: b"[" * n + b"{" * n),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(bodies, min_size=1, max_size=8))
+def test_any_batch_is_filed_or_dead_lettered_on_the_real_broker(lethe: Lethe, redis_broker: str, batch: list[bytes],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Every message the consumer reads is settled - dead-lettered, or acknowledged as filed, duplicate or
+    ignored (one intake.event line) - none is left on the queue, and the consumer lives."""
+    caplog.set_level("INFO")
+    caplog.clear()
+    with Connection(redis_broker) as conn:
+        for queue in (intake_queue(), DEAD_QUEUE):
+            queue(conn.default_channel).purge()
+
+    def settled() -> tuple[int, int]:
+        accepted = sum(1 for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "intake.event")
+        with Connection(redis_broker) as conn:
+            return accepted, DEAD_QUEUE(conn.default_channel).queue_declare().message_count
+
+    send(redis_broker, batch)
+    with running_intake(lethe, redis_broker) as thread:
+        deadline = time.monotonic() + 20
+        while sum(settled()) < len(batch) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert thread.is_alive()
+    assert sum(settled()) == len(batch)
+    with Connection(redis_broker) as conn:  # the consumer closed: anything unacknowledged would be back
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
