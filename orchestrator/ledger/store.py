@@ -756,6 +756,15 @@ class Ledger:
             request = self._request(s, request_id)
             return status_object(request, self._tasks(s, request_id))
 
+    def not_dispatched_count(self, request_ids: Sequence[str]) -> int:
+        """How many tasks of these requests are on record as not dispatched (a bulk erasure's warning)."""
+        count = 0
+        with self.sessions() as s:
+            for start in range(0, len(request_ids), 10_000):
+                count += s.scalar(select(func.count()).select_from(Task).where(
+                    Task.request_id.in_(request_ids[start:start + 10_000]), Task.not_dispatched_at.is_not(None))) or 0
+        return count
+
     def resolve_request_id(self, given: str) -> str:
         """The id of the request ``given`` names: its whole id or, as git takes commits, any unique prefix of
         at least ID_PREFIX_MIN characters. Raises UnknownRequest, or LedgerError saying how many it matches."""

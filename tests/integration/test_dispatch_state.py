@@ -47,6 +47,7 @@ def test_broker_down_at_submit_is_on_record_and_reconcile_sends_it_at_once(
     request_id, created = down.submit({"user_id": "12"})
     status = down.ledger.status(request_id)
     assert created and status["status"] == "planned" and status["not_dispatched"] == 1, status
+    assert down.ledger.not_dispatched_count([request_id]) == 1
     first, second = status["tasks"]
     assert first["not_dispatched_at"] is not None and "not dispatched" in first["error"]
     assert second["not_dispatched_at"] is None and second["error"] is None  # waits for `after`, not sent yet
@@ -58,6 +59,7 @@ def test_broker_down_at_submit_is_on_record_and_reconcile_sends_it_at_once(
         assert done["status"] == "completed" and done["not_dispatched"] == 0, done
         assert all(t["error"] is None and t["not_dispatched_at"] is None for t in done["tasks"])
         assert up.reconcile() == 0  # sent once: not re-sent on every pass
+        assert up.ledger.not_dispatched_count([request_id]) == 0
     for store in ("sessions", "faces"):
         assert owners(store) == {"12": 0, "123": 3, "7": 3}
 
