@@ -224,6 +224,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "delta": "workers.targets.delta:DeltaTarget",
     "iceberg": "workers.targets.iceberg:IcebergTarget",
     "parquet": "workers.targets.parquet:ParquetTarget",
+    "sql": "workers.targets.sql:SqlTarget",
 }
 ENTRY_POINT_GROUP = "lethe.targets"
 # kind -> (the extra that installs its engine, the top-level modules that extra provides). Checked before the
