@@ -22,11 +22,24 @@ class InvalidIdentifier(ValueError):
     """An identifier kind or value that must not reach a selector. The message never repeats the value."""
 
 
+CASE_FOLDED_KINDS = frozenset({"email"})  # kinds whose values are one subject in any letter case (SPEC)
+
+
+def canonical(kind: str, value: str) -> str:
+    """The one form of a value: NFC, and lowercased for emails. What is hashed and what fills a selector,
+    so ``CARL@Example.com`` and ``carl@example.com`` are one subject and erase the same data."""
+    text = unicodedata.normalize("NFC", value)
+    if kind in CASE_FOLDED_KINDS:
+        text = unicodedata.normalize("NFC", text.lower())  # lower() can decompose (İ -> i + U+0307)
+    return text
+
+
 def normalise_value(kind: str, value: object, pattern: re.Pattern[str] | None = None) -> str:
-    """Return the NFC form of ``value`` or raise InvalidIdentifier saying why it is unsafe."""
+    """Return the canonical form of ``value`` or raise InvalidIdentifier saying why it is unsafe. Every
+    door (CLI, API, events, subjects files, holds, lineage) builds subjects through this."""
     if not isinstance(value, str):
         raise InvalidIdentifier(f"{kind}: the value must be a string")
-    text = unicodedata.normalize("NFC", value)
+    text = canonical(kind, value)
     if not text:
         raise InvalidIdentifier(f"{kind}: the value is empty")
     if len(text) > MAX_VALUE_LENGTH:
@@ -46,11 +59,9 @@ def normalise_value(kind: str, value: object, pattern: re.Pattern[str] | None = 
 
 
 def keyed_hash(key: bytes, kind: str, value: str) -> str:
-    """hex(HMAC-SHA256(key, kind + ":" + NFC(value))), emails lowercased first (SPEC)."""
-    text = unicodedata.normalize("NFC", value)
-    if kind == "email":
-        text = text.lower()
-    return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()
+    """hex(HMAC-SHA256(key, kind + ":" + NFC(value))), emails lowercased first (SPEC): of the canonical
+    form, which a value from ``normalise_value`` already is (canonical() is idempotent)."""
+    return hmac.new(key, f"{kind}:{canonical(kind, value)}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

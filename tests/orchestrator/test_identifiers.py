@@ -309,3 +309,43 @@ def test_subject_12_never_reaches_123() -> None:
     p12 = fill(PREFIX_TEMPLATE, Subject.parse({"user_id": "12"}, PATTERNS))
     assert p12 == "users/12/"
     assert not "users/123/photo.jpg".startswith(p12)
+
+
+# -- one normalisation: what is hashed is what fills the selector (issue 17 item 6) ------------------------
+_emails = st.builds(lambda local, domain: f"{local}@{domain}",
+                    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")),
+                            min_size=1, max_size=20),
+                    st.sampled_from(["example.com", "EXAMPLE.org", "Straße.de", "İstanbul.tr"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(kind=st.sampled_from(["email", "user_id"]), value=st.one_of(_values, _emails))
+def test_normalise_is_idempotent_and_hashes_like_the_raw_form(kind: str, value: str) -> None:
+    """normalise(normalise(x)) == normalise(x) and hash(normalise(x)) == hash(x), in NFC or NFD."""
+    try:
+        once = normalise_value(kind, value)
+    except InvalidIdentifier:
+        return
+    assert normalise_value(kind, once) == once
+    assert keyed_hash(KEY, kind, once) == keyed_hash(KEY, kind, value)
+    assert keyed_hash(KEY, kind, unicodedata.normalize("NFD", value)) == keyed_hash(KEY, kind, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_emails, flip=st.sampled_from([str.upper, str.lower, str.swapcase, str.title]))
+def test_an_email_in_another_case_fills_the_selector_it_hashes_as(value: str, flip) -> None:  # type: ignore[no-untyped-def]
+    """Two spellings that hash alike are one subject and fill the same selector (CARL@ selected nothing)."""
+    try:
+        a = Subject.parse({"email": value}, PATTERNS)
+        b = Subject.parse({"email": flip(value)}, PATTERNS)
+    except InvalidIdentifier:
+        return
+    if a.hashes(KEY) == b.hashes(KEY):
+        assert fill("mail/{email}/", a) == fill("mail/{email}/", b)
+    assert a["email"] == unicodedata.normalize("NFC", a["email"].lower())  # the selector gets the hashed form
+
+
+def test_carl_in_capitals_selects_carls_mail() -> None:
+    subject = Subject.parse({"email": "CARL@Example.com"}, PATTERNS)
+    assert fill("mail/{email}/", subject) == "mail/carl@example.com/"
+    assert subject.hashes(KEY) == Subject.parse({"email": "carl@example.com"}, PATTERNS).hashes(KEY)
