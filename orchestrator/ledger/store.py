@@ -53,6 +53,7 @@ from orchestrator.ledger.models import (
 )
 from orchestrator.logs import mentions
 from orchestrator.planner import plan
+from orchestrator.times import to_utc
 
 TERMINAL_TASK = frozenset({"completed", "failed", "skipped"})
 PARKED_TASK = frozenset({"held", "awaiting_approval"})  # waits for a person: a hold's release, an approval
@@ -1352,8 +1353,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         at, rid = raw.split("|", 1)
         when = datetime.fromisoformat(at)
         uuid.UUID(rid)
+        if when.tzinfo is None:
+            raise LedgerError("bad cursor")
+        return to_utc(when), rid  # a forged cursor past the UTC range is refused (InvalidTime), not a 500
     except (ValueError, UnicodeDecodeError):
         raise LedgerError("bad cursor") from None
-    if when.tzinfo is None:
-        raise LedgerError("bad cursor")
-    return when, rid

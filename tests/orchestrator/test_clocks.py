@@ -116,3 +116,15 @@ def test_cli_hold_until_with_an_offset(backend: str, tmp_path: Path, write_map, 
     holds = json.loads(listed.stdout)["items"]
     assert [datetime.fromisoformat(h["until"]) for h in holds] == [until] and holds[0]["active"]
     assert holds[0]["until"].endswith("Z")
+
+
+@pytest.mark.integration
+def test_a_cursor_past_the_utc_range_is_a_clear_error(ledger: Ledger) -> None:
+    """A forged list cursor is an outside time too: past the UTC range it is "bad cursor", not a 500."""
+    import base64
+
+    from orchestrator.ledger.store import LedgerError
+
+    raw = b"9999-12-31T23:59:59-14:00|00000000-0000-0000-0000-000000000000"
+    with pytest.raises(LedgerError, match="bad cursor"):
+        ledger.list_requests(cursor=base64.urlsafe_b64encode(raw).decode())
