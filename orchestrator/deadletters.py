@@ -68,7 +68,7 @@ def dead_letter(connection: Connection, body: bytes, reason: str, *, content_typ
     """Put ``body``, unchanged, on the dead queue with its reason; returns the dead letter's id."""
     dead_id = str(uuid.uuid4())
     headers = {REASON: reason, DEAD_LETTER_ID: dead_id,
-               DEAD_LETTERED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+               DEAD_LETTERED_AT: datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
     if replay_of:
         headers[REPLAY_OF] = replay_of
     _publish_dead(Producer(connection.default_channel), body, headers, content_type)
@@ -82,8 +82,8 @@ def _publish_dead(producer: Producer, body: bytes, headers: dict[str, Any], cont
 
 
 def list_dead_letters(connection: Connection) -> list[DeadLetter]:
-    """Every dead letter in the queue, oldest first."""
-    return _walk(connection, lambda _entry: False)
+    """Every dead letter in the queue, oldest first (the queue's own order changes as it is walked)."""
+    return sorted(_walk(connection, lambda _entry: False), key=lambda entry: entry.dead_lettered_at or "")
 
 
 def replay(connection: Connection, id_or_prefix: str) -> DeadLetter:
@@ -117,7 +117,7 @@ def _walk(connection: Connection, take: Callable[[DeadLetter], bool]) -> list[De
     queue = DEAD_QUEUE(channel)
     producer = Producer(channel)
     seen: list[DeadLetter] = []
-    for _ in range(queue.queue_declare(passive=True).message_count):
+    for _ in range(queue.queue_declare().message_count):
         message = queue.get(no_ack=False)
         if message is None:  # another reader took the rest
             break

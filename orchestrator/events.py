@@ -33,6 +33,7 @@ from orchestrator.certificates import canonical_json
 from orchestrator.config import Settings
 from orchestrator.identifiers import InvalidIdentifier, Subject
 from orchestrator.ledger.store import stored_idempotency_key
+from orchestrator.times import to_utc
 
 if TYPE_CHECKING:
     from orchestrator.datamap import DataMap
@@ -244,10 +245,7 @@ def event_time(value: str) -> datetime:
     required: a time without one names no instant)."""
     if not _RFC3339.fullmatch(value):
         raise ValueError("not an RFC 3339 date-time with an offset")
-    try:
-        return datetime.fromisoformat(value.upper()).astimezone(UTC)  # beyond microseconds: cut
-    except OverflowError:
-        raise ValueError("outside the range of UTC date-times") from None
+    return to_utc(datetime.fromisoformat(value.upper()))  # InvalidTime (a ValueError) past the UTC range
 
 
 def _authenticated(raw: dict[str, Any], key: bytes) -> None:
