@@ -1,7 +1,8 @@
 """``lethe demo``: a synthetic estate on embedded stores, erased through the real pipeline.
 
 Stores: a versioned S3 photo bucket on moto's server (photos with old versions, some delete markers), a Feast
-feature repo (SQLite online store, Parquet offline files), a LanceDB face-embedding table, an in-memory
+feature repo (SQLite online store, Parquet offline files), a Delta training manifest of the photos with the
+demographic columns (age, gender, location; several versions), a LanceDB face-embedding table, an in-memory
 session store, and an MLflow registry with models trained on two halves of the users (recorded with lethe's
 lineage) and one trained on consented data only. Broker and worker run in-process; the ledger is SQLite.
 Every erased user must be gone from every store, and every other user intact, as read back through each
@@ -48,6 +49,11 @@ targets:
     location: {vectors}
     table: faces
     match: {{owner: "{{user_id}}"}}
+    after: [profile-photos]
+  - name: training-manifest
+    kind: delta
+    uri: {manifest}
+    where: {{user_id: "{{user_id}}"}}
     after: [profile-photos]
   - name: sessions
     kind: memory
@@ -124,7 +130,7 @@ def serving(tracking_uri: str) -> set[str]:
 
 
 def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
-    from orchestrator.demo_estate import build_demo_repo
+    from orchestrator.demo_estate import build_demo_repo, build_training_manifest
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -142,6 +148,7 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
         put_objects(endpoint, BUCKET, [f"users/{u}/photo-{p}.jpg" for u in users for p in (1, 2)], versions=2)
         put_objects(endpoint, BUCKET, [f"users/{u}/old-avatar.jpg" for u in users[::3]], delete_marker=True)
         build_demo_repo(workdir / "feature_repo", users)
+        build_training_manifest(workdir / "lake" / "faces_manifest", users)
         seed_faces(workdir / "vectors", users)
         tracking_uri, members = seed_models(workdir, users)
         MemoryStore.clear()
@@ -149,6 +156,7 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
 
         map_path = workdir / "datamap.yaml"
         map_path.write_text(DATA_MAP.format(endpoint=endpoint, bucket=BUCKET, feature_repo=workdir / "feature_repo",
+                                            manifest=workdir / "lake" / "faces_manifest",
                                             vectors=workdir / "vectors", tracking_uri=tracking_uri))
         lethe = Lethe(Settings(database_url=f"sqlite:///{workdir / 'lethe.db'}", data_map=map_path, broker_url=None))
         key = lethe.settings.subject_key_bytes

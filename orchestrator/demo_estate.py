@@ -135,3 +135,46 @@ def build_demo_repo(
     if materialize:
         store.materialize(repo.start, repo.end)
     return repo
+
+
+# --- Delta training manifest --------------------------------------------------------------------------------
+
+MANIFEST_GENDERS = ("female", "male", "nonbinary", "undisclosed")
+MANIFEST_LOCATIONS = ("Lisbon", "Berlin", "Dublin", "Warsaw", "Malmo", "Lyon")
+
+
+def manifest_rows(user_ids: Sequence[str], photos_per_user: int = 2) -> Any:
+    """The manifest's rows for some users: one per photo (its S3 key) with the user's demographic columns,
+    derived from the id so every build is the same."""
+    import pyarrow as pa
+
+    rows = [(u, p) for u in user_ids for p in range(1, photos_per_user + 1)]
+    digest = {u: sum(ord(c) * (i + 3) for i, c in enumerate(u)) for u in user_ids}
+    return pa.table({
+        "user_id": pa.array([int(u) for u, _ in rows], pa.int64()),
+        "photo_key": [f"users/{u}/photo-{p}.jpg" for u, p in rows],
+        "age": pa.array([18 + digest[u] % 60 for u, _ in rows], pa.int32()),
+        "gender": [MANIFEST_GENDERS[digest[u] % len(MANIFEST_GENDERS)] for u, _ in rows],
+        "location": [MANIFEST_LOCATIONS[digest[u] % len(MANIFEST_LOCATIONS)] for u, _ in rows],
+        "split": ["train" if digest[u] % 5 else "eval" for u, _ in rows],
+    })
+
+
+def build_training_manifest(uri: Path | str, user_ids: Sequence[str], *, photos_per_user: int = 2,
+                            batches: int = 3) -> Path:
+    """A Delta table of the photos a training run used, appended in ``batches`` commits (so older versions
+    exist, each reading the users of the batches before it), then relabelled once (an update commit).
+
+    Data map entry for it: ``{kind: delta, uri: <uri>, where: {user_id: "{user_id}"}}``.
+    """
+    from deltalake import DeltaTable, write_deltalake
+
+    path = Path(uri).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    users = list(user_ids)
+    size = max(1, -(-len(users) // batches))
+    for start in range(0, len(users), size):
+        write_deltalake(str(path), manifest_rows(users[start:start + size], photos_per_user), mode="append")
+    # A curation pass moves one split: a version that rewrites files, as real manifests get.
+    DeltaTable(str(path)).update(predicate="split = 'eval' AND age > 60", updates={"split": "'train'"})
+    return path

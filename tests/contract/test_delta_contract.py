@@ -173,6 +173,21 @@ class DeltaContract(TargetContract):
         assert not orphan.exists() and target.verify(subject(SUBJECT)) == 0
 
 
+    def test_concurrent_purges_of_one_table_both_finish(
+        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int]
+    ) -> None:
+        """Two workers purging two subjects from one table at once: both erased, the others intact, no
+        version reads either (a log cut never takes the commits a concurrent delete is checking)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(lambda uid: DeltaTarget(target.config).purge(subject(uid), Beats()),
+                                 [SUBJECT, "1234"]))
+        assert done == [seeded[SUBJECT], seeded["1234"]]
+        assert target.verify(subject(SUBJECT)) == 0 and target.verify(subject("1234")) == 0
+        assert store.remaining("123") == seeded["123"] and store.remaining("112") == seeded["112"]
+
+
 class TestDeltaStringContract(DeltaContract):
     integer = False
 

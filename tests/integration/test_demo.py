@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 pytestmark = pytest.mark.integration
 
@@ -22,3 +26,25 @@ def test_demo_erases_and_verifies(tmp_path: Path) -> None:
     assert "every erased user is gone from every store and everyone else is intact" in result.stdout
     assert "requests completed: 3/3" in result.stdout
     assert len(list((tmp_path / "demo" / "certificates").glob("*.json"))) == 3
+    erased = set(re.search(r"erased ids \(shown only in this demo\): ([0-9, ]+)", result.stdout)
+                 .group(1).replace(" ", "").split(","))  # type: ignore[union-attr]
+    assert len(erased) == 3
+    _manifest_holds_no_erased_user(tmp_path / "demo" / "lake" / "faces_manifest", erased, subjects=40)
+
+
+def _manifest_holds_no_erased_user(uri: Path, erased: set[str], subjects: int) -> None:
+    """The Delta training manifest: no version that can still be loaded, and no data file under the table,
+    holds a row of an erased user; every other user keeps both photos' rows."""
+    current = DeltaTable(str(uri))
+    for version in range(current.version() + 1):
+        try:
+            rows = DeltaTable(str(uri), version=version).to_pyarrow_table(columns=["user_id"])
+        except Exception:  # vacuumed or cut from the log: time travel cannot reach it
+            continue
+        assert not erased & {str(u) for u in rows.column("user_id").to_pylist()}, f"version {version}"
+    files = [p for p in uri.rglob("*.parquet") if "_delta_log" not in p.parts]
+    assert files
+    for path in files:
+        assert not erased & {str(u) for u in pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist()}
+    kept = Counter(str(u) for u in current.to_pyarrow_table(columns=["user_id"]).column("user_id").to_pylist())
+    assert kept == {str(u): 2 for u in range(1, subjects + 1) if str(u) not in erased}

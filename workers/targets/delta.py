@@ -63,6 +63,7 @@ from workers.targets.parquet_files import (
     Value,
     check_where,
     count_in_file,
+    directory_lock,
     local_fs,
     mask,
     typed_values,
@@ -134,7 +135,9 @@ class DeltaTarget:
             return self._count_version(table, self._values(subject, table))
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
-        with vendor_errors(f"{self.where}: purge"):
+        # One purge of a table at a time on this host: a log cut under a concurrent purge's delete would
+        # take the commits its conflict check reads (other writers retry; see the module docstring).
+        with vendor_errors(f"{self.where}: purge"), directory_lock(self._log_dir()):
             table = self._table()
             values = self._values(subject, table)
             self.files_total = len(table.file_uris())
@@ -168,6 +171,11 @@ class DeltaTarget:
         if not DeltaTable.is_deltatable(str(self.root)):
             raise PermanentError(f"{self.where}: uri is not a Delta table")
         return DeltaTable(str(self.root))
+
+    def _log_dir(self) -> Path:
+        if not (self.root / LOG).is_dir():
+            raise PermanentError(f"{self.where}: uri is not a Delta table")
+        return self.root / LOG
 
     def _values(self, subject: Subject, table: Any) -> dict[str, Value]:
         filled = {column: fill(template, subject) for column, template in self.config.where.items()}

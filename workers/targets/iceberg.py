@@ -54,6 +54,7 @@ from workers.targets.parquet_files import (
     Value,
     check_where,
     count_in_file,
+    directory_lock,
     local_fs,
     mask,
     typed_values,
@@ -122,6 +123,14 @@ class IcebergTarget:
             return self._count_snapshot(table, self._values(subject, table), None)
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        with vendor_errors(f"{self.where}: purge"):
+            table = self._table()
+            # One purge of a table at a time on this host: an expiry must not delete the files of a snapshot
+            # a concurrent purge is committing on.
+            with directory_lock(_local(table.location())):
+                return self._purge(subject, heartbeat)
+
+    def _purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
         with vendor_errors(f"{self.where}: purge"):
             table = self._table()
             values = self._values(subject, table)

@@ -246,13 +246,22 @@ def rewrite_without(fs: Any, path: str, values: Values, heartbeat: Heartbeat) ->
     return _rewrite_remote(fs, path, values, heartbeat)
 
 
+@contextmanager
+def directory_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive flock on a directory for the block: one purge of a file or table at a time on this host
+    (the directory is locked, not a file whose inode a replace swaps; no lock file is left behind)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _rewrite_local(path: Path, values: Values, heartbeat: Heartbeat) -> int:
     # Two workers purging different subjects from the same file would each write a copy without only their
-    # own subject, and the later replace would bring the other's rows back: one rewrite per directory at a
-    # time (the directory is locked, not the file, whose inode the replace swaps; no lock file is left).
-    lock = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # own subject, and the later replace would bring the other's rows back: one rewrite per directory.
+    with directory_lock(path.parent):
         before = os.stat(path)
         if before.st_nlink > 1:
             raise PermanentError("a Parquet file has other hard links; the rows would survive there")
@@ -275,8 +284,6 @@ def _rewrite_local(path: Path, values: Values, heartbeat: Heartbeat) -> int:
                 os.unlink(tmp)
             raise
         return removed
-    finally:
-        os.close(lock)  # releases the lock
 
 
 def _rewrite_remote(fs: Any, path: str, values: Values, heartbeat: Heartbeat) -> int:
