@@ -33,6 +33,15 @@ fi
 # The event tests run on RabbitMQ too, and fail without it: a broker that does not come up stops here.
 wait_port 5672 RabbitMQ || exit 1
 
+# The sql target's contract runs on MariaDB too: a user that may create and drop only lethe_t_* databases.
+if ! port_open 3306; then
+  need mariadbd mariadb-server
+  /etc/init.d/mariadb start >/dev/null
+fi
+wait_port 3306 MariaDB || exit 1
+mariadb -uroot -e "CREATE USER IF NOT EXISTS 'lethe'@'127.0.0.1' IDENTIFIED BY 'lethe';
+  GRANT ALL PRIVILEGES ON \`lethe\\_t\\_%\`.* TO 'lethe'@'127.0.0.1';" || exit 1
+
 # Browser tests drive Debian's Chromium with Playwright (never a downloaded browser build). Under CI a
 # missing browser fails the suite (tests/fixtures/ci.py), so a failed install stops here, saying why.
 if [ ! -x /usr/bin/chromium ]; then

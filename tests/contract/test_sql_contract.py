@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -20,7 +21,8 @@ from workers.targets.sql import SqlConfig, SqlTarget
 
 pytestmark = pytest.mark.integration
 
-MYSQL_ADMIN_URL = os.environ.get("LETHE_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/")
+# .ci/services.sh creates this user, allowed to create and drop lethe_t_* databases only
+MYSQL_ADMIN_URL = os.environ.get("LETHE_TEST_MYSQL", "mysql+pymysql://lethe:lethe@127.0.0.1:3306/")
 ROWS = {"12": 5, "123": 3, "1234": 2, "112": 1}  # rows per owner; 5 with batch size 2 is three batches
 MASK = {"email": None, "display_name": "erased"}
 
@@ -86,8 +88,9 @@ def sqlite_photos(tmp_path) -> Iterator[tuple[str, str, str]]:  # type: ignore[n
     yield f"sqlite:///{tmp_path / 'app.db'}", "photos", "TEXT"
 
 
-@pytest.fixture
-def mariadb_photos() -> Iterator[tuple[str, str, str]]:
+@contextmanager
+def temporary_mariadb() -> Iterator[str]:
+    """A new, empty MariaDB database, dropped afterwards; yields its URL."""
     name = f"lethe_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -97,10 +100,19 @@ def mariadb_photos() -> Iterator[tuple[str, str, str]]:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"MariaDB is not reachable: {type(exc).__name__}")
-    yield MYSQL_ADMIN_URL + name, "photos", "VARCHAR(64)"
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name}"))
-    admin.dispose()
+    try:
+        yield MYSQL_ADMIN_URL + name
+    finally:
+        dispose_engine(MYSQL_ADMIN_URL + name)
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name}"))
+        admin.dispose()
+
+
+@pytest.fixture
+def mariadb_photos() -> Iterator[tuple[str, str, str]]:
+    with temporary_mariadb() as url:
+        yield url, "photos", "VARCHAR(64)"
 
 
 @pytest.fixture

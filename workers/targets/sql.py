@@ -31,7 +31,8 @@ returns the rows). ``vacuum: true`` then runs the table's VACUUM on PostgreSQL (
 reports ``unindexed`` when the table has no dead tuple left afterwards (heap and index entries removed; the
 page bytes are reused, not zeroed), else ``invisible``; ``vacuum: full`` runs VACUUM FULL (the table is
 rewritten into new files under an exclusive lock) and reports ``bytes_reclaimed`` on the same condition.
-MySQL's vacuum is ``OPTIMIZE TABLE`` (``unindexed``). On SQLite lethe's connections set ``secure_delete``
+MySQL's vacuum (either value) is ``OPTIMIZE TABLE``: ``unindexed``, as InnoDB's undo log may still hold
+old row versions until its purge thread runs. On SQLite lethe's connections set ``secure_delete``
 (deleted content is overwritten in place) and checkpoint the WAL after the purge: ``bytes_reclaimed`` when
 the checkpoint completed, else ``invisible``; ``vacuum`` also rebuilds the file. WAL archives and backups
 are copies lethe does not reach here (see replicas and backups in the data map).
@@ -291,9 +292,9 @@ class SqlTarget:
                 if dead:
                     return "invisible"  # an older snapshot still sees some dead row: VACUUM had to keep it
                 return "bytes_reclaimed" if self.config.vacuum == "full" else "unindexed"
-            if dialect == "mysql":
-                conn.execute(text(f"OPTIMIZE TABLE {name}"))
-                return "unindexed"
+            if dialect == "mysql":  # InnoDB rebuilds the table; its undo log may keep old versions a while
+                answer = conn.execute(text(f"OPTIMIZE TABLE {name}")).all()  # errors come back as rows
+                return "invisible" if any(str(row[2]).lower() == "error" for row in answer) else "unindexed"
         return "invisible"
 
     def _default_schema(self) -> str | None:

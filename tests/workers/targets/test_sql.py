@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import Subject
 from tests.contract.base import Beats, subject
+from tests.contract.test_sql_contract import temporary_mariadb
 from workers.targets.base import PermanentError, SliceExpired, build_target, probe_target
 from workers.targets.selectors import dispose_engine
 from workers.targets.sql import SqlConfig, SqlTarget
@@ -27,11 +28,14 @@ SCHEMA = [
 HANDLES = {1: "12", 2: "123", 3: "1 OR 1=1", 4: "'; DROP TABLE users; --", 5: "1234"}
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=["postgresql", "sqlite", "mariadb"])
 def app_db(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """An application database: users (id, handle, email, display_name), orders referencing users by a
     named foreign key, sessions referencing it ON DELETE CASCADE."""
-    url = f"sqlite:///{tmp_path / 'app.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_database")
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+    else:
+        url = request.getfixturevalue("pg_database" if request.param == "postgresql" else "mariadb_database")
     db = create_engine(url)
     with db.begin() as conn:
         for statement in SCHEMA:
@@ -41,6 +45,12 @@ def app_db(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: 
     db.dispose()
     yield url
     dispose_engine(url)
+
+
+@pytest.fixture
+def mariadb_database() -> Iterator[str]:
+    with temporary_mariadb() as url:
+        yield url
 
 
 def rows(url: str, sql: str) -> list[tuple[object, ...]]:
@@ -170,7 +180,8 @@ def test_an_interrupted_purge_resumes_where_it_stopped(app_db: str) -> None:
 
 def test_levels_say_how_far_the_delete_went(app_db: str) -> None:
     """PostgreSQL: a plain purge leaves dead tuples (invisible); vacuum: true removes them (unindexed);
-    vacuum: full rewrites the table (bytes_reclaimed). SQLite: secure_delete and a WAL checkpoint."""
+    vacuum: full rewrites the table (bytes_reclaimed). MariaDB: OPTIMIZE TABLE (unindexed, InnoDB's undo
+    log aside). SQLite: secure_delete and a WAL checkpoint."""
     if app_db.startswith("sqlite"):
         t = target(app_db)
         t.purge(subject("1"), Beats())
@@ -182,7 +193,7 @@ def test_levels_say_how_far_the_delete_went(app_db: str) -> None:
     vacuumed.purge(subject("2"), Beats())
     assert vacuumed.level == "unindexed"
     full.purge(subject("3"), Beats())
-    assert full.level == "bytes_reclaimed"
+    assert full.level == ("unindexed" if app_db.startswith("mysql") else "bytes_reclaimed")
     assert {i for (i,) in rows(app_db, "SELECT id FROM users")} == {4, 5}
 
 
