@@ -1,14 +1,18 @@
-"""The FastAPI application: the ``/v1`` API, the dashboard, ``/healthz``, ``/metrics`` and ``/openapi.json``."""
+"""The FastAPI application: the ``/v1`` API, the dashboard, ``/healthz``, ``/metrics``, ``/openapi.json`` and
+``/docs`` (Swagger UI, its script and styles served from the fastapi-offline package: no CDN)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api import dashboard, errors, metrics, routes
 from orchestrator.api.auth import TokenStore
+from orchestrator.api.bodies import BodyPolicy
+from orchestrator.api.broker import BrokerView
 from orchestrator.api.schemas import Health
 from orchestrator.service import Lethe
 
@@ -46,20 +50,26 @@ def create_app(lethe: Lethe) -> FastAPI:
     """The API and dashboard over one Lethe. Tokens come from ``lethe.settings.api_tokens`` (read now: a
     missing or malformed file raises ConfigError; unset, every call is refused)."""
     tokens = TokenStore(lethe.settings.api_tokens)
-    app = FastAPI(
+    app = FastAPIOffline(
         title="lethe",
         version="1",
         summary="Erase a data subject everywhere, verify it, and prove it.",
         description="Privacy-team API of lethe, the GDPR/CCPA erasure orchestrator. Every call but /healthz and "
         "/metrics needs `Authorization: Bearer <token>` (LETHE_API_TOKENS). Errors are "
         '`{"error": {"code": "...", "message": "..."}}`.',
-        docs_url=None,  # Swagger UI would load scripts from a CDN; /openapi.json is served
+        docs_url="/docs",
         redoc_url=None,
+        static_url="/static/docs",
+        favicon_url="/static/docs/favicon.png",
     )
     app.state.lethe = lethe
     app.state.tokens = tokens
-    registry = metrics.registry_for(lethe)
+    # One ledger reading and one broker probe at a time, shared by /metrics and the dashboard.
+    app.state.snapshots = metrics.SnapshotCache(lethe)
+    app.state.broker = BrokerView(lethe)
+    registry = metrics.registry_for(app.state.snapshots, app.state.broker)
     errors.install(app)
+    app.add_middleware(BodyPolicy)  # before routing and auth: a huge body is refused before it is read
     app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", response_model=Health, tags=["service"])
@@ -74,7 +84,7 @@ def create_app(lethe: Lethe) -> FastAPI:
     @app.get("/metrics", tags=["service"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})
     def prometheus_metrics() -> Response:
-        """Prometheus text, computed from the ledger at scrape time. Open, no token."""
+        """Prometheus text from the ledger (read at most every 5 s) and the broker. Open, no token."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(routes.router)

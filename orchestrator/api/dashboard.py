@@ -1,10 +1,12 @@
 """The operators' dashboard: server-rendered pages (Jinja2), a little inline JS for live refresh.
 
 Sign in with an API token through a form; the session lives in a signed HttpOnly, SameSite=Strict cookie
-(``sessions``). Every POST form carries a CSRF token. Pages show request ids, statuses, counts, target names
-and (sanitised) errors — never a raw identifier: the ledger holds none once a request is done, and the
-status objects the pages are built from carry only keyed hashes. Actions are audited as
-``dashboard:NAME(ROLE)``.
+(``sessions``); signing out revokes it in the ledger. Every POST form carries a CSRF token. Pages show request
+ids, statuses, counts, target names and (sanitised) errors — never a raw identifier: the ledger holds none
+once a request is done, and the status objects the pages are built from carry only keyed hashes. A
+requester sees only its own requests, without hold reasons (``scope``). Unfinished requests show how long
+since they last progressed and when reconcile re-sends them; the overview shows workers alive per queue,
+queue depths and dead-lettered events. Actions are audited as ``dashboard:NAME(ROLE)``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from orchestrator.api import queries, sessions
+from orchestrator.api import queries, scope, sessions
 from orchestrator.api.auth import Action, Principal, TokenStore
+from orchestrator.api.broker import BrokerView
 from orchestrator.api.errors import error_for
+from orchestrator.api.metrics import SnapshotCache
+from orchestrator.api.presentation import audit_summary, chart, parse_time, row
 from orchestrator.api.sessions import Session
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import DONE_TASK, TERMINAL_REQUEST, LedgerError, UnknownRequest
+from orchestrator.ledger.store import TERMINAL_REQUEST, LedgerError, UnknownRequest
 from orchestrator.logs import get_logger
 from orchestrator.service import Lethe
 
@@ -45,101 +50,6 @@ PAGE_SIZE = 50
 NOTICES = {"retried": "Failed tasks sent back to the queue.", "cancelled": "Request cancelled.",
            "approved": "Approved: the waiting tasks were sent to the workers.",
            "signed-in": "Signed in."}
-REDIS_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
-
-
-# -- formatting --------------------------------------------------------------------------------------------
-def span(seconds: float) -> str:
-    """A short human duration: 3d 4h, 5h 12m, 12m, 40s."""
-    s = int(abs(seconds))
-    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m" if minutes else f"{s}s"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def deadline(status: dict[str, Any], at: datetime) -> tuple[str, str]:
-    """(text, css class) of the time left to due_at: overdue and due within 3 days are highlighted."""
-    due = parse_time(status["due_at"])
-    assert due is not None
-    if status["status"] in queries.FINISHED:
-        done = parse_time(status["completed_at"])
-        if status["status"] == "completed" and done is not None:
-            if done > due:
-                return f"finished {span((done - due).total_seconds())} late", "late"
-            return "met", "met"
-        return "—", ""
-    left = (due - at).total_seconds()
-    if left < 0:
-        return f"overdue by {span(left)}", "overdue"
-    if left < queries.DUE_SOON.total_seconds():
-        return f"{span(left)} left", "due-soon"
-    return f"{span(left)} left", ""
-
-
-def row(status: dict[str, Any], at: datetime) -> dict[str, Any]:
-    tasks = status["tasks"]
-    received = parse_time(status["received_at"])
-    assert received is not None
-    due_text, due_class = deadline(status, at)
-    return {
-        "id": status["id"], "status": status["status"], "dry_run": status["dry_run"],
-        "regime": status["regime"], "age": span((at - received).total_seconds()),
-        "received_at": status["received_at"], "due_at": status["due_at"], "due_text": due_text,
-        "due_class": due_class, "done": sum(1 for t in tasks if t["status"] in DONE_TASK), "total": len(tasks),
-        "failed": sum(1 for t in tasks if t["status"] == "failed"),
-    }
-
-
-def chart(series: list[tuple[str, str, list[int]]], hours: list[datetime],
-          width: int = 720, height: int = 180) -> dict[str, Any]:
-    """Geometry of a grouped bar chart (inline SVG): one group per hour, one bar per series."""
-    left, bottom, top = 44, 22, 10
-    plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = max([1, *(v for _, _, values in series for v in values)])
-    group = plot_w / max(1, len(hours))
-    bar_w = max(1.0, (group - 2) / max(1, len(series)))
-    bars = []
-    for si, (name, css, values) in enumerate(series):
-        for i, v in enumerate(values):
-            h = plot_h * v / peak
-            bars.append({"x": round(left + i * group + 1 + si * bar_w, 1), "y": round(top + plot_h - h, 1),
-                         "w": round(bar_w, 1), "h": round(h, 1), "css": css,
-                         "title": f"{hours[i]:%H:00} UTC: {v} {name}"})
-    ticks = [{"x": round(left + i * group + group / 2, 1), "label": f"{h:%H}"}
-             for i, h in enumerate(hours) if i % 3 == 0]
-    grid = [{"y": round(top + plot_h - plot_h * f, 1), "label": _tick_label(peak * f)} for f in (0, 0.5, 1)]
-    return {"width": width, "height": height, "bars": bars, "ticks": ticks, "grid": grid, "left": left,
-            "right": width - 8, "base": top + plot_h, "legend": [(name, css) for name, css, _ in series]}
-
-
-def _tick_label(v: float) -> str:
-    return f"{v / 1000:.1f}k" if v >= 10000 else f"{v:.0f}" if v >= 10 or v == int(v) else f"{v:.1f}"
-
-
-def audit_summary(detail: dict[str, Any]) -> str:
-    """One line of an audit entry's detail (hashes are shortened; there is no raw identifier to show)."""
-    parts = []
-    for key, value in detail.items():
-        if value is None:
-            continue
-        if key == "subject_hashes" and isinstance(value, dict):
-            value = ", ".join(f"{k}:{str(v)[:10]}…" for k, v in value.items())
-        elif isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = ", ".join(str(v) for v in value)
-        elif key in ("data_map_digest", "sha256") and isinstance(value, str):
-            value = value[:12] + "…"
-        parts.append(f"{key}={value}")
-    text = "; ".join(parts)
-    return text if len(text) <= 240 else text[:239] + "…"
 
 
 # -- sessions and rendering --------------------------------------------------------------------------------
@@ -153,7 +63,10 @@ def current_session(request: Request) -> Session | None:
     tokens = _tokens(request)
     if tokens.error:
         return None
-    return sessions.decode(request.cookies.get(sessions.COOKIE), tokens.session_secret)
+    session = sessions.decode(request.cookies.get(sessions.COOKIE), tokens.session_secret)
+    if session is not None and session.principal is not None and sessions.revoked(_lethe(request).ledger, session):
+        return None  # signed out: a copy of the cookie is worth nothing
+    return session
 
 
 def _lethe(request: Request) -> Lethe:
@@ -252,6 +165,9 @@ def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") ->
     session = current_session(request)
     if session is None or not sessions.csrf_ok(session, _tokens(request).session_secret, csrf):
         return RedirectResponse("/", status_code=303)
+    if session.principal is not None:
+        sessions.revoke(_lethe(request).ledger, session)
+        log.info("dashboard.signed_out", actor=session.principal.actor("dashboard"))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -264,26 +180,31 @@ def requests_page(request: Request, status: str | None = None, q: str | None = N
     auth = signed_in(request)
     if auth is None:
         return to_login(request)
-    session, _ = auth
+    session, principal = auth
     lethe = _lethe(request)
     at = datetime.now(UTC)
     status = status if status in queries.REQUEST_STATUSES else None
     q = (q or "").strip()[:36]
     nxt = None
+    owner = scope.owner(principal)
     if q:
-        items = queries.statuses(lethe.ledger, queries.ids_with_prefix(lethe.ledger, q, status, PAGE_SIZE))
+        items = queries.statuses(lethe.ledger, queries.ids_with_prefix(lethe.ledger, q, status, PAGE_SIZE, owner))
     else:
         cursor = cursor if cursor and queries.valid_cursor(cursor) else None
-        page = lethe.ledger.list_requests(status=status, limit=PAGE_SIZE, cursor=cursor)
+        page = lethe.ledger.list_requests(status=status, limit=PAGE_SIZE, cursor=cursor, requested_by=owner)
         items, nxt = page["items"], page["next"]
-    rows = [row(s, at) for s in items]
+    items = [scope.visible(principal, s) for s in items]
+    waiting = queries.waiting(lethe.ledger, [s["id"] for s in items])
+    lease = lethe.ledger.lease.total_seconds()
+    rows = [row(s, at, waiting.get(s["id"]), lease) for s in items]
     more = f"/?{urlencode({k: v for k, v in {'status': status, 'cursor': nxt}.items() if v})}" if nxt else None
     return render(request, "requests.html", {
         "title": "Requests", "rows": rows, "status": status or "", "q": q, "statuses": queries.REQUEST_STATUSES,
         "more": more, "paged": bool(cursor and not q), "refresh": REFRESH_SECONDS,
         "counts": {"overdue": sum(r["due_class"] == "overdue" for r in rows),
                    "due_soon": sum(r["due_class"] == "due-soon" for r in rows),
-                   "failed": sum(r["status"] == "failed" for r in rows)},
+                   "failed": sum(r["status"] == "failed" for r in rows),
+                   "stalled": sum(r["stalled"] for r in rows)},
         "now": at}, session)
 
 
@@ -299,12 +220,14 @@ def request_page(request: Request, request_id: str, done: str | None = None) -> 
 def _request_view(request: Request, session: Session, request_id: str, notice: str | None = None,
                   error: str | None = None, status_code: int = 200) -> Response:
     lethe = _lethe(request)
+    assert session.principal is not None
     try:
-        status = lethe.ledger.status(request_id)
-        trail = lethe.ledger.audit_trail(request_id)
+        status = scope.visible(session.principal, lethe.ledger.status(request_id))
+        trail = scope.visible_audit(session.principal, lethe.ledger.audit_trail(request_id))
     except UnknownRequest:
         return error_page(request, session, 404, "No request with this id.")
     at = datetime.now(UTC)
+    waiting = queries.waiting(lethe.ledger, [status["id"]]).get(status["id"])
     tasks_by_id = {}
     for t in status["tasks"]:
         tasks_by_id[t["target"]] = t
@@ -315,7 +238,8 @@ def _request_view(request: Request, session: Session, request_id: str, notice: s
     cancellable = status["status"] not in TERMINAL_REQUEST and all(
         t["status"] in ("pending", "skipped") and not t["attempts"] for t in status["tasks"])
     return render(request, "request.html", {
-        "title": f"Request {status['id'][:8]}", "s": status, "r": row(status, at), "audit": entries,
+        "title": f"Request {status['id'][:8]}", "s": status, "audit": entries,
+        "r": row(status, at, waiting, lethe.ledger.lease.total_seconds()),
         "failed": [t for t in status["tasks"] if t["status"] == "failed"],
         "certificate": status["status"] == "completed" and not status["dry_run"],
         "cancellable": cancellable, "notice": notice, "error": error,
@@ -371,8 +295,9 @@ def certificate(request: Request, request_id: str) -> Response:
     auth = signed_in(request)
     if auth is None:
         return to_login(request)
-    session, _ = auth
+    session, principal = auth
     try:
+        scope.visible(principal, _lethe(request).ledger.status(request_id))
         cert = _lethe(request).ledger.certificate(request_id)
     except UnknownRequest:
         return error_page(request, session, 404, "No request with this id.")
@@ -390,8 +315,11 @@ def overview_page(request: Request) -> Response:
         return to_login(request)
     session, _ = auth
     lethe = _lethe(request)
-    ov = queries.overview(lethe.ledger)
+    snapshots: SnapshotCache = request.app.state.snapshots
+    snap = snapshots.get()
+    ov = queries.overview(lethe.ledger, snap)
     targets = sorted(set(ov.failed_now_by_target) | set(ov.failures_by_target))
+    broker: BrokerView = request.app.state.broker
     return render(request, "overview.html", {
         "title": "Overview", "ov": ov, "refresh": 10,
         "requests_chart": chart([("received", "s-received", ov.received_per_hour),
@@ -401,32 +329,6 @@ def overview_page(request: Request) -> Response:
                    "erased": sum(ov.erased_per_hour)},
         "failures": [{"target": t, "now": ov.failed_now_by_target.get(t, 0),
                       "events": ov.failures_by_target.get(t, 0)} for t in targets],
-        "queues": queue_depths(request),
+        "broker": broker.state(), "dead_letters": sorted(snap.dead_letters_by_reason.items()),
     }, session)
 
-
-def queue_depths(request: Request) -> list[dict[str, Any]] | None:
-    """Messages waiting per purge queue when the broker is Redis (LLEN of purge.<kind>); None otherwise."""
-    url = _lethe(request).settings.broker_url or ""
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    from workers.app import CONTROL_QUEUE, purge_queues
-
-    client = getattr(request.app.state, "redis", None)
-    try:
-        if client is None:
-            import redis
-
-            client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-            request.app.state.redis = client
-        names = [*purge_queues(), CONTROL_QUEUE]
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            for suffix in REDIS_PRIORITY_SUFFIXES:
-                pipe.llen(name + suffix)
-        lengths = pipe.execute()
-    except Exception as exc:  # the broker being down must not take the dashboard with it
-        log.warning("dashboard.queue_depths_unavailable", error=type(exc).__name__)
-        return [{"queue": "broker unavailable", "depth": None}]
-    step = len(REDIS_PRIORITY_SUFFIXES)
-    return [{"queue": name, "depth": sum(lengths[i * step:(i + 1) * step])} for i, name in enumerate(names)]

@@ -1,7 +1,10 @@
-"""Prometheus metrics, computed from the ledger at scrape time.
+"""Prometheus metrics, computed from the ledger and the broker.
 
 Workers run in other processes (often other hosts), so in-process counters would only see this one. The
-ledger sees everything: each scrape reads it. Names (all prefixed ``lethe_``):
+ledger sees everything: a scrape reads it, but at most once every ``SNAPSHOT_SECONDS`` (the aggregates
+scan the requests and tasks tables; scrapes from several Prometheus replicas, and the dashboard's overview,
+share one reading). Broker figures come from ``broker.BrokerView`` (probed at most every 15 s). Names (all
+prefixed ``lethe_``):
 
 - ``lethe_requests{status}``: requests in the ledger by status (gauge)
 - ``lethe_tasks{kind,status}``: tasks by target kind and status (gauge)
@@ -16,7 +19,10 @@ ledger sees everything: each scrape reads it. Names (all prefixed ``lethe_``):
 - ``lethe_requests_overdue``: requests not completed or cancelled past their legal deadline (gauge); a failed
   request still owes its erasure, so it counts
 - ``lethe_requests_due_soon``: the same, due within 3 days (gauge)
-- ``lethe_ledger_up``: 1 when the ledger answered this scrape (gauge)
+- ``lethe_ledger_up``: 1 when the ledger answered (gauge)
+- ``lethe_workers{queue}``: workers seen consuming the queue in the last minute (gauge)
+- ``lethe_queue_depth{queue}``: messages waiting in the queue (gauge; absent for a queue not declared)
+- ``lethe_broker_up``: 1 when the broker answered its last probe (gauge; absent without a broker)
 
 No label carries an identifier: labels are statuses, target kinds and target names from the data map.
 """
@@ -24,6 +30,8 @@ No label carries an identifier: labels are statuses, target kinds and target nam
 from __future__ import annotations
 
 import bisect
+import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
@@ -32,6 +40,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.api import queries
+from orchestrator.api.broker import BrokerView
 from orchestrator.logs import get_logger
 from orchestrator.service import Lethe
 
@@ -43,6 +52,8 @@ METRIC_NAMES = (
     "lethe_oldest_open_request_age_seconds",
     "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up",
 )
+BROKER_METRIC_NAMES = ("lethe_workers", "lethe_queue_depth", "lethe_broker_up")
+SNAPSHOT_SECONDS = 5.0
 
 
 def _histogram(values: Iterable[float]) -> tuple[list[tuple[str, float]], float]:
@@ -52,14 +63,30 @@ def _histogram(values: Iterable[float]) -> tuple[list[tuple[str, float]], float]
     return buckets, float(sum(ordered))
 
 
+class SnapshotCache:
+    """``queries.snapshot`` read at most once every ``seconds``; concurrent callers wait for one reading."""
+
+    def __init__(self, lethe: Lethe, seconds: float = SNAPSHOT_SECONDS):
+        self.lethe, self.seconds = lethe, seconds
+        self._lock = threading.Lock()
+        self._taken: tuple[float, queries.Snapshot] | None = None
+
+    def get(self) -> queries.Snapshot:
+        with self._lock:
+            if self._taken is None or time.monotonic() - self._taken[0] >= self.seconds:
+                self._taken = (time.monotonic(), queries.snapshot(self.lethe.ledger))
+            return self._taken[1]
+
+
 class LedgerCollector(Collector):
-    def __init__(self, lethe: Lethe):
-        self.lethe = lethe
+    def __init__(self, snapshots: SnapshotCache, broker: BrokerView):
+        self.snapshots, self.broker = snapshots, broker
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("lethe_ledger_up", "1 when the ledger answered this scrape, else 0.")
+        yield from self._broker_metrics()
+        up = GaugeMetricFamily("lethe_ledger_up", "1 when the ledger answered, else 0.")
         try:
-            snap = queries.snapshot(self.lethe.ledger)
+            snap = self.snapshots.get()
         except SQLAlchemyError as exc:
             log.warning("metrics.ledger_unavailable", error=type(exc).__name__)
             up.add_metric([], 0)
@@ -119,8 +146,26 @@ class LedgerCollector(Collector):
                                 value=snap.due_soon)
 
 
-def registry_for(lethe: Lethe) -> CollectorRegistry:
+    def _broker_metrics(self) -> Iterator[Metric]:
+        state = self.broker.state()
+        if state is None:  # embedded mode: no broker to ask
+            return
+        yield GaugeMetricFamily("lethe_broker_up", "1 when the broker answered its last probe, else 0.",
+                                value=1 if state.reachable else 0)
+        workers = GaugeMetricFamily("lethe_workers", "Workers seen consuming the queue in the last minute.",
+                                    labels=["queue"])
+        for queue, n in sorted(state.workers.items()):
+            workers.add_metric([queue], n)
+        yield workers
+        depth = GaugeMetricFamily("lethe_queue_depth", "Messages waiting in the queue.", labels=["queue"])
+        for queue, waiting in sorted(state.depths.items()):
+            if waiting is not None:
+                depth.add_metric([queue], waiting)
+        yield depth
+
+
+def registry_for(snapshots: SnapshotCache, broker: BrokerView) -> CollectorRegistry:
     """A registry of its own per app: the process-wide default would mix apps (and tests)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(lethe))
+    registry.register(LedgerCollector(snapshots, broker))
     return registry

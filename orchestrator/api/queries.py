@@ -113,8 +113,8 @@ class Overview:
     counts: dict[str, int]
 
 
-def overview(ledger: Ledger, hours: int = 24) -> Overview:
-    """Throughput per hour over the last ``hours`` hours, and failures by target."""
+def overview(ledger: Ledger, snap: Snapshot, hours: int = 24) -> Overview:
+    """Throughput per hour over the last ``hours`` hours, and failures by target (``snap``: the counts)."""
     at = now()
     end = at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(hours=hours)
@@ -140,7 +140,6 @@ def overview(ledger: Ledger, hours: int = 24) -> Overview:
         failures = dict(s.execute(select(Task.target, func.count()).select_from(AuditEntry)
                                   .join(Task, Task.id == AuditEntry.task_id)
                                   .where(AuditEntry.action == "task.failed").group_by(Task.target)).all())
-    snap = snapshot(ledger)
     counts: Counter[str] = Counter(snap.requests_by_status)
     counts_out = {
         "open": sum(n for st, n in counts.items() if st not in FINISHED),
@@ -152,13 +151,17 @@ def overview(ledger: Ledger, hours: int = 24) -> Overview:
     return Overview(slots, received, completed, [max(0, n) for n in erased], failed_now, failures, counts_out)
 
 
-def ids_with_prefix(ledger: Ledger, prefix: str, status: str | None = None, limit: int = 50) -> list[str]:
-    """Request ids starting with ``prefix`` (lowercase hex and dashes only), newest first."""
+def ids_with_prefix(ledger: Ledger, prefix: str, status: str | None = None, limit: int = 50,
+                    requested_by: str | None = None) -> list[str]:
+    """Request ids starting with ``prefix`` (lowercase hex and dashes only), newest first; ``requested_by``:
+    only those filed under that token name."""
     prefix = prefix.strip().lower()
     if not ID_PREFIX.fullmatch(prefix):
         return []
     with ledger.sessions() as s:
         query = select(Request.id).where(Request.id.startswith(prefix, autoescape=True))
+        if requested_by is not None:
+            query = query.where(Request.requested_by == requested_by)
         if status:
             query = query.where(Request.status == status)
         return list(s.scalars(query.order_by(Request.received_at.desc(), Request.id.desc()).limit(limit)))
@@ -166,3 +169,44 @@ def ids_with_prefix(ledger: Ledger, prefix: str, status: str | None = None, limi
 
 def statuses(ledger: Ledger, ids: list[str]) -> list[dict[str, Any]]:
     return [ledger.status(i) for i in ids]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Where an unfinished request stands: when anything last happened to it, and when reconcile re-sends
+    its tasks if nothing does (the earliest lease of a task a worker should be running)."""
+
+    last_progress: datetime
+    next_resend: datetime | None
+
+
+def waiting(ledger: Ledger, ids: list[str]) -> dict[str, Waiting]:
+    """``Waiting`` of each of these requests that is not finished. Progress is the latest audit entry of the
+    request or heartbeat of its running tasks (a heartbeat renews the lease: it was ``lease`` before its end)."""
+    if not ids:
+        return {}
+    latest: dict[str, datetime] = {}
+    resend: dict[str, datetime] = {}
+    with ledger.sessions() as s:
+        for rid, received in s.execute(select(Request.id, Request.received_at)
+                                       .where(Request.id.in_(ids), Request.status.notin_(FINISHED))):
+            latest[rid] = _aware(received)
+        if not latest:
+            return {}
+        for entry_request, entry_at in s.execute(
+                select(AuditEntry.request_id, func.max(AuditEntry.at))
+                .where(AuditEntry.request_id.in_(latest)).group_by(AuditEntry.request_id)):
+            if entry_request is not None and entry_at is not None:
+                latest[entry_request] = max(latest[entry_request], _aware(entry_at))
+        for task_request, status, lease in s.execute(
+                select(Task.request_id, Task.status, Task.lease_expires_at)
+                .where(Task.request_id.in_(latest), Task.status.in_(("pending", "running")),
+                       Task.lease_expires_at.is_not(None))):
+            if lease is None:
+                continue
+            lease = _aware(lease)
+            resend[task_request] = min(resend.get(task_request, lease), lease)
+            if status == "running":
+                latest[task_request] = max(latest[task_request], lease - ledger.lease)
+    at = now()  # a retry's countdown puts its lease further out: progress is never in the future
+    return {rid: Waiting(min(last, at), resend.get(rid)) for rid, last in latest.items()}

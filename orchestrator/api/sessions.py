@@ -3,6 +3,8 @@
 The cookie carries a random session id, the token's name and role, and an expiry — never the token. Its key
 is derived from the token file's contents, so every API host shares it and any change of the file (a token
 revoked or rotated) ends every session. CSRF tokens are an HMAC of the session id under the same key.
+Signing out records the session id in the ledger (``revoked_sessions``, shared by every API host): a copy of
+the cookie stops working at once, not when it expires.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete
 
 from orchestrator.api.auth import Principal, Role
+from orchestrator.ledger.models import RevokedSession
+from orchestrator.ledger.store import Ledger
 
 COOKIE = "lethe_session"
 MAX_AGE = 8 * 3600
@@ -76,3 +83,17 @@ def csrf_ok(session: Session | None, key: bytes, sent: str | None) -> bool:
     if session is None or not sent or not key:
         return False
     return hmac.compare_digest(csrf_token(session, key).encode(), sent.encode("utf-8", "replace"))
+
+
+def revoke(ledger: Ledger, session: Session) -> None:
+    """End a session for good (sign-out); revocations of sessions that expired anyway are forgotten."""
+    at = datetime.now(UTC)
+    with ledger.sessions.begin() as s:
+        s.execute(delete(RevokedSession).where(RevokedSession.expires_at < at))
+        if s.get(RevokedSession, session.sid) is None:
+            s.add(RevokedSession(sid=session.sid, expires_at=datetime.fromtimestamp(session.expires, UTC)))
+
+
+def revoked(ledger: Ledger, session: Session) -> bool:
+    with ledger.sessions() as s:
+        return s.get(RevokedSession, session.sid) is not None

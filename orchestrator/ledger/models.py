@@ -95,6 +95,15 @@ class Request(Base):
     extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class RevokedSession(Base):
+    """A dashboard session ended by its sign-out: its cookie, even if copied, is refused until it expires."""
+
+    __tablename__ = "revoked_sessions"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class Task(Base):
     """One planned (request, target) pair."""
 

@@ -147,8 +147,9 @@ def test_the_cli_key_has_its_own_namespace(client: TestClient, lethe: Lethe) -> 
            "LETHE_SUBJECT_KEY": settings.subject_key.get_secret_value()}  # type: ignore[union-attr]
     command = [str(Path(sys.executable).with_name("lethe")), "submit", "--subject", "user_id=12",
                "--idempotency-key", "ticket-9"]
-    ids = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
-           for _ in range(2)]
+    runs = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    ids = [r.stdout.strip() for r in runs]
     assert ids[0] == ids[1] and len(ids[0]) == 36
     api = client.post("/v1/erasure-requests", json=SUBJECT,
                       headers={**auth("requester"), "Idempotency-Key": "ticket-9"})

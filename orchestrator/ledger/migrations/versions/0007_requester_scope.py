@@ -1,4 +1,4 @@
-"""requester scope: who filed a request, and idempotency keys in one namespace per door
+"""requester scope: who filed a request, idempotency keys in one namespace per door, revoked sessions
 
 Revision ID: 0007
 Revises: 0006
@@ -7,7 +7,8 @@ Create Date: 2026-12-02 01:00:00
 ``requests.requested_by`` (indexed) is the API token name a request was filed under, so a requester reads
 only its own requests. Idempotency keys get their namespace (``api:<token name>:<key>``, ``cli:<key>``;
 events' ``event:<digest>`` keys keep theirs): an API caller who filed under an event's key no longer holds
-that event's place, and a replay of an older API key still finds its request.
+that event's place, and a replay of an older API key still finds its request. ``revoked_sessions``: dashboard
+sessions ended by a sign-out, refused until their cookie would have expired.
 """
 
 import re
@@ -24,6 +25,11 @@ API_ACTOR = re.compile(r"api:([A-Za-z0-9_.@+-]{1,64})\((?:requester|operator|adm
 
 
 def upgrade() -> None:
+    op.create_table("revoked_sessions",
+                    sa.Column("sid", sa.String(length=64), nullable=False),
+                    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+                    sa.PrimaryKeyConstraint("sid"))
+    op.create_index("ix_revoked_sessions_expires_at", "revoked_sessions", ["expires_at"], unique=False)
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.add_column(sa.Column("requested_by", sa.String(length=64), nullable=True))
         batch_op.create_index("ix_requests_requested_by", ["requested_by"], unique=False)
@@ -50,6 +56,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_revoked_sessions_expires_at", table_name="revoked_sessions")
+    op.drop_table("revoked_sessions")
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.drop_index("ix_requests_requested_by")
         batch_op.drop_column("requested_by")
