@@ -152,13 +152,18 @@ def publish_outbox(lethe: Lethe, producer: Producer) -> int:
 
 
 # -- checks ------------------------------------------------------------------------------------------------
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
+
 class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow")  # CloudEvents extension attributes are allowed
 
     specversion: str = Field(pattern=r"^1\.0$")
-    id: str = Field(min_length=1, max_length=256)
-    source: str = Field(min_length=1, max_length=1024)
-    type: str = Field(min_length=1, max_length=256)
+    # No control characters: these reach log lines, the audit trail (the actor) and the ledger, and
+    # PostgreSQL refuses a NUL in text - the event, not the ledger, is at fault.
+    id: str = Field(min_length=1, max_length=256, pattern=_PRINTABLE)
+    source: str = Field(min_length=1, max_length=1024, pattern=_PRINTABLE)
+    type: str = Field(min_length=1, max_length=256, pattern=_PRINTABLE)
     time: str = Field(min_length=1, max_length=64)
     signature: str = Field(pattern=r"^[0-9a-f]{64}$")
     data: dict[str, Any]

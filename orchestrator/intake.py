@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kombu import Connection, Message
 from kombu.mixins import ConsumerMixin
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from orchestrator import deadletters
 from orchestrator.events import (
@@ -93,16 +93,25 @@ def tombstoned_part(lethe: Lethe, subject: Subject) -> tuple[Subject, str | None
     return erased, next(iter(tombstones.values()), None)  # newest first
 
 
+def ledger_unreachable(exc: DBAPIError) -> bool:
+    """The ledger cannot be reached (the message is not at fault: give it back and retry) - as opposed to
+    the ledger refusing this message's data (DataError, IntegrityError, …), which a retry cannot mend."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
 def verdict(step: Callable[[], T]) -> T | Rejected:
     """The one boundary where a message is decided: ``step``'s result, or the Rejected to dead-letter it
     with. Rejected keeps its reason; a ledger refusal (e.g. an unknown regime) and any other error - a bug
     on this one message - become ``malformed``, so the message is dead-lettered with its body unchanged (and
-    can be replayed after a fix) while the intake reads on. Only DBAPIError (the ledger is unreachable: the
-    message is not at fault) goes up."""
+    can be replayed after a fix) while the intake reads on. Only an unreachable ledger (``ledger_unreachable``:
+    the message is not at fault) goes up; the ledger refusing the message's data does not."""
     try:
         return step()
-    except DBAPIError:
-        raise
+    except DBAPIError as exc:
+        if ledger_unreachable(exc):
+            raise
+        log.error("intake.ledger_refused", error=type(exc).__name__)  # a DataError, say: this message's
+        return Rejected("malformed", f"the ledger refused it ({type(exc).__name__})")
     except Rejected as rejected:
         return rejected
     except LedgerError as exc:
@@ -217,7 +226,7 @@ class Intake(ConsumerMixin):
 
     def settle_one(self, message: Message, step: Callable[[], T]) -> T | None:
         """Run one message's ``step``: its result, or None once the message was dead-lettered (see
-        ``verdict``). Only an unreachable ledger (DBAPIError) goes up: the batch is then requeued."""
+        ``verdict``). Only an unreachable ledger goes up: the batch is then requeued."""
         result = verdict(step)
         if isinstance(result, Rejected):
             self.dead_letter(_body(message), result, message)
@@ -265,9 +274,9 @@ class Intake(ConsumerMixin):
         try:
             filed, dispatches = self.lethe.ledger.file_requests(datamap, filings, dry_run=dry_run, regime=regime,
                                                                 actor=actor)
-        except DBAPIError:
-            raise
-        except Exception:  # a refused request or a bug: find which event, one at a time
+        except Exception as exc:  # a refused request, a race on a key, a bug: find which event, one at a time
+            if isinstance(exc, DBAPIError) and ledger_unreachable(exc):
+                raise
             for item in items:
                 self._one(item.message, item.event, datamap)
             return
@@ -284,7 +293,7 @@ class Intake(ConsumerMixin):
             self._filed(item.message, item.event, outcome)
 
     def _one(self, message: Message, event: CloudEvent, datamap: DataMap) -> None:
-        """The event alone through ``handle``; DBAPIError goes up (the batch is requeued)."""
+        """The event alone through ``handle``; an unreachable ledger goes up (the batch is requeued)."""
         outcome = self.settle_one(message, partial(handle, self.lethe, event, datamap))
         if outcome is not None:
             self._filed(message, event, outcome)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 
 from orchestrator.events import (
     CONTENT_TYPE,
@@ -27,11 +28,11 @@ from orchestrator.events import (
     declare,
     intake_queue,
     make_event,
-    sign,
 )
 from orchestrator.intake import Intake
 from orchestrator.ledger.models import Request
 from orchestrator.service import Lethe
+from tests.chaos.poison import poison_messages, signed_raw, unsigned_request
 from workers.targets.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
@@ -45,39 +46,8 @@ targets:
 """
 
 
-def signed_raw(event: dict[str, Any]) -> bytes:
-    """Signed with the right key, sent as JSON text with escapes. A lone surrogate has no UTF-8 form, so no
-    signature can cover it: such an event is sent with any signature (as \\ud800 in the JSON text)."""
-    try:
-        return json.dumps(sign(event, KEY)).encode()
-    except UnicodeEncodeError:
-        return json.dumps({**event, "signature": "0" * 64}).encode()
-
-
 def an_event(subject: dict[str, Any]) -> dict[str, Any]:
-    """An erasure request as a platform service would send it, not yet signed."""
-    event = make_event(ERASURE_REQUESTED, {"subject": {}}, source="svc", key=KEY)
-    return {**{k: v for k, v in event.items() if k != "signature"}, "data": {"subject": subject}}
-
-
-def poison() -> dict[bytes, str]:
-    """Bodies that once stopped the intake or slipped past it, with the reason each must get."""
-    good = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY)
-    body = {k: v for k, v in good.items() if k != "signature"}
-    old = datetime.now(UTC) - timedelta(days=8)
-    return {
-        b'{"signature": "' + b"a" * 64 + b'", "data": {"subject": {"user_id": "\\ud800"}}}': "malformed",
-        b"[" * 40_000: "malformed",
-        b'{"id": "\xff\xfe"}': "malformed",
-        '{"id": "x"}'.encode("utf-16"): "malformed",
-        signed_raw({k: v for k, v in body.items() if k != "time"}): "malformed",  # time is required
-        signed_raw({**body, "time": "last tuesday"}): "malformed",
-        json.dumps(make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY,
-                              time=old)).encode(): "stale",
-        json.dumps(make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY,
-                              time=datetime.now(UTC) + timedelta(minutes=10))).encode(): "stale",
-        signed_raw({**body, "data": {"subject": {"user_id": "12"}, "regime": "lgpd"}}): "malformed",
-    }
+    return unsigned_request(subject, KEY)
 
 
 def send(broker: str, bodies: list[bytes]) -> None:
@@ -135,7 +105,7 @@ def test_poison_messages_are_dead_lettered_and_the_good_event_behind_them_is_fil
         lethe: Lethe, redis_broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Surrogates, 40 KB of '[', bytes that are not UTF-8, no time, a stale time, and an event a bug fails
     on: each is dead-lettered unchanged with its reason; the good event after them completes."""
-    bodies = poison()
+    bodies = poison_messages(KEY, user="12")
     buggy = make_event(DATA_WRITTEN, {"subject": {"user_id": "77"}, "target": "photos"}, source="svc", key=KEY)
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
@@ -156,8 +126,7 @@ def test_poison_messages_are_dead_lettered_and_the_good_event_behind_them_is_fil
         assert lethe.wait(request_id, timeout=30)["status"] == "completed"
     assert sorted(got) == sorted(bodies.items())  # body unchanged, reason as the SPEC names it
     assert [r["owner"] for r in MemoryStore.records("photos")] == ["77"]
-    counts = lethe.ledger.dead_letter_counts()
-    assert counts == {"malformed": 8, "stale": 2}
+    assert lethe.ledger.dead_letter_counts() == Counter(bodies.values())
     with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
 
@@ -169,7 +138,7 @@ hostile_json = st.recursive(
 bodies = st.one_of(
     st.binary(max_size=300),
     hostile_json.map(lambda v: json.dumps(v).encode()),
-    st.builds(lambda s, extra: signed_raw({**an_event(s), **extra}),
+    st.builds(lambda s, extra: signed_raw({**an_event(s), **extra}, KEY),
               st.dictionaries(st.sampled_from(["user_id", "x"]),
                               st.sampled_from(["12", "*", "\ud800", "77"]) | st.text(), max_size=2),
               st.dictionaries(st.sampled_from(["time", "type", "specversion", "x"]), hostile_json, max_size=2)),
@@ -202,4 +171,31 @@ def test_any_batch_is_filed_or_dead_lettered_on_the_real_broker(lethe: Lethe, re
         assert thread.is_alive()
     assert sum(settled()) == len(batch)
     with Connection(redis_broker) as conn:  # the consumer closed: anything unacknowledged would be back
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+
+
+def test_a_ledger_refusing_one_event_dead_letters_it_and_files_the_rest(
+        lethe: Lethe, redis_broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DataError is the message's data, not an outage: requeueing it would retry it for ever and hold its
+    batch back. It is dead-lettered; the batch's other events are filed. (An outage requeues: see
+    test_events.py.)"""
+    file_requests = lethe.ledger.file_requests
+
+    def refusing(datamap: Any, filings: list[Any], **kwargs: Any) -> Any:
+        if any(dict(f.subject).get("user_id") == "666" for f in filings):
+            raise DataError("INSERT", {}, ValueError("a value the database cannot store"))
+        return file_requests(datamap, filings, **kwargs)
+
+    monkeypatch.setattr(lethe.ledger, "file_requests", refusing)
+    events = [make_event(ERASURE_REQUESTED, {"subject": {"user_id": u}}, source="svc", key=KEY)
+              for u in ("12", "666", "77")]
+    send(redis_broker, [json.dumps(e).encode() for e in events])
+    with running_intake(lethe, redis_broker):
+        got = drain_dead(redis_broker, 1)
+        deadline = time.monotonic() + 20
+        while requests_made(lethe) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert got == [(json.dumps(events[1]).encode(), "malformed")]
+    assert requests_made(lethe) == 2
+    with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 0

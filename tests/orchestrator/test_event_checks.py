@@ -118,6 +118,13 @@ def test_depth_bound_is_generous_for_real_events_and_ignores_brackets_in_strings
     assert isinstance(decided(signed(text_full_of_brackets)), CloudEvent)
 
 
+@pytest.mark.parametrize("field", ["source", "id", "type"])
+def test_control_characters_in_names_are_malformed(field: str) -> None:
+    """A NUL in the source would reach the ledger (the actor), which PostgreSQL refuses: the event's fault."""
+    result = decided(signed(an_event(**{field: "svc\x00"})))
+    assert isinstance(result, Rejected) and result.reason == "malformed"
+
+
 def test_duplicate_keys_are_refused() -> None:
     body = signed(an_event())[:-1] + b', "data": {"subject": {"user_id": "123"}}}'
     result = decided(body)
