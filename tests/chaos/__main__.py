@@ -5,8 +5,13 @@ with SIGKILL at random and restarted; a private Redis broker (own port, no persi
 queued messages are really lost; a fault-injecting proxy in front of moto's S3 server; every ledger
 connection cut once (PostgreSQL backends terminated); a `lethe reconcile --loop` process to recover.
 
+A `lethe intake` process consumes platform events throughout; once the broker restarts are over, poison
+messages (``tests/chaos/poison.py``: lone surrogates, 40 KB of '[', bytes that are not UTF-8, stale or
+unsigned events naming a real subject) are published into the mix.
+
 Prints one line of figures and exits 1 if an invariant fails: every request completed, no duplicate
-completion record, no object of a non-subject deleted, no residue of a subject, a verified ledger.
+completion record, no object of a non-subject deleted, no residue of a subject, a verified ledger, every
+poison message dead-lettered with its reason and body unchanged, nothing filed from one.
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from orchestrator.config import Settings
 from orchestrator.service import Lethe
 from orchestrator.testing import FAKE_AWS_ENV, make_bucket, put_objects, s3_server, versions_per_owner
 from tests.chaos.faultproxy import FaultProxy
+from tests.chaos.poison import poison_messages
 from tests.fixtures.services import PG_ADMIN_URL, temporary_database
 
 BIN = Path(sys.executable).parent
 KEY = "c4" * 32
+EVENT_KEY = "chaos-event-secret"
 MAP = """\
 version: 1
 identifiers: {{user_id: "[0-9]+"}}
@@ -133,6 +140,9 @@ class Processes:
     def start_reconciler(self) -> None:
         self.others.append(self._spawn(["reconcile", "--loop", "2"], "reconcile.log"))
 
+    def start_intake(self) -> None:
+        self.others.append(self._spawn(["intake"], "intake.log"))
+
     def stop_all(self) -> None:
         for proc in [*self.workers, *self.others]:
             try:
@@ -147,6 +157,40 @@ class Processes:
                 proc.wait()
 
 
+
+
+def publish_raw(broker: str, bodies: list[bytes]) -> None:
+    """Bodies as they came off a wire, on the routing key the intake consumes."""
+    from kombu import Connection, Producer
+
+    from orchestrator.events import CONTENT_TYPE, ERASURE_REQUESTED, EXCHANGE, declare
+
+    with Connection(broker) as conn:
+        declare(conn)  # a restarted broker forgot the intake's binding until the intake reconnects
+        producer = Producer(conn.default_channel)
+        for body in bodies:
+            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
+                             content_encoding="binary", declare=[EXCHANGE], retry=True)
+
+
+def dead_letters(broker: str, expected: int, timeout: float) -> list[tuple[bytes, str]]:
+    """(body, reason) of what reached lethe.events.dead, waiting up to ``timeout`` for ``expected``."""
+    from kombu import Connection
+
+    from orchestrator.events import DEAD_QUEUE
+
+    got: list[tuple[bytes, str]] = []
+    deadline = time.monotonic() + timeout
+    with Connection(broker) as conn:
+        queue = DEAD_QUEUE(conn.default_channel)
+        queue.declare()
+        while len(got) < expected and time.monotonic() < deadline:
+            message = queue.get(no_ack=True)
+            if message is None:
+                time.sleep(0.2)
+                continue
+            got.append((message.body, message.headers.get("x-lethe-reason")))
+    return got
 
 
 def cut_ledger_connections(database: str) -> int:
@@ -185,7 +229,8 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
         data_map.write_text(MAP.format(endpoint=proxy.url))  # workers reach S3 only through the faults
         env = {**os.environ, "LETHE_BROKER_URL": redis.url, "LETHE_DATABASE_URL": db_url, "LETHE_SUBJECT_KEY": KEY,
                "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map),
-               "LETHE_TASK_LEASE_SECONDS": str(opts.lease), "LETHE_TASK_MAX_RETRIES": "8"}
+               "LETHE_TASK_LEASE_SECONDS": str(opts.lease), "LETHE_TASK_MAX_RETRIES": "8",
+               "LETHE_EVENT_KEY": EVENT_KEY}
         lethe = Lethe(Settings(broker_url=redis.url, database_url=db_url, subject_key=KEY, signing_key=signing,
                                data_map=data_map, task_lease_seconds=opts.lease, task_max_retries=8))
         lethe.ledger  # noqa: B018 - migrate before the processes start
@@ -194,6 +239,9 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
         for i in range(opts.workers):
             procs.start_worker(i)
         procs.start_reconciler()
+        procs.start_intake()
+        poison = poison_messages(EVENT_KEY.encode(), user=subjects[0])
+        poisoned = False
 
         started = time.monotonic()
         ids: list[str] = []
@@ -219,6 +267,10 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
                 cut = cut_ledger_connections(db_name)
                 events.append(f"{cut} ledger connections cut at {now - started:.0f}s")
                 cut_at = None
+            if not restarts_at and not poisoned:  # after the restarts: a non-persistent broker would lose them
+                publish_raw(redis.url, list(poison))
+                events.append(f"{len(poison)} poison messages at {now - started:.0f}s")
+                poisoned = True
             if now >= next_kill:
                 procs.kill_random_worker(rng)
                 next_kill = now + rng.uniform(0.5, 1.5) * opts.kill_every
@@ -233,6 +285,7 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         drained = time.monotonic() - started
+        dead = dead_letters(redis.url, len(poison) if poisoned else 0, timeout=60)
         procs.stop_all()
 
         after = versions_per_owner(endpoint, "chaos-photos")
@@ -242,6 +295,7 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
             duplicates = conn.execute(text("SELECT count(*) FROM (SELECT request_id, target FROM completion_records "
                                            "GROUP BY request_id, target HAVING count(*) > 1) d")).scalar() or 0
             max_attempts = conn.execute(text("SELECT max(attempts) FROM tasks")).scalar() or 0
+            requests = conn.execute(text("SELECT count(*) FROM requests")).scalar() or 0
         problems = lethe.ledger.verify()
         lethe.ledger.engine.dispose()
     figures = {
@@ -251,19 +305,23 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
         "subject_residue": sum(after[u] for u in subjects),
         "max_attempts": max_attempts, "drain_seconds": round(drained, 1), "worker_kills": procs.kills,
         "s3_faults": dict(proxy.injected), "events": events, "ledger_problems": problems[:3],
+        "poison": len(poison), "poison_dead_lettered": sum(1 for pair in dead if pair in poison.items()),
+        "filed_from_poison": requests - len(ids),
     }
     out.write(f"chaos: completed {completed}/{opts.requests}, failed {failed}, lost {figures['lost']}, "
               f"duplicate records {duplicates}, bystander versions deleted {figures['bystander_versions_deleted']}, "
               f"subject residue {figures['subject_residue']}, max attempts {max_attempts}, "
               f"drained in {drained:.0f} s; {procs.kills} worker kills, S3 faults {dict(proxy.injected)}, "
-              f"{'; '.join(events)}; ledger {'verified' if not problems else problems[0]}\n")
+              f"{'; '.join(events)}; ledger {'verified' if not problems else problems[0]}; poison dead-lettered "
+              f"{figures['poison_dead_lettered']}/{len(poison)}, filed from poison {figures['filed_from_poison']}\n")
     return figures
 
 
 def ok(figures: dict[str, Any]) -> bool:
     return (figures["completed"] == figures["requests"] and figures["duplicate_records"] == 0
             and figures["bystander_versions_deleted"] == 0 and figures["subject_residue"] == 0
-            and not figures["ledger_problems"])
+            and not figures["ledger_problems"] and figures["poison_dead_lettered"] == figures["poison"]
+            and figures["filed_from_poison"] == 0)
 
 
 def main() -> None:
