@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from orchestrator.api import create_app
 from orchestrator.service import Lethe
@@ -28,13 +32,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 LAPTOP = {"width": 1366, "height": 768}
 
 
-@pytest.fixture
-def server(lethe: Lethe, worker: None) -> Iterator[str]:
-    """uvicorn serving the API and dashboard on a free loopback port, in a thread; yields the base URL."""
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """uvicorn serving ``app`` on a free loopback port, in a thread; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(lethe), log_config=None, lifespan="off", ws="none", http="h11",
-                            access_log=False)
+    config = uvicorn.Config(app, log_config=None, lifespan="off", ws="none", http="h11", access_log=False)
     web = uvicorn.Server(config)
     thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -51,7 +54,14 @@ def server(lethe: Lethe, worker: None) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(server: str) -> Iterator[object]:
+def server(lethe: Lethe, worker: None) -> Iterator[str]:
+    """The API and dashboard with a worker running; yields the base URL."""
+    with serving(create_app(lethe)) as base:
+        yield base
+
+
+@pytest.fixture
+def page() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -126,3 +136,60 @@ def test_operator_follows_a_request_and_retries_a_failed_task(
     page.screenshot(path=str(shots / "4-overview.png"), full_page=True)
     for text in (page.content(), *(p.read_bytes().decode("latin-1") for p in shots.iterdir())):
         assert "TOKEN" not in text and TOKENS["operator"] not in text
+
+
+def test_operator_tells_a_stuck_request_from_a_healthy_one(
+        lethe: Lethe, page, tmp_path: Path, s3_endpoint: str, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """No worker runs: the request waits, the overview shows no worker on purge.s3 and a message waiting;
+    once quiet past its lease the request is flagged stalled with its re-send due. A dead-lettered event is
+    counted. A worker starts: it is seen on purge.s3, the queue drains and the request completes."""
+    from playwright.sync_api import expect
+    from sqlalchemy import update
+
+    from orchestrator.ledger.models import AuditEntry, Request, Task
+    from orchestrator.testing import put_objects
+
+    expect.set_options(timeout=20_000)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    put_objects(s3_endpoint, bucket, ["users/12/p.jpg"])
+    app = create_app(lethe)
+    app.state.broker.probe_seconds = 0.5
+    with serving(app) as server:
+        page.goto(server + "/login")
+        page.fill("#token", TOKENS["operator"])
+        page.click("button[type=submit]")
+        page.wait_for_url(server + "/")
+        rid = file_request(server, "12")
+        page.reload()
+        row = page.locator(f'tr[data-id="{rid}"]')
+        expect(row.locator("td.progress")).to_have_text(re.compile(r"^\d+s ago$"))
+        expect(row.locator("td.resend")).to_have_text(re.compile(r"^in (\d+s|1m)$"))
+
+        past = datetime.now(UTC) - timedelta(hours=3)
+        with lethe.ledger.sessions.begin() as s:  # three quiet hours, as if the worker had died
+            s.execute(update(Request).where(Request.id == rid).values(received_at=past))
+            s.execute(update(AuditEntry).where(AuditEntry.request_id == rid).values(at=past))
+            s.execute(update(Task).where(Task.request_id == rid, Task.lease_expires_at.is_not(None))
+                      .values(lease_expires_at=past + timedelta(minutes=1)))
+        lethe.ledger.count_dead_letter("bad-signature")
+        expect(row.locator("td.progress.stalled")).to_have_text("3h 0m ago")  # by live refresh
+        expect(row.locator("td.resend")).to_have_text("due now")
+        expect(page.locator("#stalled-count b")).to_have_text("1")
+        page.screenshot(path=str(shots / "1-stalled.png"), full_page=True)
+
+        page.goto(server + "/overview")
+        queue = page.locator('#queues tr[data-queue="purge.s3"]')
+        expect(queue.locator("td.workers")).to_have_text("0")
+        expect(queue.locator("td.workers")).to_have_class(re.compile("stalled"))
+        expect(queue.locator("td.depth")).to_have_text("1")
+        expect(page.locator("#dead-letters")).to_contain_text("bad-signature")
+        page.screenshot(path=str(shots / "2-no-worker.png"), full_page=True)
+
+        with lethe.embedded_worker(concurrency=1):
+            expect(queue.locator("td.workers")).to_have_text("1", timeout=30_000)  # by live refresh
+            expect(queue.locator("td.depth")).to_have_text("0")
+            page.screenshot(path=str(shots / "3-worker.png"), full_page=True)
+            page.goto(f"{server}/requests/{rid}")
+            expect(page.locator("#request-status")).to_have_text("completed", timeout=30_000)
+        expect(page.locator("#last-progress")).to_have_count(0)
