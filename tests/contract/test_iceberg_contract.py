@@ -9,6 +9,7 @@ and every manifest of the current snapshot are read back directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from orchestrator.identifiers import Subject
 from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
 from workers.targets.base import PermanentError
 from workers.targets.iceberg import IcebergConfig, IcebergTarget
+from workers.targets.selectors import normal_url
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +32,11 @@ NOBODY = ("120", "012", "1", "21", "1120", "12 ", "x12")
 
 
 class IcebergStore:
-    def __init__(self, root: Path, integer: bool) -> None:
+    def __init__(self, root: Path, integer: bool, catalog_url: str | None = None) -> None:
         root.mkdir(parents=True)
-        self.catalog_props = {"name": "contract", "uri": f"sqlite:///{root / 'catalog.db'}",
-                              "warehouse": f"file://{root / 'wh'}"}
-        self.catalog = SqlCatalog("contract", uri=self.catalog_props["uri"], warehouse=self.catalog_props["warehouse"])
+        url = catalog_url or f"sqlite:///{root / 'catalog.db'}"
+        self.catalog_props = {"name": "contract", "uri": url, "warehouse": f"file://{root / 'wh'}"}
+        self.catalog = SqlCatalog("contract", uri=normal_url(url), warehouse=self.catalog_props["warehouse"])
         self.catalog.create_namespace("lake")
         self.integer = integer
         self.owner_type = pa.int64() if integer else pa.string()
@@ -86,8 +88,10 @@ class IcebergContract(TargetContract):
     integer = False
 
     @pytest.fixture
-    def store(self, tmp_path: Path) -> IcebergStore:
-        return IcebergStore(tmp_path / "lake", self.integer)
+    def store(self, tmp_path: Path) -> Iterator[IcebergStore]:
+        store = IcebergStore(tmp_path / "lake", self.integer)
+        yield store
+        store.catalog.engine.dispose()
 
     @pytest.fixture
     def target(self, store: IcebergStore) -> IcebergTarget:
@@ -204,3 +208,20 @@ def test_config_is_checked_when_the_map_loads() -> None:
         IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a", where={"o": "{user_id}"})
     with pytest.raises(ValueError, match="uri"):
         IcebergConfig(name="x", kind="iceberg", catalog={}, table="a.b", where={"o": "{user_id}"})
+
+
+def test_a_catalog_on_postgresql_works_as_given(tmp_path: Path, pg_database: str) -> None:
+    """The catalog on the machine's PostgreSQL, its URL given as postgresql:// (as the ledger's): the purge
+    erases the subject from every snapshot and file, leaves the others, and closes its connections (the
+    database drops without force)."""
+    store = IcebergStore(tmp_path / "lake", integer=True, catalog_url=pg_database)
+    try:
+        seeded = {uid: store.seed(uid) for uid in (SUBJECT, *OTHERS)}
+        target = IcebergTarget(IcebergConfig(name="faces", kind="iceberg", catalog=store.catalog_props,
+                                             table="lake.faces", where={"owner": "{user_id}"}))
+        assert target.purge(subject(SUBJECT), Beats()) == seeded[SUBJECT]
+        assert target.verify(subject(SUBJECT)) == 0 and store.rows_in_every_file(SUBJECT) == 0
+        assert {uid: store.remaining(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
+        assert len(store.table().snapshots()) == 1 and target.level == "bytes_reclaimed"
+    finally:
+        store.catalog.engine.dispose()

@@ -40,6 +40,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
@@ -118,12 +119,12 @@ class IcebergTarget:
 
     # -- the contract -----------------------------------------------------------------------------
     def count(self, subject: Subject) -> int:
-        with vendor_errors(f"{self.where}: count"):
+        with vendor_errors(f"{self.where}: count"), self._connected():
             table = self._table()
             return self._count_snapshot(table, self._values(subject, table), None)
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
-        with vendor_errors(f"{self.where}: purge"):
+        with vendor_errors(f"{self.where}: purge"), self._connected():
             table = self._table()
             # One purge of a table at a time on this host: an expiry must not delete the files of a snapshot
             # a concurrent purge is committing on.
@@ -153,7 +154,7 @@ class IcebergTarget:
         return removed
 
     def verify(self, subject: Subject) -> int:
-        with vendor_errors(f"{self.where}: verify"):
+        with vendor_errors(f"{self.where}: verify"), self._connected():
             table = self._table()
             values = self._values(subject, table)
             current = table.current_snapshot()
@@ -168,14 +169,27 @@ class IcebergTarget:
             return found + sum(n for path, n in self._file_counts(table, values) if path not in referenced)
 
     # -- reading ---------------------------------------------------------------------------------------
-    def _table(self) -> Any:
+    @contextmanager
+    def _connected(self) -> Iterator[None]:
+        """The catalog for one call of the contract; its connection pool is closed after it (a worker builds
+        a target per task, so a pool kept per instance would leave connections open on the catalog's server)."""
         from pyiceberg.catalog.sql import SqlCatalog
+
+        from workers.targets.selectors import normal_url
+
+        properties = {k: v for k, v in self.config.catalog.items() if k not in ("type", "name")}
+        properties["uri"] = normal_url(properties["uri"])  # postgresql:// as the ledger takes it
+        # The SQL catalog keys its rows by the catalog's name: the one the tables were created under.
+        self._catalog = SqlCatalog(self.config.catalog.get("name", "default"), **properties)
+        try:
+            yield
+        finally:
+            self._catalog.engine.dispose()
+            self._catalog = None
+
+    def _table(self) -> Any:
         from pyiceberg.exceptions import NoSuchTableError
 
-        if self._catalog is None:
-            properties = {k: v for k, v in self.config.catalog.items() if k not in ("type", "name")}
-            # The SQL catalog keys its rows by the catalog's name: the one the tables were created under.
-            self._catalog = SqlCatalog(self.config.catalog.get("name", "default"), **properties)
         try:
             return self._catalog.load_table(self.config.table)
         except NoSuchTableError:
