@@ -337,3 +337,28 @@ def test_a_refused_event_costs_the_batch_nothing_and_a_lost_ledger_requeues_it(
     assert instance.ledger.dead_letter_counts() == {"malformed": 1}
     with Connection(broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+
+
+def test_outbound_events_need_no_event_key_and_cannot_be_replayed_as_requests(
+        broker: str, pg_database: str, write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe]) -> None:
+    """Without LETHE_EVENT_KEY lethe still signs what it publishes (Ed25519: the event key is not in the
+    outbound path); fed back to an intake, lethe's own event is refused (bad-signature), never filed."""
+    instance = make_lethe(database_url=pg_database, broker_url=broker, data_map=write_map(MAP), event_key=None)
+    MemoryStore.add("photos", {"owner": "12"})
+    with Connection(broker) as conn:
+        watch = Queue("test.watch.unkeyed", EXCHANGE, routing_key="lethe.erasure.completed", durable=False)
+        watch(conn.default_channel).declare()
+        watch(conn.default_channel).purge()
+        with instance.embedded_worker():
+            request_id, _ = instance.submit({"user_id": "12"})
+            assert instance.wait(request_id, timeout=30)["status"] == "completed"
+        message = wait_for(lambda: watch(conn.default_channel).get(no_ack=True))
+        watch(conn.default_channel).delete()
+    event = json.loads(message.body)
+    assert verify_outbound(event, [instance.ledger.signing_key.public_key()])
+    with Connection(broker) as conn:  # replayed as a request, on the intake's routing key
+        Producer(conn.default_channel).publish(message.body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED,
+                                               content_type=CONTENT_TYPE, content_encoding="binary")
+    with running_intake(instance, broker):
+        assert dead_letters(broker, 1) == [(message.body, "bad-signature")]
+    assert requests_made(instance) == [request_id]
