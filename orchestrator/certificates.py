@@ -1,4 +1,4 @@
-"""Signed certificates of erasure (Ed25519) and the canonical JSON that they and the audit chain hash.
+r"""Signed certificates of erasure (Ed25519) and the canonical JSON that they and the audit chain hash.
 
 Anyone holding a certificate and lethe's public keys (``lethe certificate --public-key``: every key the
 ledger has used, each headed by its ``key_id``) can check it offline. ``lethe certificate --verify FILE``
@@ -6,15 +6,16 @@ does, and so does this, with nothing of lethe's. A JSON reader that keeps the fi
 keys would read other values than the ones signed, so a file with a duplicate key is refused::
 
     import base64, json
+    from pathlib import Path
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     def unique(pairs):  # refuse {"request_id": "forged", "request_id": "signed", ...}
         if len({k for k, _ in pairs}) < len(pairs): raise ValueError("duplicate key in certificate")
         return dict(pairs)
-    cert = json.load(open("certificate.json"), object_pairs_hook=unique)
+    cert = json.loads(Path("certificate.json").read_bytes(), object_pairs_hook=unique)
     signature = base64.b64decode(cert.pop("signature"))
     body = json.dumps(cert, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    keys = open("lethe-public.pem").read().split("# key_id ")[1:]  # one "<key_id> ...\n<PEM>" per key
-    pem = next(k.split("\n", 1)[1] for k in keys if k.split()[0] == cert["key_id"])
+    keys = Path("lethe-public.pem").read_text().split("# key_id ")[1:]  # one "<key_id> ...\n<PEM>" per key
+    pem = next(k.partition("\n")[2] for k in keys if k.split()[0] == cert["key_id"])
     load_pem_public_key(pem.encode()).verify(signature, body)  # raises if forged
 """
 
