@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import kombu.compression
 from kombu import Connection, Message
 from kombu.mixins import ConsumerMixin
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -121,6 +122,21 @@ def verdict(step: Callable[[], T]) -> T | Rejected:
         return Rejected("malformed", f"could not be processed ({type(exc).__name__})")
 
 
+def _refuse(_body: bytes) -> bytes:
+    raise ValueError("lethe.events carries uncompressed JSON")
+
+
+def refuse_compressed_bodies() -> None:
+    """A CloudEvent on lethe.events is structured JSON, never compressed (SPEC). kombu would inflate a body
+    whose ``compression`` header names a codec it knows before lethe sees it - 64 KiB of zlib inflates to
+    64 MB, a few MB to gigabytes: a memory bomb that kills the intake, and kills it again on the redelivery.
+    Every codec is registered again in this process with a decoder that refuses, so kombu leaves the body as
+    it was sent; it is then dead-lettered ``malformed``, unchanged. (lethe compresses no Celery message.)"""
+    for content_type in kombu.compression.encoders():
+        encoder, _ = kombu.compression.get_encoder(content_type)
+        kombu.compression.register(encoder, _refuse, content_type)
+
+
 @dataclass(frozen=True)
 class _Requested:
     """A checked ``lethe.erasure.requested`` event of a batch, ready to file."""
@@ -153,6 +169,7 @@ class Intake(ConsumerMixin):
 
     def __init__(self, lethe: Lethe, connection: Connection, key: bytes, *, batch_size: int = 100,
                  batch_window: float = 0.05):
+        refuse_compressed_bodies()
         self.lethe = lethe
         self.connection = connection
         self.key = key
@@ -168,6 +185,11 @@ class Intake(ConsumerMixin):
 
     def on_connection_revived(self) -> None:
         declare(self.connection)
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        # kombu's default acknowledges a message it cannot decode (an unknown or refused ``compression``
+        # header) and drops it: lost without a trace. Its body is as sent: settle it like any other.
+        self.on_message(message)
 
     def on_message(self, message: Message) -> None:
         if not self._pending:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -199,3 +200,24 @@ def test_a_ledger_refusing_one_event_dead_letters_it_and_files_the_rest(
     assert requests_made(lethe) == 2
     with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+
+
+def test_a_compressed_body_is_never_inflated(lethe: Lethe, redis_broker: str) -> None:
+    """A zlib bomb (20 MB of zeros in ~20 KB, with kombu's compression header) is dead-lettered as sent,
+    never inflated; so is a body naming a compression kombu does not know (kombu alone would drop it);
+    the event behind them is filed."""
+    bomb = zlib.compress(b"0" * 20_000_000)
+    good = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc", key=KEY)
+    with Connection(redis_broker) as conn:
+        producer = Producer(conn.default_channel)
+        for body, headers in ((bomb, {"compression": "application/x-gzip"}), (b"{}", {"compression": "x-unknown"}),
+                              (json.dumps(good).encode(), {})):
+            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
+                             content_encoding="binary", headers=headers)
+    with running_intake(lethe, redis_broker):
+        got = drain_dead(redis_broker, 2)
+        deadline = time.monotonic() + 20
+        while requests_made(lethe) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert sorted(got) == sorted([(bomb, "malformed"), (b"{}", "unsigned")])
+    assert requests_made(lethe) == 1
