@@ -2,7 +2,8 @@
 
 Stores: a versioned S3 photo bucket on moto's server (photos with old versions, some delete markers), a Feast
 feature repo (SQLite online store, Parquet offline files), a Delta training manifest of the photos with the
-demographic columns (age, gender, location; several versions), a LanceDB face-embedding table, an in-memory
+demographic columns (age, gender, location; several versions), the application's users table (SQLite,
+masked), a LanceDB face-embedding table, an in-memory
 session store, and an MLflow registry with models trained on two halves of the users (recorded with lethe's
 lineage) and one trained on consented data only. Broker and worker run in-process; the ledger is SQLite.
 Every erased user must be gone from every store, and every other user intact, as read back through each
@@ -12,6 +13,8 @@ target's own count; the models trained on an erased user are quarantined and the
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import shutil
 import time
@@ -22,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator import logs
 from orchestrator.config import Settings
 from orchestrator.identifiers import Subject, keyed_hash
 from orchestrator.service import Lethe
@@ -55,6 +59,14 @@ targets:
     uri: {manifest}
     where: {{user_id: "{{user_id}}"}}
     after: [profile-photos]
+  - name: app-users
+    kind: sql
+    url: {users_url}
+    table: users
+    where: {{id: "{{user_id}}"}}
+    action: mask
+    mask: {{email: null, display_name: "erased", age: null, gender: null, location: null}}
+    after: [training-manifest]
   - name: sessions
     kind: memory
     store: demo-sessions
@@ -129,9 +141,26 @@ def serving(tracking_uri: str) -> set[str]:
     return {m for m in MODELS if client.get_registered_model(m).aliases}
 
 
-def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
-    from orchestrator.demo_estate import build_demo_repo, build_training_manifest
+def quiet_stores() -> None:
+    """The demo prints its own story: the stores' libraries log nothing below an error (Feast's registry,
+    MLflow's and Alembic's migrations, LanceDB), MLflow sends no telemetry, and their deprecation warnings
+    stay out of the summary."""
+    import warnings
 
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logs.configure(level="WARNING")
+    for name in ("feast", "mlflow", "alembic", "lancedb", "botocore", "werkzeug", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
+    from orchestrator.demo_estate import build_demo_repo, build_training_manifest, build_users_table
+
+    quiet_stores()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     started = time.monotonic()
@@ -149,6 +178,7 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
         put_objects(endpoint, BUCKET, [f"users/{u}/old-avatar.jpg" for u in users[::3]], delete_marker=True)
         build_demo_repo(workdir / "feature_repo", users)
         build_training_manifest(workdir / "lake" / "faces_manifest", users)
+        users_url = build_users_table(workdir / "app.db", users)
         seed_faces(workdir / "vectors", users)
         tracking_uri, members = seed_models(workdir, users)
         MemoryStore.clear()
@@ -156,7 +186,7 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
 
         map_path = workdir / "datamap.yaml"
         map_path.write_text(DATA_MAP.format(endpoint=endpoint, bucket=BUCKET, feature_repo=workdir / "feature_repo",
-                                            manifest=workdir / "lake" / "faces_manifest",
+                                            manifest=workdir / "lake" / "faces_manifest", users_url=users_url,
                                             vectors=workdir / "vectors", tracking_uri=tracking_uri))
         lethe = Lethe(Settings(database_url=f"sqlite:///{workdir / 'lethe.db'}", data_map=map_path, broker_url=None))
         key = lethe.settings.subject_key_bytes
@@ -198,9 +228,14 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
         ledger_problems = lethe.ledger.verify()
 
     completed = sum(1 for s in statuses if s["status"] == "completed")
-    table = Table(title=f"lethe demo: {len(doomed)} of {subjects} users erased", title_justify="left")
+    table = Table(title=f"lethe demo: {len(doomed)} of {subjects} users erased", title_justify="left",
+                  caption=f"deleted: items the target removed · residue: what a read-back still finds of the "
+                  f"erased users (must be 0) · others changed: of the {len(kept_sample)} users kept and read back "
+                  f"before and after (every look-alike id of an erased one among them), how many changed (must be "
+                  f"0); for models, of those trained on no erased user, how many stopped serving",
+                  caption_justify="left")
     for col in ("target", "kind", "deleted", "residue", "others changed", "level"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "level")
     ok = completed == len(doomed) and not ledger_problems
     # Models are shared: one trained on an erased user is withdrawn for everyone, so for them "others" means
     # the models trained on no erased user, which must still serve.
@@ -226,7 +261,7 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
                   f"{', '.join(doomed)}")
     console.print(f"ledger: {workdir / 'lethe.db'} ({'verified' if not ledger_problems else ledger_problems[0]})")
     console.print(f"certificates: {certs}/<request id>.json · public key: {workdir / 'lethe-public.pem'}")
-    console.print(f"{time.monotonic() - started:.1f} s")
+    console.print(f"finished in {time.monotonic() - started:.1f} s (seeding, erasing, reading back every store)")
     console.print("[green]every erased user is gone from every store and everyone else is intact[/green]" if ok
                   else "[red]demo failed: see the table above[/red]")
     return 0 if ok else 1

@@ -178,3 +178,30 @@ def build_training_manifest(uri: Path | str, user_ids: Sequence[str], *, photos_
     # A curation pass moves one split: a version that rewrites files, as real manifests get.
     DeltaTable(str(path)).update(predicate="split = 'eval' AND age > 60", updates={"split": "'train'"})
     return path
+
+
+# --- the application's users table ------------------------------------------------------------------------
+
+
+def build_users_table(path: Path | str, user_ids: Sequence[str]) -> str:
+    """An SQLite database with the application's ``users`` table: id, email, display name and the same
+    demographic columns as the manifest. Returns its SQLAlchemy URL.
+
+    Data map entry for it: ``{kind: sql, url: <url>, table: users, where: {id: "{user_id}"}, action: mask,
+    mask: {email: null, display_name: "erased", ...}}``.
+    """
+    import sqlite3
+
+    db = Path(path).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    columns = manifest_rows(user_ids, photos_per_user=1).to_pydict()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, display_name TEXT,"
+                     " age INTEGER, gender TEXT, location TEXT)")
+        conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)", [
+            (uid, f"user{uid}@example.org", f"User {uid}", age, gender, location)
+            for uid, age, gender, location in zip(columns["user_id"], columns["age"], columns["gender"],
+                                                  columns["location"], strict=True)
+        ])
+    conn.close()
+    return f"sqlite:///{db}"

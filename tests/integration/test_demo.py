@@ -30,6 +30,7 @@ def test_demo_erases_and_verifies(tmp_path: Path) -> None:
                  .group(1).replace(" ", "").split(","))  # type: ignore[union-attr]
     assert len(erased) == 3
     _manifest_holds_no_erased_user(tmp_path / "demo" / "lake" / "faces_manifest", erased, subjects=40)
+    _users_table_masks_only_the_erased(tmp_path / "demo" / "app.db", erased, subjects=40)
 
 
 def _manifest_holds_no_erased_user(uri: Path, erased: set[str], subjects: int) -> None:
@@ -48,3 +49,20 @@ def _manifest_holds_no_erased_user(uri: Path, erased: set[str], subjects: int) -
         assert not erased & {str(u) for u in pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist()}
     kept = Counter(str(u) for u in current.to_pyarrow_table(columns=["user_id"]).column("user_id").to_pylist())
     assert kept == {str(u): 2 for u in range(1, subjects + 1) if str(u) not in erased}
+
+
+def _users_table_masks_only_the_erased(db: Path, erased: set[str], subjects: int) -> None:
+    """The application's users table: erased users' rows are kept (foreign keys elsewhere point at them) with
+    every personal column masked; everyone else's row is as the demo wrote it."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = {str(r[0]): r[1:] for r in conn.execute(
+            "SELECT id, email, display_name, age, gender, location FROM users")}
+    conn.close()
+    assert set(rows) == {str(u) for u in range(1, subjects + 1)}
+    for uid, (email, name, age, gender, location) in rows.items():
+        if uid in erased:
+            assert (email, name, age, gender, location) == (None, "erased", None, None, None)
+        else:
+            assert (email, name) == (f"user{uid}@example.org", f"User {uid}") and age and gender and location
