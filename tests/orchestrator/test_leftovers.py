@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from orchestrator import logs
+from orchestrator.certificates import load_private_key
 from orchestrator.datamap import DataMap
 from orchestrator.ledger.models import AuditEntry, Request, Task
 from orchestrator.ledger.store import InvalidInput, Ledger, LedgerError
@@ -162,3 +163,35 @@ def test_an_extension_reason_naming_the_subject_is_refused(ledger: Ledger) -> No
         ledger.extend_deadline(request_id, "  ")
     ledger.extend_deadline(request_id, "complex request")
     assert not any("carl" in json.dumps(e["detail"]).lower() for e in ledger.audit_trail(request_id))
+
+
+@integration
+def test_cli_refuses_reasons_naming_the_subject(tmp_path: Path, signing_key_file: Path) -> None:
+    """`lethe hold add` and `lethe extend` with the subject's value in the reason: exit 2, one line that
+    does not repeat the value, nothing recorded."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.lethe import SUBJECT_KEY
+
+    (tmp_path / "map.yaml").write_text(MAP)
+    env = {**os.environ, "LETHE_DATABASE_URL": f"sqlite:///{tmp_path / 'lethe.db'}",
+           "LETHE_DATA_MAP": str(tmp_path / "map.yaml"), "LETHE_SUBJECT_KEY": SUBJECT_KEY,
+           "LETHE_SIGNING_KEY": str(signing_key_file)}
+    env.pop("LETHE_BROKER_URL", None)
+    lethe = str(Path(sys.executable).with_name("lethe"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([lethe, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    held = run("hold", "add", "--subject", f"email={EMAIL}", "--reason", f"lawsuit by {EMAIL.upper()}")
+    assert held.returncode == 2 and "identifier" in held.stderr and "Traceback" not in held.stderr, held.stderr
+    assert EMAIL not in held.stderr.lower() and len(held.stderr.strip().splitlines()) == 1
+    assert json.loads(run("hold", "list", "--json").stdout)["items"] == []
+
+    ledger = Ledger(env["LETHE_DATABASE_URL"], bytes.fromhex(SUBJECT_KEY), load_private_key(signing_key_file))
+    request_id, _, _ = ledger.file_request(DATAMAP, subject())
+    ledger.engine.dispose()
+    extended = run("extend", request_id, "--reason", f"complex: {quote(EMAIL)}")
+    assert extended.returncode == 2 and "Traceback" not in extended.stderr, extended.stderr
+    assert run("status", request_id, "--json").returncode == 0
