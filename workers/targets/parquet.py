@@ -21,7 +21,13 @@ every data file again.
 
 Level: ``bytes_reclaimed`` for local directories and for S3 buckets without versioning (the old object is
 overwritten by the copy); ``invisible`` on a versioned bucket, where the previous version of each rewritten
-object still holds the rows: pair the target with an ``s3`` target on the same prefix to remove them.
+object still holds the rows (pair the target with an ``s3`` target on the same prefix to remove them), and
+when the bucket's versioning cannot be read (boto3, the ``s3`` extra, not installed).
+
+On S3 a rewrite cannot lock the object: a second worker rewriting the same file at the same time could
+undo the first one's removal. The rewrite refuses (retryable) when the object's size or modification time
+changed since it was read, which leaves a window of one request; run one purge per lake prefix at a time
+(e.g. one worker on ``purge.parquet``) where that matters.
 """
 
 from __future__ import annotations
@@ -131,9 +137,12 @@ class ParquetTarget:
                     for path in location.files()]
 
     def _versioned(self) -> bool:
-        """Whether the bucket keeps old object versions (then a rewritten file's old bytes survive)."""
-        from workers.targets.s3 import s3_client
-
+        """Whether the bucket keeps old object versions (then a rewritten file's old bytes survive). Unknown
+        (no boto3, the ``s3`` extra) counts as versioned: the level must not claim what was not checked."""
+        try:
+            from workers.targets.s3 import s3_client
+        except ImportError:
+            return True
         bucket = self.config.uri[len("s3://"):].split("/", 1)[0]
         status = s3_client(self.config.endpoint_url, self.config.region).get_bucket_versioning(Bucket=bucket)
         return status.get("Status") in ("Enabled", "Suspended")
