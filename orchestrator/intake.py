@@ -222,6 +222,12 @@ class Intake(ConsumerMixin):
                     except OSError:
                         if not self.should_stop:
                             raise
+                    except Exception as exc:
+                        if isinstance(exc, (*conn.connection_errors, *conn.channel_errors)):
+                            raise  # kombu's run loop reconnects
+                        # Not a message at all: bytes pushed onto the queue's Redis list without kombu's
+                        # envelope fail kombu's own parsing, after Redis handed them over. Nothing to settle.
+                        log.error("intake.unreadable_envelope", error=type(exc).__name__)
                     else:
                         if self._pending and (len(self._pending) >= self.batch_size
                                               or time.monotonic() - self._first_at >= self.batch_window):

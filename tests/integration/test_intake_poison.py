@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
@@ -220,4 +221,20 @@ def test_a_compressed_body_is_never_inflated(lethe: Lethe, redis_broker: str) ->
         while requests_made(lethe) == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert sorted(got) == sorted([(bomb, "malformed"), (b"{}", "unsigned")])
+    assert requests_made(lethe) == 1
+
+
+def test_bytes_without_kombus_envelope_do_not_stop_the_intake(lethe: Lethe, redis_broker: str) -> None:
+    """Garbage pushed straight onto the intake's Redis list fails kombu's own parsing; the intake lives and
+    files the event behind it."""
+    client = redis.Redis.from_url(redis_broker)
+    client.lpush("lethe.intake", b"not a kombu envelope", b'{"body": 1}')
+    client.close()
+    send(redis_broker, [json.dumps(make_event(ERASURE_REQUESTED, {"subject": {"user_id": "12"}}, source="svc",
+                                              key=KEY)).encode()])
+    with running_intake(lethe, redis_broker) as thread:
+        deadline = time.monotonic() + 20
+        while requests_made(lethe) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert thread.is_alive()
     assert requests_made(lethe) == 1
