@@ -73,13 +73,36 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level of lethe's structlog JSON logs.")
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, url: str | None) -> str | None:
+        # Kombu takes any string and fails only when a message is sent: refuse what it cannot use at start.
+        from kombu.transport import TRANSPORT_ALIASES
+
+        if not url:
+            return None  # embedded mode
+        for one in url.split(";"):  # Celery's failover list: url;url
+            scheme, sep, _ = one.strip().partition("://")
+            if not sep or scheme.split("+")[0] not in TRANSPORT_ALIASES:
+                raise ValueError("is not a broker URL: give redis://host:6379/0, rediss://… or amqp://user@host//")
+        return url
+
     @field_validator("database_url")
     @classmethod
     def _use_psycopg3(cls, url: str) -> str:
         # SQLAlchemy maps a bare postgresql:// to psycopg2; lethe ships psycopg 3, so the URL works as given.
         for plain in ("postgresql://", "postgres://"):
             if url.startswith(plain):
-                return "postgresql+psycopg://" + url[len(plain) :]
+                url = "postgresql+psycopg://" + url[len(plain) :]
+        # Refused here, not at the first connection: a URL SQLAlchemy cannot read or has no dialect for.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(url).get_dialect()
+        except ArgumentError:  # NoSuchModuleError (no such dialect) is one too
+            raise ValueError("is not a database URL lethe can use: give postgresql://user@host:5432/lethe or "
+                             "sqlite:///path/to/lethe.db") from None
         return url
 
     @property

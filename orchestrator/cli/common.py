@@ -1,37 +1,54 @@
-"""What every ``lethe`` command shares: the consoles, the exit codes, the user-error boundary, the service
-object, and the printing of a request's tasks."""
+"""What every ``lethe`` command shares: the consoles, the exit codes, the command class behind the help, the
+service object, where dispatched work runs, request ids as typed, and the printing of a request's tasks."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from orchestrator import logs
 from orchestrator.config import ConfigError, Settings
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import TERMINAL_TASK, LedgerError
+from orchestrator.ledger.store import DONE_TASK, TERMINAL_TASK, LedgerError
 from orchestrator.service import Lethe
 from orchestrator.times import InvalidTime
 from workers.targets.base import UnknownTargetKind
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are read by scripts too: no hard wraps
+if not out.is_terminal:
+    out.width = 200  # piped or captured: no terminal to fit, so no column is cut to 80 ("profile-phot…")
 
 T = TypeVar("T")
 USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind, InvalidTime)
 
+# The environment each command reads, named in its help (SPEC "Configuration").
+LEDGER_ENV = ("LETHE_DATABASE_URL", "LETHE_SUBJECT_KEY", "LETHE_SIGNING_KEY")
+BROKER_ENV = ("LETHE_BROKER_URL",)
+MAP_ENV = ("LETHE_DATA_MAP",)
+PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+
 
 class Exit:
-    DONE, FAILED, BAD_INPUT, WAITING = 0, 1, 2, 3
+    DONE, FAILED, BAD_INPUT, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
+
+
+def reads(*groups: tuple[str, ...]) -> str:
+    """A command's epilog: the LETHE_* variables it reads."""
+    return "Environment: " + ", ".join(dict.fromkeys(name for group in groups for name in group))
 
 
 def fail(message: str, code: int = Exit.BAD_INPUT) -> NoReturn:
@@ -40,20 +57,85 @@ def fail(message: str, code: int = Exit.BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """A user's mistake is a message and exit 2, never a traceback."""
+# -- help: what an option takes, never a Python type -----------------------------------------------------
+class _PlainArgument(TyperArgument):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None  # the argument's name (ID, PATH) already says what it takes
+
+
+class _PlainHelp:
+    """Typer's help shows a Python type beside each parameter (``<bool>``, ``<list[str]>``, ``<str>``): a flag
+    shows nothing, an option without a metavar of its own shows its name in capitals (``--dataset
+    DATASET``; commands give better ones, ``--timeout SECONDS``), an argument only its name."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if type(param) is TyperArgument:
+                param.__class__ = _PlainArgument
+            elif isinstance(param, TyperOption) and param.metavar is None:
+                if param.is_flag or param.count:
+                    param.metavar = ""
+                elif not param.type_descriptor.is_choice:  # choices show themselves: <gdpr|ccpa>
+                    param.metavar = (param.name or "value").upper()
+        return params
+
+
+class Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class Commands(typer.Typer):
+    """The commands of one module, with the plain help. ``Commands()`` adds its commands to ``lethe`` itself;
+    ``Commands(name="hold", help=...)`` is a group of its own (``lethe hold …``)."""
+
+    def __init__(self, name: str | None = None, help: str | None = None, **kwargs: Any):
+        super().__init__(name=name, help=help, cls=Group, no_args_is_help=name is not None, **kwargs)
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = Command, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls, **kwargs)
+
+
+# -- the service, the actor, where work runs ---------------------------------------------------------------
+def make_lethe(migrate: bool = True) -> Lethe:
+    """The service for this command, its ledger migrated (SPEC: every command migrates on start). A bad
+    setting, an unreachable database: the error boundary (``orchestrator.cli.errors``) says so in one line."""
+    settings = Settings()
+    logs.configure(level="WARNING")
+    lethe = Lethe(settings)
+    if migrate:
+        lethe.migrate()
+    return lethe
+
+
+def actor() -> str:
+    """Who acts, in the audit trail: ``cli:<OS user>`` (as the API records its token's name)."""
     try:
-        yield
-    except USER_ERRORS as exc:
-        fail(str(exc))
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"[:200]
 
 
-def make_lethe() -> Lethe:
-    with user_errors():
-        settings = Settings()
-        logs.configure(level="WARNING")
-        return Lethe(settings)
+def dispatching(lethe: Lethe, check_broker: bool = True) -> AbstractContextManager[None]:
+    """Where the work a command dispatches runs: in embedded mode an in-process broker and worker for the
+    life of the block; otherwise the deployment's workers, once the broker answered (exit 4 if it does not:
+    a command files nothing no worker could get; what a broker outage leaves undispatched later is on
+    record, and reconcile sends it)."""
+    if lethe.settings.embedded:
+        return lethe.embedded_worker()
+    if check_broker:
+        lethe.check_broker()
+    return nullcontext()
+
+
+def request_id(lethe: Lethe, given: str) -> str:
+    """The request an ID argument names: the whole id or any unique prefix (exit 2 if ambiguous)."""
+    return lethe.ledger.resolve_request_id(given)
 
 
 def exit_code(status: dict[str, Any]) -> int:
@@ -76,24 +158,68 @@ def parse_subject(pairs: list[str]) -> dict[str, str]:
     return subject
 
 
-def identifier_values(path: Path, identifier: str, datamap: DataMap, convert: Callable[[str], T]) -> Iterator[T]:
-    """``convert(value)`` for every non-empty line of ``path``, one value of ``identifier`` per line, read as
-    the result is iterated; an invalid value raises InvalidIdentifier naming its line. The kind is checked now."""
+def identifier_lines(path: Path, identifier: str, datamap: DataMap,
+                     convert: Callable[[str], T]) -> Iterator[tuple[int, T]]:
+    """``(line number, convert(value))`` for every non-empty line of ``path``, one value of ``identifier`` per
+    line, read as the result is iterated; an invalid value raises InvalidIdentifier naming its line. The kind
+    is checked now."""
     if identifier not in datamap.identifiers:
         raise InvalidIdentifier(f"unknown identifier kind {identifier!r}")
 
-    def values() -> Iterator[T]:
+    def values() -> Iterator[tuple[int, T]]:
         with open(path, encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 value = line.rstrip("\r\n")
                 if not value:
                     continue
                 try:
-                    yield convert(value)
+                    yield number, convert(value)
                 except InvalidIdentifier as exc:
                     raise InvalidIdentifier(f"{path.name} line {number}: {exc}") from None
 
     return values()
+
+
+# -- progress --------------------------------------------------------------------------------------------
+class LineProgress:
+    """Progress for a log or a pipe: one line every PROGRESS_EVERY seconds and one at the end, e.g.
+    ``filed 5,000/100,000 · finished 1,200/100,000 · 35 s``. The same calls as rich's Progress."""
+
+    def __init__(self, console: Console, every: float = PROGRESS_EVERY):
+        self.console, self.every = console, every
+        self.tasks: dict[int, list[Any]] = {}  # id -> [description, completed, total]
+        self.started = self.printed = time.monotonic()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tasks and exc[0] is None:
+            self._print()
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> TaskID:
+        self.tasks[len(self.tasks)] = [description, 0, total]
+        return TaskID(len(self.tasks) - 1)
+
+    def update(self, task_id: TaskID, completed: float | None = None, **_: Any) -> None:
+        if completed is not None:
+            self.tasks[task_id][1] = completed
+        if time.monotonic() - self.printed >= self.every:
+            self._print()
+
+    def _print(self) -> None:
+        self.printed = time.monotonic()
+        parts = [f"{name} {done:,.0f}" + (f"/{total:,.0f}" if total is not None else "")
+                 for name, done, total in self.tasks.values()]
+        self.console.print(" · ".join([*parts, f"{self.printed - self.started:.0f} s"]), highlight=False)
+
+
+def progress_bars() -> Progress | LineProgress:
+    """Rich progress bars on a terminal; periodic one-line progress otherwise."""
+    if not err.is_terminal:
+        return LineProgress(err)
+    return Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err)
 
 
 def wait_with_progress(lethe: Lethe, request_id: str, timeout: float | None) -> dict[str, Any]:
@@ -112,6 +238,23 @@ def wait_with_progress(lethe: Lethe, request_id: str, timeout: float | None) -> 
         return lethe.wait(request_id, timeout=timeout, on_progress=update)
 
 
+# -- printing --------------------------------------------------------------------------------------------
+def targets_done(tasks: list[dict[str, Any]]) -> str:
+    """``3/4, 1 failed``: targets done (completed or skipped) of all, and the failed ones, as the dashboard
+    shows them."""
+    done = sum(1 for t in tasks if t["status"] in DONE_TASK)
+    failed = sum(1 for t in tasks if t["status"] == "failed")
+    return f"{done}/{len(tasks)}" + (f", {failed} failed" if failed else "")
+
+
+def warn_not_dispatched(status: dict[str, Any]) -> None:
+    """Say on stderr that some of a request's tasks are on record as not dispatched (SPEC)."""
+    if status.get("not_dispatched"):
+        err.print(f"[yellow]warning:[/yellow] request {status['id']}: {status['not_dispatched']} task(s) not "
+                  "dispatched (the broker could not be reached); `lethe reconcile` sends them on its next pass",
+                  highlight=False)
+
+
 def print_tasks(status: dict[str, Any], console: Console) -> None:
     table = Table(title=f"request {status['id']}: {status['status']}"
                   + (" (dry run)" if status["dry_run"] else ""), title_justify="left")
@@ -120,5 +263,5 @@ def print_tasks(status: dict[str, Any], console: Console) -> None:
     for t in status["tasks"]:
         table.add_row(t["target"], t["kind"], t["status"], str(t["deleted"] if t["deleted"] is not None else "-"),
                       str(t["residue"] if t["residue"] is not None else "-"), str(t["attempts"]),
-                      t["error"] or t["reason"] or "")
+                      escape(t["error"] or t["reason"] or ""))
     console.print(table)

@@ -7,22 +7,21 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import logs
-from orchestrator.cli.common import fail, out
+from orchestrator.cli.common import Commands, fail, out
 
-app = typer.Typer()
+app = Commands()
 
 
-@app.command()
+@app.command(epilog="Environment: none (the demo makes its own ledger, keys and stores under --workdir).")
 def demo(
-    subjects: Annotated[int, typer.Option(min=2, max=5000, help="Synthetic users to create.")] = 200,
-    erase: Annotated[int, typer.Option(min=1, help="How many of them to erase.")] = 5,
-    workdir: Annotated[Path, typer.Option(help="Where the demo's ledger and stores live.")] = Path(".lethe-demo"),
+    subjects: Annotated[int, typer.Option(min=2, max=5000, metavar="N", help="Synthetic users to create.")] = 200,
+    erase: Annotated[int, typer.Option(min=1, metavar="K", help="How many of them to erase.")] = 5,
+    workdir: Annotated[Path, typer.Option(metavar="DIR", help="Where the demo's ledger and stores live (emptied "
+                                          "first).")] = Path(".lethe-demo"),
 ) -> None:
     """Build a synthetic estate on embedded stores and erase some subjects through the real pipeline."""
     from orchestrator.demo import run_demo
 
     if erase >= subjects:
         fail("--erase must be smaller than --subjects (the rest prove nothing else is touched)")
-    logs.configure(level="WARNING")
     raise typer.Exit(run_demo(subjects=subjects, erase=erase, workdir=workdir, console=out))

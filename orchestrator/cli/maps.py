@@ -8,21 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import fail, out, user_errors
+from orchestrator.cli.common import MAP_ENV, Commands, fail, out, reads
 from orchestrator.config import Settings
 from orchestrator.datamap import DataMap
 
-app = typer.Typer()
+app = Commands()
 
 
-@app.command("check-map")
+@app.command("check-map", epilog=reads(MAP_ENV))
 def check_map(
-    path: Annotated[Path | None, typer.Argument(help="Data map YAML (default: LETHE_DATA_MAP).")] = None,
+    path: Annotated[Path | None, typer.Argument(
+        metavar="PATH", help="Data map YAML (default: LETHE_DATA_MAP, else ./datamap.yaml).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Every declared store needs a target or reason.")] = False,
 ) -> None:
-    """Validate a data map and print the plan shape."""
-    with user_errors():
-        datamap = DataMap.load(path or Settings().data_map)
+    """Validate a data map and print the plan shape (exit 2 naming what is wrong)."""
+    datamap = DataMap.load(path or Settings().data_map)
     problems = datamap.strict_problems() if strict else []
     table = Table(title=f"data map {datamap.digest[:12]}: {len(datamap.targets)} targets", title_justify="left")
     for col in ("#", "target", "kind", "after", "needs"):

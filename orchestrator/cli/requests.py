@@ -1,101 +1,147 @@
-"""Commands on filed requests: read them (status, list), act on them (retry, cancel, approve, extend)."""
+"""Commands on filed requests: read them (status, list), act on them (retry, cancel, approve, extend).
+
+Every ID argument takes the whole id or any unique prefix of it, as git takes commits; ``lethe list``
+shows each id as its shortest unique prefix."""
 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import Exit, exit_code, make_lethe, out, print_tasks, user_errors, wait_with_progress
-from orchestrator.ledger.store import TERMINAL_TASK
+from orchestrator.cli.common import (
+    BROKER_ENV,
+    LEDGER_ENV,
+    Commands,
+    Exit,
+    actor,
+    dispatching,
+    exit_code,
+    fail,
+    make_lethe,
+    out,
+    print_tasks,
+    reads,
+    request_id,
+    targets_done,
+    wait_with_progress,
+    warn_not_dispatched,
+)
+from orchestrator.ledger.store import REQUEST_STATUSES, UnknownRequest
 from orchestrator.service import WAITING_REQUEST
 
-app = typer.Typer()
+app = Commands()
+ID_HELP = "The request's id, or any unique prefix of it (at least 4 characters)."
+RequestId = Annotated[str, typer.Argument(metavar="ID", help=ID_HELP)]
 
 
-@app.command()
+@app.command(epilog=reads(LEDGER_ENV))
 def status(
-    request_id: Annotated[str, typer.Argument(metavar="ID")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    given: Annotated[str | None, typer.Argument(metavar="ID", help=ID_HELP)] = None,
+    event: Annotated[tuple[str, str] | None, typer.Option(
+        metavar="SOURCE ID", help="Instead of an ID: the request a platform event (its CloudEvents source "
+        "and id) made.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status object (SPEC).")] = False,
 ) -> None:
-    """Show a request's status."""
+    """Show a request's status: its deadline and each target's outcome. Exit 0, or 1 failed or cancelled,
+    3 waiting on a hold or an approval."""
+    if (given is None) == (event is None):
+        fail("give a request ID or --event SOURCE ID")
     lethe = make_lethe()
-    with user_errors():
-        st = lethe.ledger.status(request_id)
+    if event is not None:
+        from orchestrator.events import request_for_event
+
+        found = request_for_event(lethe.ledger, *event)
+        if found is None:
+            raise UnknownRequest("no request was filed for that event (not received, dead-lettered, or past "
+                                 "the 30-day dedupe window): see `lethe dead-letters list`")
+        given = found
+    assert given is not None
+    st = lethe.ledger.status(request_id(lethe, given))
     if as_json:
         out.print_json(json.dumps(st))
     else:
         out.print(f"due {st['due_at']}  received {st['received_at']}  completed {st['completed_at'] or '-'}")
         print_tasks(st, out)
+    warn_not_dispatched(st)
     code = exit_code(st)
     raise typer.Exit(Exit.DONE if code == Exit.WAITING and st["status"] not in WAITING_REQUEST else code)
 
 
-@app.command("list")
+@app.command("list", epilog=reads(LEDGER_ENV))
 def list_requests(
-    status: Annotated[str | None, typer.Option(help="Only requests with this status.")] = None,
+    status: Annotated[str | None, typer.Option(
+        metavar="STATUS", help=f"Only requests with this status: {', '.join(REQUEST_STATUSES)}.")] = None,
     overdue: Annotated[bool, typer.Option("--overdue", help="Only unfinished requests past due.")] = False,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="At most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"items": [status objects], "next": …}.')] = False,
 ) -> None:
-    """List requests, newest first."""
+    """List requests, newest first. Ids are shown as their shortest unique prefix, which every command takes."""
     lethe = make_lethe()
-    with user_errors():
-        page = lethe.ledger.list_requests(status=status, overdue=overdue, limit=limit)
+    page = lethe.ledger.list_requests(status=status, overdue=overdue, limit=limit)
     if as_json:
         out.print_json(json.dumps(page))
         return
+    short = lethe.ledger.short_ids([item["id"] for item in page["items"]])
     table = Table()
-    for col in ("id", "status", "received", "due", "targets done"):
-        table.add_column(col)
+    for col in ("id", "status", "received (UTC)", "due (UTC)", "targets done"):
+        table.add_column(col, no_wrap=True)
     for item in page["items"]:
-        done = sum(1 for t in item["tasks"] if t["status"] in TERMINAL_TASK)
-        table.add_row(item["id"], item["status"], item["received_at"], item["due_at"],
-                      f"{done}/{len(item['tasks'])}")
+        table.add_row(short[item["id"]], item["status"], _minute(item["received_at"]), item["due_at"][:10],
+                      targets_done(item["tasks"]))
     out.print(table)
 
 
-@app.command()
-def retry(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Move a request's failed tasks back to pending and dispatch them."""
+def _minute(rfc3339: str) -> str:
+    """``2026-12-02T01:02:03.456Z`` as ``2026-12-02 01:02``."""
+    return rfc3339[:16].replace("T", " ")
+
+
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV))
+def retry(given: RequestId) -> None:
+    """Move a request's failed tasks back to pending and dispatch them (embedded mode: and wait)."""
     lethe = make_lethe()
-    with user_errors(), lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
-        lethe.retry(request_id)
+    rid = request_id(lethe, given)
+    with dispatching(lethe):
+        lethe.retry(rid, actor=actor())
         if lethe.settings.embedded:
-            raise typer.Exit(exit_code(wait_with_progress(lethe, request_id, None)))
-    out.print(f"retrying failed tasks of {request_id}")
+            raise typer.Exit(exit_code(wait_with_progress(lethe, rid, None)))
+    out.print(f"retrying failed tasks of {rid}")
+    warn_not_dispatched(lethe.ledger.status(rid))
 
 
-@app.command()
-def cancel(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+@app.command(epilog=reads(LEDGER_ENV))
+def cancel(given: RequestId) -> None:
     """Cancel a request that has not started executing."""
     lethe = make_lethe()
-    with user_errors():
-        lethe.cancel(request_id)
-    out.print(f"cancelled {request_id}")
+    rid = request_id(lethe, given)
+    lethe.cancel(rid, actor=actor())
+    out.print(f"cancelled {rid}")
 
 
-@app.command()
-def approve(request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Let a request waiting on a target's max_items go ahead (admin)."""
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV))
+def approve(given: RequestId) -> None:
+    """Let a request waiting on a target's max_items (or a dataset request) go ahead, up to the counts shown
+    (admin). Embedded mode: and wait for it."""
     lethe = make_lethe()
-    with user_errors(), lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
-        lethe.approve(request_id, actor="cli:admin")
+    rid = request_id(lethe, given)
+    with dispatching(lethe):
+        lethe.approve(rid, actor=actor())
         if lethe.settings.embedded:
-            raise typer.Exit(exit_code(wait_with_progress(lethe, request_id, None)))
-    out.print(f"approved {request_id}")
+            raise typer.Exit(exit_code(wait_with_progress(lethe, rid, None)))
+    out.print(f"approved {rid}")
+    warn_not_dispatched(lethe.ledger.status(rid))
 
 
-@app.command()
+@app.command(epilog=reads(LEDGER_ENV))
 def extend(
-    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    given: RequestId,
     reason: Annotated[str, typer.Option(help="Why more time is needed (kept in the audit trail).")],
 ) -> None:
     """Extend a request's deadline once: GDPR two more months, CCPA 45 more days."""
     lethe = make_lethe()
-    with user_errors():
-        due = lethe.ledger.extend_deadline(request_id, reason)
-    out.print(f"{request_id} is now due {due}")
+    rid = request_id(lethe, given)
+    due = lethe.ledger.extend_deadline(rid, reason, actor=actor())
+    out.print(f"{rid} is now due {due}")

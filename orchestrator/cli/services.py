@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
+import socket
 import time
-from contextlib import nullcontext
 from typing import Annotated
 
 import typer
 
 from orchestrator import logs
-from orchestrator.cli.common import err, fail, make_lethe, out, user_errors
+from orchestrator.cli.common import (
+    BROKER_ENV,
+    LEDGER_ENV,
+    MAP_ENV,
+    Commands,
+    dispatching,
+    err,
+    fail,
+    make_lethe,
+    out,
+    reads,
+)
+from orchestrator.config import ConfigError
 
-app = typer.Typer()
+app = Commands()
+RUN_ENV = ("LETHE_TASK_LEASE_SECONDS", "LETHE_TASK_SLICE_SECONDS", "LETHE_TASK_MAX_RETRIES", "LETHE_LOG_LEVEL")
+RETENTION_ENV = ("LETHE_TOMBSTONE_DAYS", "LETHE_RECORD_RETENTION_DAYS")
 
 
-@app.command()
+@app.command(epilog=reads(BROKER_ENV, LEDGER_ENV, MAP_ENV, RUN_ENV))
 def worker(
-    queues: Annotated[str | None, typer.Option("-Q", "--queues", help="Comma-separated; default all.")] = None,
-    concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=1)] = 2,
-    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    queues: Annotated[str | None, typer.Option("-Q", "--queues", metavar="QUEUES",
+                                               help="Comma-separated queues to consume; default all.")] = None,
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=1, metavar="N",
+                                             help="Worker processes.")] = 2,
+    loglevel: Annotated[str, typer.Option(metavar="LEVEL", help="Log level (DEBUG, INFO, WARNING, ERROR).")] = "INFO",
 ) -> None:
     """Run a Celery worker (needs LETHE_BROKER_URL)."""
-    lethe = make_lethe()
+    lethe = make_lethe()  # migrated before forking
     if lethe.settings.embedded:
         fail("lethe worker needs LETHE_BROKER_URL (redis://… or amqp://…)")
     logs.configure(level=loglevel)
-    with user_errors():
-        lethe.ledger  # noqa: B018 - migrate before forking
     from workers.app import CONTROL_QUEUE, purge_queues
 
     argv = ["worker", "-Q", queues or ",".join([*purge_queues(), CONTROL_QUEUE]), "-c", str(concurrency),
@@ -34,7 +48,8 @@ def worker(
     lethe.app.worker_main(argv)
 
 
-@app.command()
+@app.command(epilog=reads(BROKER_ENV, ("LETHE_EVENT_KEY", "LETHE_EVENT_MAX_AGE_DAYS"), LEDGER_ENV, MAP_ENV,
+                          ("LETHE_LOG_LEVEL",)))
 def intake() -> None:
     """Consume signed platform events from lethe.events (needs LETHE_BROKER_URL and LETHE_EVENT_KEY)."""
     from kombu import Connection
@@ -48,61 +63,70 @@ def intake() -> None:
     key = lethe.event_key
     if not key:
         fail("lethe intake needs LETHE_EVENT_KEY, the HMAC secret platform events are signed with")
+    lethe.load_map()
+    lethe.check_broker()
     logs.configure(level=lethe.settings.log_level)
-    with user_errors():
-        lethe.ledger  # noqa: B018 - migrate
-        lethe.load_map()
     assert lethe.settings.broker_url is not None
     with Connection(lethe.settings.broker_url) as connection:
         declare(connection)
         Intake(lethe, connection, key).run()
 
 
-@app.command()
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV, ("LETHE_TASK_LEASE_SECONDS",), RETENTION_ENV))
 def reconcile(
-    loop: Annotated[float | None, typer.Option(help="Repeat every SECONDS until interrupted.")] = None,
+    loop: Annotated[float | None, typer.Option(metavar="SECONDS", help="Repeat every SECONDS until "
+                                               "interrupted.")] = None,
 ) -> None:
-    """Re-dispatch non-terminal tasks past their lease."""
+    """Re-dispatch non-terminal tasks past their lease or not dispatched; publish pending events; prune
+    expired records."""
     lethe = make_lethe()
-    with user_errors():
-        while True:
-            sent = lethe.reconcile()
-            out.print(f"re-dispatched {sent} task(s)")
-            if loop is None:
-                return
-            time.sleep(loop)
+    while True:
+        sent = lethe.reconcile()
+        out.print(f"re-dispatched {sent} task(s)")
+        if loop is None:
+            return
+        time.sleep(loop)
 
 
-@app.command()
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV, MAP_ENV, ("LETHE_API_TOKENS", "LETHE_LOG_LEVEL")))
 def api(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT", help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the HTTP API and the operators' dashboard (uvicorn)."""
+    """Serve the HTTP API and the operators' dashboard (uvicorn). Exit 2 if the port is taken."""
     import uvicorn
 
     from orchestrator.api import create_app
 
     lethe = make_lethe()
-    with user_errors():
-        lethe.ledger  # noqa: B018 - migrate before serving
-        web = create_app(lethe)
+    web = create_app(lethe)
+    listening = listen(host, port)  # before the worker starts: a taken port is one line, not a worker's shutdown
     if lethe.settings.api_tokens is None:
         err.print("[yellow]warning:[/yellow] LETHE_API_TOKENS is not set: every API call and sign-in is refused")
     # Embedded mode: requests filed through the API are run by an in-process worker while the server lives.
-    with lethe.embedded_worker() if lethe.settings.embedded else nullcontext():
+    with listening, dispatching(lethe, check_broker=False):  # the API files while the broker is down
         logs.configure(level=lethe.settings.log_level)  # after the worker, which sets up logging its own way
-        uvicorn.run(web, host=host, port=port, log_config=None, server_header=False)
+        server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_config=None, server_header=False))
+        server.run(sockets=[listening])
 
 
-@app.command()
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; a taken or unusable address is a ConfigError naming it."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what listens there or "
+                          "give another --port / --host") from None
+
+
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV))
 def migrate() -> None:
-    """Bring the ledger schema up to date and declare the broker's queues."""
+    """Bring the ledger schema up to date and declare the broker's queues (exit 4 if either is unreachable)."""
     lethe = make_lethe()
-    with user_errors():
-        lethe.ledger  # noqa: B018 - migrates
     if not lethe.settings.embedded:
         from workers.app import declare_queues
 
-        declare_queues(lethe.app)
+        with dispatching(lethe):
+            declare_queues(lethe.app)
     out.print("ledger is up to date" + ("" if lethe.settings.embedded else "; queues declared"))
