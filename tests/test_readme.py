@@ -216,3 +216,20 @@ def test_readme_data_maps_load(tmp_path: Path) -> None:
         result = subprocess.run(["lethe", "check-map", str(path)], cwd=tmp_path, env=session_env(),
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, source + result.stderr
+
+
+def test_data_map_reference_examples_load(tmp_path: Path) -> None:
+    """docs/data-map.md's example of each kind is a valid target: each loads in a map of its own (its
+    `after:` names targets of other examples, so it is dropped)."""
+    from orchestrator.datamap import DataMap
+
+    reference = (ROOT / "docs" / "data-map.md").read_text()
+    examples = [b for b in re.findall(r"^```yaml\n(.*?)^```", reference, flags=re.M | re.S)
+                if b.startswith("  - name:")]
+    kinds = set()
+    for i, example in enumerate(examples):
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text("version: 1\nidentifiers: [user_id, email]\ntargets:\n"
+                        + re.sub(r"^    after: .*\n", "", example, flags=re.M))
+        kinds |= {t.kind for t in DataMap.load(path).targets}
+    assert kinds >= {"s3", "feast", "qdrant", "lancedb", "mlflow", "sql", "delta", "iceberg", "parquet", "memory"}
