@@ -15,6 +15,7 @@ from sqlalchemy import func, select, text, update
 
 from orchestrator import certificates
 from orchestrator.config import Settings
+from orchestrator.datamap import DataMap
 from orchestrator.keys import KeyMismatch, subject_fingerprint
 from orchestrator.ledger.models import AuditEntry, LedgerIdentity, Request, SigningKey
 from orchestrator.ledger.store import Ledger
@@ -136,3 +137,36 @@ def test_a_key_slipped_into_the_history_is_named(ledger_url: str, ledger: Ledger
         s.execute(text("DELETE FROM signing_keys WHERE generation = 2"))
         s.execute(update(SigningKey).values(public_key=certificates.public_pem(intruder), key_id=intruder_id))
     assert ledger.verify()[0] == "ledger identity: changed (its signature fails)"
+
+
+def forget_keys(ledger: Ledger) -> None:
+    """The ledger as migration 0006 finds one written before it: no keys, heads or signatures recorded."""
+    with ledger.sessions.begin() as s:
+        s.execute(text("DELETE FROM signing_keys"))
+        s.execute(text("DELETE FROM signed_heads"))
+        s.execute(text("UPDATE audit_checkpoint SET key_id = NULL, signature = NULL"))
+        s.execute(update(LedgerIdentity).values(subject_key_fingerprint=None, key_id=None, signature=None,
+                                                heads_from=select(func.max(AuditEntry.id)).scalar_subquery()))
+
+
+def test_a_ledger_from_before_0006_adopts_its_keys_once_they_open_its_data(ledger_url: str, ledger: Ledger,
+                                                                           signing_key: Ed25519PrivateKey) -> None:
+    """The first host after the upgrade records its keys only if they open what is there: a sealed subject
+    must unseal, the newest certificate must verify; then its rows and checkpoint are put under proof."""
+    erase(ledger, "done")
+    datamap = DataMap.parse(MAP)
+    running, _, _ = ledger.file_request(datamap, datamap.parse_subject({"user_id": "7"}))  # still sealed
+    forget_keys(ledger)
+    with pytest.raises(KeyMismatch, match="requests were filed with"):
+        open_ledger(ledger_url, OTHER_SUBJECT_KEY, signing_key)
+    with pytest.raises(KeyMismatch, match="did not sign this ledger's certificates"):
+        open_ledger(ledger_url, SUBJECT_KEY, Ed25519PrivateKey.generate())
+    adopted = open_ledger(ledger_url, SUBJECT_KEY, signing_key)
+    assert adopted.verify() == []
+    with adopted.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "rows.adopted"))
+    with adopted.sessions.begin() as s:
+        s.execute(update(Request).where(Request.id == running).values(approved_by="someone"))
+    assert adopted.verify() == [f"request {running}: changed outside the audit chain"]
+    adopted.engine.dispose()
+
