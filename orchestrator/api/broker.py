@@ -95,8 +95,8 @@ class BrokerView:
         if url.startswith(("redis://", "rediss://")):
             return self._redis_depths(url, names)
         depths: dict[str, int | None] = {}
-        with self.lethe.app.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1)
+        with self.lethe.app.connection_for_read(connect_timeout=REPLY_TIMEOUT) as conn:
+            conn.ensure_connection(max_retries=0, timeout=REPLY_TIMEOUT)  # one try: the page must not hang
             channel = conn.channel()
             for name in names:
                 try:
