@@ -20,6 +20,7 @@ prefixed ``lethe_``):
   request still owes its erasure, so it counts
 - ``lethe_requests_due_soon``: the same, due within 3 days (gauge)
 - ``lethe_ledger_up``: 1 when the ledger answered (gauge)
+- ``lethe_tasks_not_dispatched``: tasks whose hand-off to the broker failed, waiting for reconcile (gauge)
 - ``lethe_workers{queue}``: workers seen consuming the queue in the last minute (gauge)
 - ``lethe_queue_depth{queue}``: messages waiting in the queue (gauge; absent for a queue not declared)
 - ``lethe_broker_up``: 1 when the broker answered its last probe (gauge; absent without a broker)
@@ -50,7 +51,7 @@ METRIC_NAMES = (
     "lethe_requests", "lethe_tasks", "lethe_items_erased_total", "lethe_task_duration_seconds",
     "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_events_dead_lettered_total",
     "lethe_oldest_open_request_age_seconds",
-    "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up",
+    "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up", "lethe_tasks_not_dispatched",
 )
 BROKER_METRIC_NAMES = ("lethe_workers", "lethe_queue_depth", "lethe_broker_up")
 SNAPSHOT_SECONDS = 5.0
@@ -144,6 +145,8 @@ class LedgerCollector(Collector):
                                 value=snap.overdue)
         yield GaugeMetricFamily("lethe_requests_due_soon", "Requests not completed or cancelled due within 3 days.",
                                 value=snap.due_soon)
+        yield GaugeMetricFamily("lethe_tasks_not_dispatched", "Tasks the broker did not take (unreachable); "
+                                "reconcile sends them on its next pass.", value=snap.not_dispatched)
 
 
     def _broker_metrics(self) -> Iterator[Metric]:

@@ -70,7 +70,11 @@ def row(status: dict[str, Any], at: datetime, waiting: queries.Waiting | None = 
     received = parse_time(status["received_at"])
     assert received is not None
     due_text, due_class = deadline(status, at)
-    return {**progress(waiting, at, lease),
+    shown = progress(waiting, at, lease)
+    not_dispatched = int(status.get("not_dispatched") or 0)
+    if not_dispatched and waiting is not None:  # the broker refused them: reconcile's next pass, not the lease
+        shown["next_resend"] = "next reconcile pass"
+    return {**shown, "not_dispatched": not_dispatched,
         "id": status["id"], "status": status["status"], "dry_run": status["dry_run"],
         "regime": status["regime"], "age": span((at - received).total_seconds()),
         "received_at": status["received_at"], "due_at": status["due_at"], "due_text": due_text,

@@ -60,6 +60,7 @@ class Snapshot:
     operator_retries: int = 0
     durations_by_kind: dict[str, list[float]] = field(default_factory=dict)
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    not_dispatched: int = 0  # tasks the broker refused, waiting for reconcile's next pass
 
 
 def snapshot(ledger: Ledger) -> Snapshot:
@@ -85,6 +86,8 @@ def snapshot(ledger: Ledger) -> Snapshot:
                                  .join(Task, Task.id == AuditEntry.task_id)
                                  .where(AuditEntry.action == "task.retrying").group_by(Task.kind)):
             snap.retries_by_kind[kind] = n
+        snap.not_dispatched = s.scalar(select(func.count()).select_from(Task).where(
+            Task.not_dispatched_at.is_not(None), Task.status.in_(("pending", "running")))) or 0
         snap.operator_retries = s.scalar(select(func.count()).select_from(AuditEntry)
                                          .where(AuditEntry.action == "request.retried")) or 0
         for kind, started, finished in s.execute(

@@ -177,3 +177,17 @@ def worker_factory(lethe: Lethe, s3_endpoint: str, bucket: str) -> Callable[[], 
     put_objects(s3_endpoint, bucket, [f"users/12/p{i}.jpg" for i in range(2)])
     return lambda: lethe.embedded_worker(concurrency=1)
 
+
+
+def test_a_request_not_dispatched_is_shown_and_counted(client: TestClient, lethe: Lethe) -> None:
+    """Tasks the broker did not take are flagged on the requests page and the request page, re-sent at
+    reconcile's next pass, and counted in /metrics."""
+    rid = client.post("/v1/erasure-requests", json=SUBJECT, headers=auth("admin")).json()["id"]
+    with lethe.ledger.sessions() as s:
+        first = s.query(Task).filter(Task.request_id == rid, Task.target == "profile-photos").one().id
+    lethe.ledger.mark_not_dispatched([first], "ConnectionError")
+    sign_in(client, "operator")
+    row = re.search(rf'<tr class="[^"]*" data-id="{rid}">(.*?)</tr>', client.get("/").text, re.S)
+    assert row and "1 not dispatched" in row.group(1) and ">next reconcile pass<" in row.group(1), row
+    assert 'id="not-dispatched"' in client.get(f"/requests/{rid}").text
+    assert "lethe_tasks_not_dispatched 1.0" in client.get("/metrics").text
