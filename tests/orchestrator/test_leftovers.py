@@ -13,6 +13,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from orchestrator import logs
@@ -132,6 +134,29 @@ def test_scrub_keeps_ids_that_merely_contain_the_value() -> None:
         f"task 3ef3e4912b-77, users/{logs.REDACTED}/a, {logs.REDACTED}%2F"
     assert logs.mentions("Case of CARL%40x.org", ["carl@x.org"])
     assert not logs.mentions("case 2026-17", ["12"])
+
+
+_value = st.text(st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp", "Zs")), min_size=1, max_size=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_value, pick=st.integers(min_value=0), upper=st.booleans())
+def test_any_written_form_standing_alone_is_scrubbed(value: str, pick: int, upper: bool) -> None:
+    forms = sorted(logs.written_forms(value))
+    form = forms[pick % len(forms)]
+    if upper and form.upper().lower() == form.lower():
+        form = form.upper()
+    assert logs.scrub(f" {form} ", [value]) == f" {logs.REDACTED} "  # no form holds a space (no Zs values)
+    assert logs.mentions(f"reason: {form}", [value])
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_value, fields=st.dictionaries(st.text(max_size=8), st.text(max_size=40), max_size=4))
+def test_a_scrubbed_line_stays_json(value: str, fields: dict[str, str]) -> None:
+    line = json.dumps({**fields, "event": f"saw {value}"})
+    with logs.redact_values([value]):
+        scrubbed = json.loads(logs._scrub_rendered(None, "info", line))
+    assert any(v.endswith(logs.REDACTED) for v in scrubbed.values())  # valid JSON still; keys scrubbed too
 
 
 integration = pytest.mark.integration  # the ledger on SQLite and PostgreSQL
