@@ -1020,7 +1020,11 @@ class Ledger:
             return body
 
     def public_key_pem(self) -> str:
-        return certificates.public_pem(self.signing_key)
+        """Every public key that verifies this ledger's certificates, newest (the one signing now) first, each
+        headed by a ``# key_id …`` line: what ``lethe certificate --public-key`` prints and the documented
+        offline check reads. A plain PEM reader takes the first key, the current one."""
+        return "".join(f"# key_id {k.key_id} (generation {k.generation}, since {rfc3339(k.added_at)})\n{k.pem}"
+                       for k in reversed(self.public_keys()))
 
     def public_keys(self) -> list[keys.KnownKey]:
         """Every signing key this ledger has used, oldest first (the last one signs now)."""

@@ -101,8 +101,11 @@ def test_rotation_keeps_every_certificate_verifiable(ledger_url: str, ledger: Le
     old_cert, new_cert = ledger.certificate(old_request), ledger.certificate(new_request)
     assert old_cert["key_id"] == certificates.key_id(signing_key.public_key()) and new_cert["key_id"] == new_id
 
-    published = "".join(f"# key_id {k.key_id}\n{k.pem}" for k in reversed(ledger.public_keys()))
+    published = ledger.public_key_pem()  # what `lethe certificate --public-key` prints
+    assert [line.split()[2] for line in published.splitlines() if line.startswith("# key_id")] == [
+        new_id, old_cert["key_id"]]
     public = certificates.parse_public_keys(published)
+    assert set(public) == {new_id, old_cert["key_id"]}
     for cert in (old_cert, new_cert):
         assert certificates.verify_certificate(certificates.canonical_json(cert), public) == cert
     assert ledger.verify() == []
