@@ -126,7 +126,7 @@ def submit_bulk(lethe: Lethe, path: Path, identifier: str, *, dry_run: bool, reg
         out.print_json(json.dumps({"requests": request_ids, "lines": filed, "statuses": counts,
                                    "not_dispatched": not_dispatched}))
     else:
-        out.print("\n".join(f"{item['line']}\t{item['id']}" for item in filed), highlight=False)
+        typer.echo("\n".join(f"{item['line']}\t{item['id']}" for item in filed))  # raw: rich expands tabs
         if counts:
             err.print(", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
     if not_dispatched:
