@@ -16,12 +16,12 @@ it is checked and deduplicated again like any event (a stale one is dead-lettere
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu import Connection, Message, Producer
+from kombu import Connection, Producer
 
 from orchestrator.events import (
     CONTENT_TYPE,
@@ -121,8 +121,8 @@ def _walk(connection: Connection, take: Callable[[DeadLetter], bool]) -> list[De
         message = queue.get(no_ack=False)
         if message is None:  # another reader took the rest
             break
-        entry = describe(message)
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8", "surrogatepass")
+        entry = describe(body, message.headers or {})
         if take(entry):
             producer.publish(body, exchange="", routing_key=INTAKE_QUEUE, content_type=message.content_type,
                              content_encoding="binary", headers={REPLAY_OF: entry.id}, delivery_mode=2, retry=True)
@@ -134,10 +134,9 @@ def _walk(connection: Connection, take: Callable[[DeadLetter], bool]) -> list[De
     return seen
 
 
-def describe(message: Message) -> DeadLetter:
-    """A dead letter's listing: from its headers, and type, source and id from its body when it is JSON."""
-    headers = message.headers or {}
-    body = message.body if isinstance(message.body, bytes) else b""
+def describe(body: bytes, headers: Mapping[str, Any]) -> DeadLetter:
+    """A dead letter's listing: from its headers, and type, source and id from its body when it is JSON.
+    Any bytes and headers at all give one; nothing of the body's subject is shown."""
     fields: dict[str, str | None] = {"type": None, "source": None, "id": None}
     try:
         raw = parse_json(body)
@@ -146,7 +145,8 @@ def describe(message: Message) -> DeadLetter:
     if isinstance(raw, dict):
         values = _subject_values(raw)
         fields = {name: _shown(raw.get(name), values) for name in fields}
-    return DeadLetter(id=str(headers.get(DEAD_LETTER_ID) or uuid.uuid4()), reason=str(headers.get(REASON, "unknown")),
+    return DeadLetter(id=_shown(headers.get(DEAD_LETTER_ID), []) or str(uuid.uuid4()),
+                      reason=_shown(headers.get(REASON), []) or "unknown",
                       dead_lettered_at=_shown(headers.get(DEAD_LETTERED_AT), []), type=fields["type"],
                       source=fields["source"], event_id=fields["id"],
                       replay_of=_shown(headers.get(REPLAY_OF), []))
