@@ -14,6 +14,7 @@ from orchestrator.api import queries, scope
 from orchestrator.api.auth import Action, Principal, Role, TokenStore
 from orchestrator.api.errors import ApiError, ErrorBody
 from orchestrator.api.schemas import ErasureRequestIn, HoldIn, HoldRelease, RequestPage, RequestStatus, StatusOut
+from orchestrator.events import request_for_event
 from orchestrator.ledger.store import stored_idempotency_key
 from orchestrator.service import Lethe
 
@@ -109,6 +110,23 @@ def list_requests(
     page = lethe_of(request).ledger.list_requests(status=status, overdue=overdue, limit=limit, cursor=cursor,
                                                   requested_by=scope.owner(principal))
     return scope.visible_page(principal, page)
+
+
+@router.get("/erasure-requests/by-event", response_model=None, responses={200: {"model": StatusOut}, **_errors(404)})
+def get_request_by_event(
+    request: Request,
+    principal: Annotated[Principal, Depends(require(Action.READ))],
+    source: Annotated[str, Query(min_length=1, max_length=500, description="The event's `source`.")],
+    event_id: Annotated[str, Query(alias="id", min_length=1, max_length=500, description="The event's `id`.")],
+) -> JSONResponse:
+    """The status object of the request a platform event (``source``, ``id``) made: 404 if it made none
+    (dead-lettered, ignored, or filed more than 30 days ago), as for `lethe status --event`."""
+    ledger = lethe_of(request).ledger
+    request_id = request_for_event(ledger, source, event_id)
+    status = ledger.status(request_id) if request_id is not None else None
+    if status is None or not scope.may_see(principal, status):  # a requester learns nothing of others' events
+        raise ApiError(404, "not_found", "no request was filed for this event (or it was more than 30 days ago)")
+    return JSONResponse(scope.visible(principal, status))
 
 
 @router.get(REQUEST_ID, response_model=None, responses={200: {"model": StatusOut}, **_errors(404)})

@@ -33,11 +33,15 @@ def hold_reason(principal: Principal, reason: Any) -> Any:
     return HIDDEN_HOLD_REASON
 
 
+def may_see(principal: Principal, status: dict[str, Any]) -> bool:
+    return sees_all(principal) or status.get("requested_by") == principal.name
+
+
 def visible(principal: Principal, status: dict[str, Any]) -> dict[str, Any]:
     """The status object as this caller may see it; UnknownRequest when it may not see it at all."""
     if sees_all(principal):
         return status
-    if status.get("requested_by") != principal.name:
+    if not may_see(principal, status):
         raise UnknownRequest(f"no request with id {status['id']!r}")  # the ledger's own words for an unknown id
     return {**status, "tasks": [{**t, "reason": hold_reason(principal, t.get("reason"))} for t in status["tasks"]]}
 

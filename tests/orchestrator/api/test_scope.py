@@ -156,3 +156,20 @@ def test_the_cli_key_has_its_own_namespace(client: TestClient, lethe: Lethe) -> 
     assert api.status_code == 202 and api.json()["id"] != ids[0]
     with lethe.ledger.sessions() as s:
         assert s.get(Request, ids[0]).idempotency_key == "cli:ticket-9"  # type: ignore[union-attr]
+
+
+def test_the_request_an_event_made_is_found_by_source_and_id(client: TestClient, lethe: Lethe) -> None:
+    """GET /v1/erasure-requests/by-event finds an event's request for operators and admins; a requester, an
+    unknown event and a dead-lettered one get the same 404."""
+    body = make_event(ERASURE_REQUESTED, {"subject": {"user_id": "123"}}, source="account-service", key=EVENT_KEY)
+    event = check(json.dumps(body).encode(), EVENT_KEY)
+    filed, _ = lethe.submit({"user_id": "123"}, actor=event_actor(event), idempotency_key=idempotency_key(event))
+    params = {"source": event.source, "id": event.id}
+    for role in ("operator", "admin"):
+        found = client.get("/v1/erasure-requests/by-event", params=params, headers=auth(role))
+        assert found.status_code == 200 and found.json()["id"] == filed, found.text
+    hidden = client.get("/v1/erasure-requests/by-event", params=params, headers=auth("requester"))
+    unknown = client.get("/v1/erasure-requests/by-event", params={**params, "id": "nope"}, headers=auth("operator"))
+    assert hidden.status_code == unknown.status_code == 404 and hidden.json() == unknown.json()
+    assert filed not in hidden.text
+    assert client.get("/v1/erasure-requests/by-event", params={"source": "x"}, headers=auth("admin")).status_code == 422
