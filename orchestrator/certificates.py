@@ -1,22 +1,26 @@
 r"""Signed certificates of erasure (Ed25519) and the canonical JSON that they and the audit chain hash.
 
 Anyone holding a certificate and lethe's public keys (``lethe certificate --public-key``: every key the
-ledger has used, each headed by its ``key_id``) can check it offline. ``lethe certificate --verify FILE``
-does, and so does this, with nothing of lethe's. A JSON reader that keeps the first or the last of two equal
-keys would read other values than the ones signed, so a file with a duplicate key is refused::
+ledger has used, each headed by its ``key_id``) can check it offline: ``lethe certificate --verify FILE``
+does (``verify_certificate``), and so does this, with nothing of lethe's (the README shows the same). A
+reader that keeps the first or the last of two equal keys would read other values than the ones signed, so
+a file with a duplicate key is refused::
 
-    import base64, json
-    from pathlib import Path
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    def unique(pairs):  # refuse {"request_id": "forged", "request_id": "signed", ...}
-        if len({k for k, _ in pairs}) < len(pairs): raise ValueError("duplicate key in certificate")
+    import base64, hashlib, json
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+    def unique(pairs):  # {"request_id": "forged", "request_id": "signed"} is refused, not half-read
+        if len({k for k, _ in pairs}) != len(pairs): raise ValueError("duplicate key in certificate")
         return dict(pairs)
-    cert = json.loads(Path("certificate.json").read_bytes(), object_pairs_hook=unique)
-    signature = base64.b64decode(cert.pop("signature"))
+
+    cert = json.load(open("certificate.json"), object_pairs_hook=unique)
+    signature = base64.b64decode(cert.pop("signature"), validate=True)
     body = json.dumps(cert, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    keys = Path("lethe-public.pem").read_text().split("# key_id ")[1:]  # one "<key_id> ...\n<PEM>" per key
-    pem = next(k.partition("\n")[2] for k in keys if k.split()[0] == cert["key_id"])
-    load_pem_public_key(pem.encode()).verify(signature, body)  # raises if forged
+    END = "-----END PUBLIC KEY-----"
+    keys = [load_pem_public_key((b[b.index("-----BEGIN"):] + END + "\n").encode())
+            for b in open("lethe-public.pem").read().split(END)[:-1]]
+    key_id = lambda k: hashlib.sha256(k.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+    next(k for k in keys if key_id(k) == cert["key_id"]).verify(signature, body)   # raises if forged
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +102,15 @@ def test_any_json_object_verifies_only_if_signed(fields: dict[str, Any]) -> None
     raise AssertionError("an unsigned object verified")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the snippet's open()s
 def test_the_documented_snippet_checks_and_refuses(tmp_path: Path) -> None:
-    """The snippet in certificates.py's docstring (what the docs show), run as a user would, in a folder
-    holding only the certificate and the published keys."""
+    """The snippet in certificates.py's docstring, the same as the README's, run as a user would in a folder
+    holding only the certificate and the published keys (`lethe certificate --public-key`)."""
+    assert certificates.__doc__ is not None
     snippet = "\n".join(line[4:] for line in certificates.__doc__.split("::\n", 1)[1].splitlines()
                         if line.startswith("    ") or not line.strip())
-    assert re.search(r"object_pairs_hook", snippet)
+    assert "object_pairs_hook" in snippet
+    assert snippet.strip() in (Path(__file__).parents[2] / "README.md").read_text()  # one snippet, not two
     (tmp_path / "lethe-public.pem").write_text(published_keys(OTHER, KEY))
     cwd = os.getcwd()
     os.chdir(tmp_path)
