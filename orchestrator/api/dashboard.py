@@ -220,10 +220,12 @@ def request_page(request: Request, request_id: str, done: str | None = None) -> 
 def _request_view(request: Request, session: Session, request_id: str, notice: str | None = None,
                   error: str | None = None, status_code: int = 200) -> Response:
     lethe = _lethe(request)
-    assert session.principal is not None
+    principal = session.principal
+    if principal is None:
+        return to_login(request)
     try:
-        status = scope.visible(session.principal, lethe.ledger.status(request_id))
-        trail = scope.visible_audit(session.principal, lethe.ledger.audit_trail(request_id))
+        status = scope.visible(principal, lethe.ledger.status(request_id))
+        trail = scope.visible_audit(principal, lethe.ledger.audit_trail(request_id))
     except UnknownRequest:
         return error_page(request, session, 404, "No request with this id.")
     at = datetime.now(UTC)
