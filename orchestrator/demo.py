@@ -12,6 +12,8 @@ target's own count; the models trained on an erased user are quarantined and the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -148,6 +150,7 @@ def quiet_stores() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow sets its loggers' level when imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logs.configure(level="WARNING")
     for name in ("feast", "mlflow", "alembic", "lancedb", "botocore", "werkzeug", "urllib3"):
@@ -171,12 +174,13 @@ def run_demo(subjects: int, erase: int, workdir: Path, console: Console) -> int:
     look_alikes = {u for u in kept if any(u.startswith(d) or d.startswith(u) for d in doomed)}
     kept_sample = sorted(look_alikes | set(random.Random(3).sample(kept, min(20, len(kept)))))
     with s3_server() as endpoint:
-        console.print(f"seeding {subjects} users: photos (2 versions each, some deleted), features, face embeddings, "
-                      "sessions …")
+        console.print(f"seeding {subjects} users: photos (2 versions each, some deleted), features, a training "
+                      "manifest, the users table, face embeddings, sessions and three models")
         make_bucket(endpoint, BUCKET)
         put_objects(endpoint, BUCKET, [f"users/{u}/photo-{p}.jpg" for u in users for p in (1, 2)], versions=2)
         put_objects(endpoint, BUCKET, [f"users/{u}/old-avatar.jpg" for u in users[::3]], delete_marker=True)
-        build_demo_repo(workdir / "feature_repo", users)
+        with contextlib.redirect_stdout(io.StringIO()):  # Feast prints its materialisation (colour codes too)
+            build_demo_repo(workdir / "feature_repo", users)
         build_training_manifest(workdir / "lake" / "faces_manifest", users)
         users_url = build_users_table(workdir / "app.db", users)
         seed_faces(workdir / "vectors", users)

@@ -25,6 +25,11 @@ def test_demo_erases_and_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every erased user is gone from every store and everyone else is intact" in result.stdout
     assert "requests completed: 3/3" in result.stdout
+    # Read as a user reads it, piped: no column cut to 80 ("profile-phot…"), every column and figure explained,
+    # and none of the stores' own log lines (Feast's materialisation, MLflow's migrations) mixed in.
+    assert "profile-photos " in result.stdout and "…" not in result.stdout
+    assert "others changed: of the" in result.stdout and "finished in " in result.stdout
+    assert "INFO" not in result.stdout + result.stderr and "Materializing" not in result.stdout, result.stderr
     assert len(list((tmp_path / "demo" / "certificates").glob("*.json"))) == 3
     erased = set(re.search(r"erased ids \(shown only in this demo\): ([0-9, ]+)", result.stdout)
                  .group(1).replace(" ", "").split(","))  # type: ignore[union-attr]
