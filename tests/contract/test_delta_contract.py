@@ -232,3 +232,19 @@ def test_config_is_checked_when_the_map_loads() -> None:
         DeltaConfig(name="x", kind="delta", uri="/tmp/x", where={'owner" OR 1=1 --': "{user_id}"})
     with pytest.raises(ValueError, match="local"):
         DeltaConfig(name="x", kind="delta", uri="s3://b/t", where={"owner": "{user_id}"})
+
+
+def test_a_table_partitioned_by_the_subject_loses_their_partition_whole(tmp_path: Path) -> None:
+    """Partitioned by owner: the subject's files are dropped whole, their directory (named after the value)
+    goes, no version reads them, and the look-alikes' partitions are untouched."""
+    uri = str(tmp_path / "parted")
+    for owners in (["1", "12", "5", "12"], ["123", "12", "1234"]):
+        write_deltalake(uri, pa.table({"owner": owners, "n": list(range(len(owners)))}), mode="append",
+                        partition_by=["owner"])
+    target = DeltaTarget(DeltaConfig(name="p", kind="delta", uri=uri, where={"owner": "{user_id}"}))
+    assert target.count(subject(SUBJECT)) == 3
+    assert target.purge(subject(SUBJECT), Beats()) == 3 and target.level == "bytes_reclaimed"
+    assert target.verify(subject(SUBJECT)) == 0
+    assert sorted(p.name for p in Path(uri).iterdir()) == ["_delta_log", "owner=1", "owner=123", "owner=1234",
+                                                          "owner=5"]
+    assert {uid: target.verify(subject(uid)) for uid in ("123", "1234")} == {"123": 1, "1234": 1}

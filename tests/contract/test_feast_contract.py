@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.contract.base import SUBJECT, ContractStore, TargetContract, subject
 from orchestrator.demo_estate import DEMO_VIEWS, build_demo_repo, demo_frames, write_demo_file
+from tests.contract.base import SUBJECT, ContractStore, TargetContract, subject
 from workers.targets.feast import FeastConfig, FeastTarget
 
 os.environ.setdefault("FEAST_USAGE", "False")

@@ -225,3 +225,34 @@ def test_a_catalog_on_postgresql_works_as_given(tmp_path: Path, pg_database: str
         assert len(store.table().snapshots()) == 1 and target.level == "bytes_reclaimed"
     finally:
         store.catalog.engine.dispose()
+
+
+def test_a_table_partitioned_by_the_subject_loses_their_partition_whole(tmp_path: Path) -> None:
+    """Identity-partitioned by owner: the subject's files go whole, their directory (named after the value)
+    with them, no snapshot or file reads them, and the look-alikes' partitions stay."""
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.schema import Schema
+    from pyiceberg.transforms import IdentityTransform
+    from pyiceberg.types import LongType, NestedField, StringType
+
+    root = tmp_path / "parted"
+    root.mkdir()
+    props = {"name": "p", "uri": f"sqlite:///{root / 'c.db'}", "warehouse": f"file://{root / 'wh'}"}
+    catalog = SqlCatalog("p", uri=props["uri"], warehouse=props["warehouse"])
+    try:
+        catalog.create_namespace("lake")
+        schema = Schema(NestedField(1, "owner", StringType(), required=False),
+                        NestedField(2, "n", LongType(), required=False))
+        spec = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="owner"))
+        table = catalog.create_table("lake.faces", schema=schema, partition_spec=spec)
+        for owners in (["1", "12", "5", "12"], ["123", "12", "1234"]):
+            table.append(pa.table({"owner": owners, "n": list(range(len(owners)))}, schema=schema.as_arrow()))
+        target = IcebergTarget(IcebergConfig(name="p", kind="iceberg", catalog=props, table="lake.faces",
+                                             where={"owner": "{user_id}"}))
+        assert target.purge(subject(SUBJECT), Beats()) == 3 and target.level == "bytes_reclaimed"
+        assert target.verify(subject(SUBJECT)) == 0
+        data = Path(catalog.load_table("lake.faces").location().removeprefix("file://")) / "data"
+        assert sorted(p.name for p in data.iterdir()) == ["owner=1", "owner=123", "owner=1234", "owner=5"]
+        assert {uid: target.verify(subject(uid)) for uid in ("123", "1234")} == {"123": 1, "1234": 1}
+    finally:
+        catalog.engine.dispose()

@@ -216,3 +216,24 @@ def test_where_is_checked_when_the_map_loads() -> None:
         ParquetConfig(name="x", kind="parquet", uri="/tmp/x", where={"owner; drop": "{user_id}"})
     with pytest.raises(ValueError, match="local path"):
         ParquetConfig(name="x", kind="parquet", uri="gs://b/x", where={"owner": "{user_id}"})
+
+
+def test_a_hive_partitioned_directory_loses_the_subjects_partition(tmp_path: Path) -> None:
+    """``owner=12/`` holds only the subject's rows (the column is in the path, not the file): its files and
+    the directory named after the value go; ``owner=123/`` and ``owner=112/`` stay byte for byte; a
+    partition by another column is rewritten by the owner column inside its files."""
+    root = tmp_path / "events"
+    for owner in ("12", "123", "112"):
+        (root / f"owner={owner}").mkdir(parents=True)
+        pq.write_table(pa.table({"n": [1, 2, 3]}), root / f"owner={owner}" / "part-0.parquet")
+    (root / "day=1").mkdir()
+    pq.write_table(pa.table({"owner": ["12", "120", "12"], "n": [4, 5, 6]}), root / "day=1" / "part-0.parquet")
+    before = {p: p.read_bytes() for p in root.rglob("*.parquet") if "owner=12" not in str(p)}
+    target = ParquetTarget(ParquetConfig(name="p", kind="parquet", uri=str(root), where={"owner": "{user_id}"}))
+    assert target.count(subject(SUBJECT)) == 5
+    assert target.purge(subject(SUBJECT), Beats()) == 5 and target.verify(subject(SUBJECT)) == 0
+    assert not (root / "owner=12").exists()
+    assert {p: p.read_bytes() for p in before if "day=1" not in str(p)} == {
+        p: b for p, b in before.items() if "day=1" not in str(p)}
+    assert pq.read_table(root / "day=1" / "part-0.parquet").column("owner").to_pylist() == ["120"]
+    assert target.verify(subject("123")) == 3 and target.verify(subject("112")) == 3

@@ -66,6 +66,7 @@ from workers.targets.parquet_files import (
     directory_lock,
     local_fs,
     mask,
+    remove_empty_partitions,
     typed_values,
     vendor_errors,
 )
@@ -218,7 +219,7 @@ class DeltaTarget:
         """(file, the subject's rows in it) for every Parquet file under the table but its log."""
         for path in Location.of(str(self.root)).files(".parquet", hidden=True):
             if Path(path).relative_to(self.root).parts[0] != LOG:
-                yield path, count_in_file(local_fs(), path, values)
+                yield path, count_in_file(local_fs(), path, values, root=str(self.root))
 
     # -- the log and leftovers ---------------------------------------------------------------------
     def _cut_log(self, table: Any) -> None:
@@ -239,11 +240,7 @@ class DeltaTarget:
         for path, found in self._file_counts(values):
             if found and path not in referenced and now - os.stat(path).st_mtime > ORPHAN_GRACE:
                 os.unlink(path)
-        for directory, subdirs, files in os.walk(self.root, topdown=False):
-            relative = Path(directory).relative_to(self.root).parts
-            # An emptied partition directory is named after the value (``user_id=12``): remove it.
-            if relative and relative[0] != LOG and not subdirs and not files and "=" in relative[-1]:
-                os.rmdir(directory)
+        remove_empty_partitions(self.root, skip=LOG)
 
     @staticmethod
     def _referenced(table: Any) -> set[str]:

@@ -58,6 +58,7 @@ from workers.targets.parquet_files import (
     directory_lock,
     local_fs,
     mask,
+    remove_empty_partitions,
     typed_values,
     vendor_errors,
 )
@@ -264,6 +265,7 @@ class IcebergTarget:
         doomed.discard(_local(table.metadata_location))
         for path in doomed:
             Path(path).unlink(missing_ok=True)
+        remove_empty_partitions(_local(table.location()), skip="metadata")
 
     @staticmethod
     def _reachable(table: Any, snapshots: list[Any]) -> set[str]:

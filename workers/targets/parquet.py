@@ -9,9 +9,11 @@ Data map::
       where: {user_id: "{user_id}"}      # column -> template: a row matches when every column equals its value
 
 Every file under ``uri`` whose path has no part starting with ``.`` or ``_`` is a data file (what pyarrow's
-dataset reader reads). Values are typed per file from its schema (``parquet_files.typed_value``): an integer
-column takes a canonical decimal integer, a string column the text; a file without a ``where`` column, or
-with another column type, fails the task. The rewrite is ``parquet_files``' (shared with Feast's offline
+dataset reader reads). Hive-style directories (``user_id=12/``) hold a column a file lacks: a file of the
+subject's own partition is deleted whole, and its emptied directory (named after the value) with it.
+Values are typed per file from its schema (``parquet_files.typed_value``): an integer column takes a
+canonical decimal integer, a string column the text; a file without a ``where`` column (in it or in its
+path), or with another column type, fails the task. The rewrite is ``parquet_files``' (shared with Feast's offline
 purge): only files whose row-group statistics may hold the subject are read, only those that do hold it are
 rewritten, atomically, keeping every other row, its schema and order.
 
@@ -43,6 +45,7 @@ from workers.targets.parquet_files import (
     Location,
     check_where,
     count_in_file,
+    partitions_of,
     rewrite_without,
     typed_values,
     vendor_errors,
@@ -97,7 +100,8 @@ class ParquetTarget:
             self.level = "invisible" if location.remote and self._versioned() else "bytes_reclaimed"
             for path, found in self._holding(subject, heartbeat):
                 if found:
-                    removed += rewrite_without(location.fs, path, self._values(subject, path), heartbeat)
+                    removed += rewrite_without(location.fs, path, self._values(subject, path), heartbeat,
+                                               root=location.root)
                 heartbeat(removed)
         return removed
 
@@ -127,13 +131,15 @@ class ParquetTarget:
         location = self._open()
         with location.fs.open_input_file(path) as source:
             schema = pq.read_schema(source)
-        return typed_values({c: fill(t, subject) for c, t in self.config.where.items()}, schema)
+        return typed_values({c: fill(t, subject) for c, t in self.config.where.items()}, schema,
+                            partitions_of(location.root, path))
 
     def _holding(self, subject: Subject, heartbeat: Heartbeat | None = None) -> list[tuple[str, int]]:
         """(file, the subject's rows in it) for every data file."""
         location = self._open()
         with vendor_errors(f"{self.where}: read"):
-            return [(path, count_in_file(location.fs, path, self._values(subject, path), heartbeat))
+            return [(path, count_in_file(location.fs, path, self._values(subject, path), heartbeat,
+                                         root=location.root))
                     for path in location.files()]
 
     def _versioned(self) -> bool:

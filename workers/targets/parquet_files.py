@@ -76,11 +76,16 @@ def typed_value(text: str, arrow_type: Any, column: str) -> Value:
     raise PermanentError(f"column {column} has type {arrow_type}; only integer and string columns can be matched")
 
 
-def typed_values(where: Mapping[str, str], schema: Any) -> dict[str, Value]:
-    """Every ``where`` column (already filled) typed from an Arrow schema; a missing column fails."""
+def typed_values(where: Mapping[str, str], schema: Any,
+                 partitions: Mapping[str, str] | None = None) -> dict[str, Value]:
+    """Every ``where`` column (already filled) typed from an Arrow schema; a missing column fails, unless it
+    is one of the file's ``partitions`` (hive directories), compared as the text the path holds."""
     typed: dict[str, Value] = {}
     for column, text in where.items():
         index = schema.get_field_index(column)
+        if index < 0 and partitions is not None and column in partitions:
+            typed[column] = text
+            continue
         if index < 0:
             raise PermanentError(f"the table has no column {column}")
         typed[column] = typed_value(text, schema.field(index).type, column)
@@ -219,31 +224,88 @@ def local_fs() -> Any:
 # --- counting and rewriting ----------------------------------------------------------------------------------
 
 
-def count_in_file(fs: Any, path: str, values: Values, heartbeat: Heartbeat | None = None) -> int:
-    """Rows holding the values, reading only their columns and only row groups whose statistics may hold them."""
+def partitions_of(root: str, path: str) -> dict[str, str]:
+    """Hive-style partition values (``user_id=12/``) in a file's path below ``root``, unescaped."""
+    from urllib.parse import unquote
+
+    relative = path[len(root):].strip("/").split("/")[:-1] if path.startswith(root) else []
+    return {unquote(k): unquote(v) for k, _, v in (part.partition("=") for part in relative) if _ and k}
+
+
+def _in_file(values: Values, names: list[str], partitions: Mapping[str, str]) -> Values | None:
+    """The values a file's rows must still be checked for: a column the file lacks is read from its path's
+    partition values (a different value rules the whole file out: None), else the file lacks it (an error)."""
+    remaining: dict[str, Value] = {}
+    for column, value in values.items():
+        if column in names:
+            remaining[column] = value
+        elif column in partitions:
+            if partitions[column] != str(value):
+                return None
+        else:
+            raise PermanentError(f"a Parquet file has no column {column}")
+    return remaining
+
+
+def count_in_file(fs: Any, path: str, values: Values, heartbeat: Heartbeat | None = None,
+                  root: str | None = None) -> int:
+    """Rows holding the values, reading only their columns and only row groups whose statistics may hold
+    them; with ``root``, columns a file lacks are taken from its partition directories."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    partitions = partitions_of(root, path) if root else {}
     with fs.open_input_file(path) as source, pq.ParquetFile(source) as pf:
-        missing = [c for c in values if c not in pf.schema_arrow.names]
-        if missing:
-            raise PermanentError(f"a Parquet file has no column {missing[0]}")
+        remaining = _in_file(values, pf.schema_arrow.names, partitions)
+        if remaining is None:
+            return 0
+        if not remaining:
+            return int(pf.metadata.num_rows)  # the partition is the subject's: every row
         found = 0
-        for i in holding_row_groups(pf, values):
-            keys = pf.read_row_group(i, columns=list(values))
-            found += int(pc.sum(mask(keys, values)).as_py() or 0)
+        for i in holding_row_groups(pf, remaining):
+            keys = pf.read_row_group(i, columns=list(remaining))
+            found += int(pc.sum(mask(keys, remaining)).as_py() or 0)
             if heartbeat is not None:
                 heartbeat()
         return found
 
 
-def rewrite_without(fs: Any, path: str, values: Values, heartbeat: Heartbeat) -> int:
-    """Rewrite one Parquet file without the rows holding ``values``; returns how many rows went."""
+def rewrite_without(fs: Any, path: str, values: Values, heartbeat: Heartbeat, root: str | None = None) -> int:
+    """Rewrite one Parquet file without the rows holding ``values``; returns how many rows went. With
+    ``root``, columns a file lacks are taken from its partition directories: a file of the subject's own
+    partition is deleted whole (and its directory, named after the value, once empty)."""
     import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
-    if isinstance(fs, pafs.LocalFileSystem):
-        return _rewrite_local(Path(path), values, heartbeat)
-    return _rewrite_remote(fs, path, values, heartbeat)
+    partitions = partitions_of(root, path) if root else {}
+    with fs.open_input_file(path) as source, pq.ParquetFile(source) as pf:
+        remaining = _in_file(values, pf.schema_arrow.names, partitions)
+        rows = int(pf.metadata.num_rows)
+    if remaining is None:
+        return 0
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if not remaining:
+        if local:
+            with directory_lock(Path(path).parent):
+                os.unlink(path)
+            with suppress(OSError):
+                os.rmdir(Path(path).parent)  # only when empty; its name is the subject's value
+        else:
+            fs.delete_file(path)
+        return rows
+    if local:
+        return _rewrite_local(Path(path), remaining, heartbeat)
+    return _rewrite_remote(fs, path, remaining, heartbeat)
+
+
+def remove_empty_partitions(root: str | Path, skip: str = "") -> None:
+    """Remove emptied hive partition directories (``user_id=12``: named after a value) under a local root,
+    deepest first; ``skip``: a top-level directory left alone (a table's log or metadata)."""
+    for directory, _subdirs, files in os.walk(root, topdown=False):
+        relative = Path(directory).relative_to(root).parts
+        if relative and relative[0] != skip and "=" in relative[-1] and not files:
+            with suppress(OSError):  # not empty after all (a writer just added a file): keep it
+                os.rmdir(directory)
 
 
 @contextmanager

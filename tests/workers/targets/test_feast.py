@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from orchestrator.demo_estate import DEMO_VIEWS, DemoRepo, build_demo_repo
 from tests.contract.base import OTHERS, SUBJECT, Beats, subject
 from tests.contract.test_feast_contract import REDIS_ONLINE, RedisClient, feast_redis, feast_target
 from workers.targets.base import PermanentError, RetryableError
-from orchestrator.demo_estate import DEMO_VIEWS, DemoRepo, build_demo_repo
 from workers.targets.feast import FeastConfig
 
 __all__ = ["feast_redis"]  # the fixture, imported for use here
