@@ -94,8 +94,9 @@ class Lethe:
         request_id, created, dispatches = self.ledger.file_request(
             datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor,
             only_targets=only_targets, origin=origin, dataset=dataset, requested_by=requested_by)
-        self.send(dispatches)
-        log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches))
+        not_sent = self.send(dispatches)
+        log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches),
+                 not_dispatched=not_sent)
         return request_id, created
 
     def submit_many(self, subjects: Iterable[Mapping[str, object]], *, dry_run: bool = False, regime: str = "gdpr",
@@ -142,18 +143,18 @@ class Lethe:
         self.send(self.ledger.release_hold(self.subject_hashes(subject), actor=actor))
 
     def reconcile(self) -> int:
-        """Re-send every non-terminal task past its lease, and prune records past retention.
-        Returns how many tasks were sent."""
+        """Re-send every non-terminal task past its lease or on record as not dispatched, and prune records
+        past retention. Returns how many tasks were handed to the broker."""
         dispatches = self.ledger.resume_expired_holds() + self.ledger.due_for_dispatch()
-        self.send(dispatches)
+        not_sent = self.send(dispatches)
         if dispatches:
-            log.info("reconcile.redispatched", tasks=len(dispatches))
+            log.info("reconcile.redispatched", tasks=len(dispatches), not_dispatched=not_sent)
         self.publish_events()
         pruned = self.ledger.prune(self.settings.record_retention_days, self.settings.tombstone_days)
         if pruned:
             log.info("reconcile.pruned", requests=pruned)
         self.ledger.sign_head()  # at most one reconcile period of audit entries is ever unsigned
-        return len(dispatches)
+        return len(dispatches) - not_sent
 
     def send(self, dispatches: list[Dispatch], countdown: float | None = None) -> int:
         """Hand tasks to the broker, after the ledger committed them: one message per kind carries up to

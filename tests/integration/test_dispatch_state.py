@@ -52,6 +52,9 @@ def test_broker_down_at_submit_is_on_record_and_reconcile_sends_it_at_once(
     assert first["not_dispatched_at"] is not None and "not dispatched" in first["error"]
     assert second["not_dispatched_at"] is None and second["error"] is None  # waits for `after`, not sent yet
 
+    assert down.reconcile() == 0  # still down: sent nothing, and still on record as not dispatched
+    assert down.ledger.status(request_id)["not_dispatched"] == 1
+
     up = make_lethe(database_url=ledger_url, broker_url=redis_broker, data_map=seeded_map, task_lease_seconds=600)
     with up.embedded_worker():
         assert up.reconcile() == 1  # the lease has 600 s to go: only the record of the failed send says "now"
