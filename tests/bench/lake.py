@@ -19,7 +19,7 @@ from tests.bench.stores import _in_child
 SUBJECT = 4242
 
 
-def make_delta(uri: Path, rows: int, files: int, subject_rows: int) -> None:
+def make_delta(uri: Path, rows: int, files: int, subject_rows: int, clustered: bool = True) -> None:
     import numpy as np
     import pyarrow as pa
     from deltalake import write_deltalake
@@ -30,8 +30,10 @@ def make_delta(uri: Path, rows: int, files: int, subject_rows: int) -> None:
     for i in range(files):
         ids = rng.integers(i * span, (i + 1) * span, per_file, dtype=np.int64)
         ids[ids == SUBJECT] = SUBJECT + 1
-        if i == SUBJECT // span:
+        if clustered and i == SUBJECT // span:
             ids[:subject_rows] = SUBJECT
+        elif not clustered:  # the subject's rows in every file: nothing to prune
+            ids[:subject_rows // files] = SUBJECT
         write_deltalake(str(uri), pa.table({
             "user_id": ids,
             "photo": pa.array([f"p{j}" for j in range(per_file)]),
@@ -63,14 +65,21 @@ def lethe_purge(uri: str) -> dict[str, Any]:
 
 
 
-def bench_delta(workdir: Path, rows: int = 1_000_000, files: int = 20, subject_rows: int = 1000) -> dict[str, Any]:
+def _pair(workdir: Path, rows: int, files: int, subject_rows: int, clustered: bool) -> dict[str, Any]:
     source = workdir / "source"
-    make_delta(source, rows, files, subject_rows)
+    make_delta(source, rows, files, subject_rows, clustered)
     bare_uri, lethe_uri = workdir / "bare", workdir / "lethe"
     shutil.copytree(source, bare_uri)
     shutil.copytree(source, lethe_uri)
     bare = _in_child(bare_delete, str(bare_uri))
     lethe = lethe_purge(str(lethe_uri))  # in this process: its counters are read back
-    return {"rows": rows, "files": files, "subject_rows": subject_rows, "bare_delete": bare, "lethe_purge": lethe,
-            "ratio": lethe["seconds"] / bare["seconds"],
+    return {"bare_delete": bare, "lethe_purge": lethe, "ratio": lethe["seconds"] / bare["seconds"],
             "with_verify_ratio": lethe["with_verify_seconds"] / bare["seconds"]}
+
+
+def bench_delta(workdir: Path, rows: int = 1_000_000, files: int = 20, subject_rows: int = 1000) -> dict[str, Any]:
+    """The figure: the subject's rows clustered in one file; ``spread``: the same rows spread over every
+    file (each file is then rewritten, by both sides)."""
+    result = _pair(workdir / "clustered", rows, files, subject_rows, clustered=True)
+    spread = _pair(workdir / "spread", rows, files, subject_rows, clustered=False)
+    return {"rows": rows, "files": files, "subject_rows": subject_rows, **result, "spread": spread}

@@ -18,3 +18,5 @@ def test_delta_figure_purges_the_subject_against_a_bare_delete(tmp_path: Path) -
     assert lethe["deleted"] == 50 and lethe["residue"] == 0 and lethe["level"] == "bytes_reclaimed"
     assert lethe["files_rewritten"] == 1 and lethe["files_total"] == 4
     assert result["ratio"] > 0
+    spread = result["spread"]["lethe_purge"]
+    assert spread["deleted"] == 48 and spread["residue"] == 0 and spread["files_rewritten"] == 4
