@@ -12,6 +12,8 @@
 5. Event intake, Feast offline purge, LanceDB purge: against their raw engines.
 6. Delta purge: 1,000 of 1M rows with vacuum and log cut, against a bare delete without vacuum
    (tests/bench/lake.py).
+7. SQL purge: one subject's 100k rows on PostgreSQL in batches of their own transactions, against a bare
+   DELETE in one statement (tests/bench/sql.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -32,7 +34,7 @@ from tests.bench import report, stores
 from tests.bench.orchestration import BROKER, bench_orchestration
 from tests.fixtures.services import temporary_database
 
-FIGURES = ["orchestration", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta"]
+FIGURES = ["orchestration", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql"]
 
 
 def mib(peaks: dict[str, float]) -> str:
@@ -118,6 +120,19 @@ def main() -> None:
                   f"zero-retention vacuum, log cut; {lp['files_rewritten']}/{lp['files_total']} files rewritten, level "
                   f"{lp['level']}) vs a bare delete without vacuum {d['bare_delete']['seconds']:.2f} s -> "
                   f"{d['ratio']:.2f}x ({d['with_verify_ratio']:.2f}x with verify): the price of erasing history")
+            sp = d["spread"]
+            print(f"  the same rows spread over every file: {sp['lethe_purge']['files_rewritten']}/"
+                  f"{sp['lethe_purge']['files_total']} files rewritten, lethe {sp['lethe_purge']['seconds']:.2f} s vs "
+                  f"bare {sp['bare_delete']['seconds']:.2f} s -> {sp['ratio']:.2f}x")
+        if "sql" in only:
+            from tests.bench.sql import bench_sql
+
+            results["sql"] = q = bench_sql(scaled(100_000))
+            lp = q["lethe_purge"]
+            print(f"sql purge: {q['rows']:,} rows of one subject in a {q['table_rows']:,}-row PostgreSQL table: lethe "
+                  f"{lp['seconds']:.2f} s in {q['batches']} batches of their own transactions (level {lp['level']}) vs "
+                  f"a bare DELETE in one statement {q['bare_delete']['seconds']:.2f} s -> {q['ratio']:.2f}x "
+                  f"({q['with_verify_ratio']:.2f}x with verify)")
     for path in report.write(results, args.out):
         print(f"written: {path}")
 

@@ -16,6 +16,7 @@ FIGURES: dict[str, tuple[str, str, tuple[str, float] | None, str]] = {
     "feast_offline": ("Feast offline purge", "rate_ratio", None, "lethe rate / pyarrow rewrite rate"),
     "lancedb": ("LanceDB purge", "compaction_cost_ratio", None, "lethe time / bare delete time"),
     "delta": ("Delta purge", "ratio", None, "lethe (vacuum, log cut) time / bare delete time"),
+    "sql": ("SQL purge", "ratio", None, "lethe (batches, verify aside) time / one bare DELETE's time"),
 }
 
 

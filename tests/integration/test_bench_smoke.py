@@ -48,6 +48,15 @@ def test_feast_and_lancedb_figures_run_on_small_data(tmp_path: Path) -> None:
     assert lance["rows"] == 5_000 and lance["erased"] > 0 and lance["compaction_cost_ratio"] > 0
 
 
+def test_sql_purge_figure_compares_two_complete_deletes() -> None:
+    """The batched sql purge and the bare DELETE remove the same rows of one subject on PostgreSQL."""
+    from tests.bench.sql import bench_sql
+
+    result = bench_sql(2_000, batch_size=500)
+    assert result["rows"] == 2_000 and result["batches"] >= 4
+    assert result["lethe_purge"]["residue"] == 0 and result["ratio"] > 0
+
+
 def test_report_writes_results_and_a_chart_keeping_earlier_figures(tmp_path: Path) -> None:
     """results.json merges with an earlier run's figures; ratios.png is a PNG with every figure."""
     report.write({"flat_memory": {"ratio": 1.01}}, tmp_path)

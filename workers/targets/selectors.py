@@ -102,7 +102,11 @@ def engine(url: str, *, read_only: bool, timeout_seconds: float = DEFAULT_TIMEOU
             options = f"-c statement_timeout={millis}"
             if read_only:
                 options += " -c default_transaction_read_only=on"
-            created = create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+            # prepare_threshold None: no server-side prepared statements, so every statement is planned
+            # for its values (a generic plan for "ctid = ANY(:ctids) AND owner_id = :o" may scan the
+            # whole index instead of fetching the listed rows).
+            created = create_engine(url, pool_pre_ping=True,
+                                    connect_args={"options": options, "prepare_threshold": None})
         else:
             created = create_engine(url, pool_pre_ping=True)
             if dialect == "sqlite":

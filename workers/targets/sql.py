@@ -17,10 +17,11 @@ connection, so unknown columns can only be reported then), and every value is co
 type before it is bound (``12`` for an integer column; ``12abc`` fails the task, never a silent zero).
 
 A purge runs in batches of ``batch_size`` rows, each its own transaction, so a subject with a million rows
-never holds one giant transaction or lock: PostgreSQL ``DELETE … WHERE ctid = ANY(ARRAY(SELECT ctid … LIMIT
-n))``, SQLite ``… WHERE rowid IN (SELECT rowid … LIMIT n)`` (the primary key for a WITHOUT ROWID table),
-MySQL ``DELETE … LIMIT n``. A mask batch updates only matched rows that still differ from the mask. The
-heartbeat runs after each batch, so the purge is resumable: what a batch removed stays removed.
+never holds one giant transaction or lock: PostgreSQL ``DELETE … WHERE ctid = ANY(:ctids) AND <where>``
+over the ctids listed once into a held cursor, SQLite ``… WHERE rowid IN (SELECT rowid … LIMIT n)`` (the
+primary key for a WITHOUT ROWID table), MySQL ``DELETE … LIMIT n``. A mask batch updates only matched
+rows that still differ from the mask. The heartbeat runs after each batch, so the purge is resumable:
+what a batch removed stays removed.
 
 A delete refused by a foreign key fails the task (PermanentError, not retried) naming the constraint:
 order the referencing table's target before this one with ``after``. ``probe`` reports such tables.
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -64,7 +65,7 @@ class SqlConfig(TargetConfig):
                                               "equals its value (bound, converted to the column's type).")
     action: Literal["delete", "mask"] = Field("delete", description="Delete the rows, or overwrite columns.")
     mask: dict[str, Any] | None = Field(None, description="With action mask: column -> literal value.")
-    batch_size: int = Field(1000, ge=1, le=100_000, description="Rows per batch (one transaction each).")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="Rows per batch (one transaction each).")
     vacuum: bool | Literal["full"] = Field(False, description="After the purge: the table's VACUUM "
                                                               "(true) or VACUUM FULL (full); see the levels.")
     timeout_seconds: float = Field(300.0, gt=0, le=86_400, description="Statement timeout of each batch.")
@@ -140,7 +141,61 @@ class SqlTarget:
         return self.count(subject)
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
-        statement = self._batch(subject)
+        if self.engine.dialect.name == "postgresql":
+            done = self._purge_listed(subject, heartbeat)
+        else:
+            done = self._purge_limited(subject, heartbeat)
+        self.level = self._finish()
+        return done
+
+    def _purge_listed(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        """PostgreSQL: the pending rows' ctids are listed once, into a cursor held across transactions
+        (one index scan), and deleted or masked batch by batch. Re-scanning for each batch would step over
+        every row the earlier batches deleted, whose dead tuples stay until VACUUM: quadratic work. Each
+        batch re-checks the selector, so a ctid reused by another row in between is never touched; a row
+        moved or added since the listing is left to verify, which reports it, and the retry.
+
+        One connection in autocommit mode does it all, two round trips a batch (FETCH, then the DELETE or
+        UPDATE, its own transaction). Batches do not wait for their WAL flush; the synchronous commit at
+        the end flushes them all before the purge returns. A crash before it may bring some rows back:
+        they match again, and the next slice or verify finds them."""
+        from sqlalchemy import and_, bindparam, literal_column, select, text
+        from sqlalchemy.types import Text
+
+        table, pending, n = self.table(), self._pending(subject), self.config.batch_size
+        listing = select(literal_column("ctid")).select_from(table).where(pending).compile(dialect=self.engine.dialect)
+        listed = text("ctid = ANY(CAST(:lethe_ctids AS tid[]))").bindparams(bindparam("lethe_ctids", type_=Text))
+        statement = self._write().where(and_(pending, listed))
+        done = 0
+        with self._errors("list"):
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with self._errors("list"):
+                conn.execute(text("SET synchronous_commit = off"))
+                cursor = conn.connection.driver_connection.cursor(name="lethe_purge", withhold=True)
+                cursor.execute(str(listing), listing.params)
+            with cursor:
+                while True:
+                    with self._errors("list"):
+                        rows = cursor.fetchmany(n)
+                    if not rows:
+                        break
+                    with self._errors(self.config.action):
+                        done += conn.execute(statement, {"lethe_ctids": _tid_array(rows)}).rowcount
+                    heartbeat(done)  # after the batch's commit: a slice that ends here keeps what it removed
+            with self._errors("flush"):
+                conn.execute(text("SET synchronous_commit = on"))
+                conn.execute(text("SELECT txid_current()"))  # a synchronous commit: every batch is durable
+        finally:
+            with suppress(Exception):  # the pooled connection goes back as it came
+                conn.execute(text("RESET synchronous_commit"))
+            conn.close()
+        return done
+
+    def _purge_limited(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        """SQLite and MySQL: batches of ``… LIMIT n`` until one changes fewer rows. Their deletes leave no
+        rows for the next batch's scan to step over (SQLite removes them; InnoDB's index skips them)."""
+        statement = self._limited(subject)
         done = 0
         # A mask that a trigger undoes would match the same rows forever: stop after as many batches as
         # the rows counted at the start need, and let verify report what is left.
@@ -154,7 +209,6 @@ class SqlTarget:
                 break
             if budget is not None:
                 budget -= 1
-        self.level = self._finish()
         return done
 
     # -- probe ------------------------------------------------------------------------------------
@@ -232,26 +286,24 @@ class SqlTarget:
         table = self.table()
         return and_(matches, or_(*(table.c[c].is_distinct_from(v) for c, v in self._mask_values().items())))
 
-    def _batch(self, subject: Subject) -> Any:
-        """One batch's statement; it acts on at most batch_size of the pending rows."""
-        from sqlalchemy import any_, func, literal_column, select, tuple_
+    def _write(self) -> Any:
+        table = self.table()
+        return table.delete() if self.config.action == "delete" else table.update().values(self._mask_values())
+
+    def _limited(self, subject: Subject) -> Any:
+        """One batch's statement on SQLite or MySQL: it acts on at most batch_size of the pending rows."""
+        from sqlalchemy import literal_column, select, tuple_
 
         table, pending, n = self.table(), self._pending(subject), self.config.batch_size
-        dialect = self.engine.dialect.name
-        write = table.delete() if self.config.action == "delete" else table.update().values(self._mask_values())
-        if dialect == "mysql":
-            return write.where(pending).with_dialect_options(mysql_limit=n)
-        if dialect == "postgresql":
-            ctid: Any = literal_column("ctid")
-            rows = select(ctid).select_from(table).where(pending).limit(n).correlate(None)
-            return write.where(ctid == any_(func.array(rows.scalar_subquery())))
-        key = [literal_column("rowid")] if dialect == "sqlite" and not self._without_rowid() else list(
-            table.primary_key.columns)
+        if self.engine.dialect.name == "mysql":
+            return self._write().where(pending).with_dialect_options(mysql_limit=n)
+        key = [literal_column("rowid")] if self.engine.dialect.name == "sqlite" and not self._without_rowid() \
+            else list(table.primary_key.columns)
         if not key:
             raise PermanentError(f"sql target {self.config.name}: table {self.config.table} has no row key "
                                  "to delete in batches (no primary key)")
         rows = select(*key).select_from(table).where(pending).limit(n).correlate(None)
-        return write.where((key[0] if len(key) == 1 else tuple_(*key)).in_(rows))
+        return self._write().where((key[0] if len(key) == 1 else tuple_(*key)).in_(rows))
 
     def _without_rowid(self) -> bool:
         from sqlalchemy import text
@@ -367,3 +419,16 @@ class SqlTarget:
         except Exception:  # naming the constraint must not hide the refusal itself
             labels = []
         return f"a foreign key ({', '.join(labels)})" if labels else "a constraint"
+
+
+TID = re.compile(r"\(\d+,\d+\)")
+
+
+def _tid_array(rows: Sequence[tuple[Any, ...]]) -> str:
+    """The listed ctids as one PostgreSQL array literal, bound as a single text parameter: psycopg dumps a
+    Python list element by element, which took a third of a purge. Each ctid is PostgreSQL's own ``(page,
+    item)`` text, checked, so the literal can only ever hold tids."""
+    ctids = [str(ctid) for (ctid,) in rows]
+    if not all(TID.fullmatch(ctid) for ctid in ctids):
+        raise PermanentError("PostgreSQL returned a ctid lethe cannot read")
+    return "{" + ",".join(f'"{ctid}"' for ctid in ctids) + "}"
