@@ -442,6 +442,8 @@ def vendor_errors(where: str) -> Iterator[None]:
         raise
     except Exception as exc:
         message = str(exc)
+        if type(exc).__name__ in _COMMIT_CONFLICTS:
+            raise RetryableError(f"{where}: a concurrent commit won ({type(exc).__name__}); trying again") from None
         if isinstance(exc, PermissionError) or _DENIED.search(message):
             raise PermanentError(f"{where}: permission denied") from None
         if isinstance(exc, TimeoutError | ConnectionError) or _TRANSIENT.search(message):
@@ -454,4 +456,6 @@ def vendor_errors(where: str) -> Iterator[None]:
         raise PermanentError(f"{where}: {type(exc).__name__}") from None
 
 
+# deltalake's and pyiceberg's "another writer committed first": the operation is safe to run again.
+_COMMIT_CONFLICTS = frozenset({"CommitFailedError", "CommitFailedException", "CommitStateUnknownException"})
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR})

@@ -107,3 +107,24 @@ targets:
     assert literal != text
     with pytest.raises(ValueError, match="placeholder"):
         DataMap.parse(literal)
+
+
+def test_vendor_errors_are_translated_without_paths_or_values() -> None:
+    """A commit conflict or an outage is retryable, anything else permanent; no message keeps the vendor's
+    text (which quotes paths, keys and predicates)."""
+    from deltalake.exceptions import CommitFailedError
+    from pyiceberg.exceptions import CommitFailedException
+
+    from workers.targets.base import RetryableError
+    from workers.targets.parquet_files import vendor_errors
+
+    cases = [(CommitFailedError("/lake/t/_delta_log/3.json: owner = '12'"), RetryableError),
+             (CommitFailedException("owner=12"), RetryableError),
+             (OSError("AWS Error NETWORK_CONNECTION during GetObject on s3://b/users/12/p"), RetryableError),
+             (FileNotFoundError("/lake/users/12/part-0.parquet"), RetryableError),
+             (PermissionError("/lake/users/12"), PermanentError),
+             (ValueError("Invalid predicate owner = '12'"), PermanentError)]
+    for exc, expected in cases:
+        with pytest.raises(expected) as caught, vendor_errors("Delta target 'm': purge"):
+            raise exc
+        assert "12" not in str(caught.value) and "lake" not in str(caught.value)
