@@ -193,3 +193,17 @@ def test_operator_tells_a_stuck_request_from_a_healthy_one(
             page.goto(f"{server}/requests/{rid}")
             expect(page.locator("#request-status")).to_have_text("completed", timeout=30_000)
         expect(page.locator("#last-progress")).to_have_count(0)
+
+
+def test_swagger_ui_renders_the_api_offline(lethe: Lethe, page) -> None:  # type: ignore[no-untyped-def]
+    """/docs renders every route of /openapi.json from the API's own assets; no request leaves the host."""
+    from playwright.sync_api import expect
+
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith("http://127.0.0.1:") else None)
+    with serving(create_app(lethe)) as server:
+        page.goto(server + "/docs")
+        expect(page.locator(".opblock-summary-path").first).to_be_visible()
+        expect(page.locator(".swagger-ui")).to_contain_text("/v1/erasure-requests/{request_id}/certificate")
+        expect(page.locator(".swagger-ui")).not_to_contain_text("Unable to render")
+    assert outside == []
