@@ -200,6 +200,23 @@ class Probed(Protocol):
         ...
 
 
+def probe_map(targets: Sequence[TargetConfig]) -> list[tuple[str, str]]:
+    """(target, problem) for every target of a map, each probed with the targets that complete before it
+    (its ``after``, transitively): what ``lethe check-map --probe`` prints."""
+    by_name = {t.name: t for t in targets}
+    found: list[tuple[str, str]] = []
+    for config in targets:
+        earlier: dict[str, TargetConfig] = {}
+        waiting = list(config.after)
+        while waiting:
+            name = waiting.pop()
+            if name in by_name and name not in earlier:
+                earlier[name] = by_name[name]
+                waiting.extend(by_name[name].after)
+        found += [(config.name, problem) for problem in probe_target(config, list(earlier.values()))]
+    return found
+
+
 def probe_target(config: TargetConfig, earlier: Sequence[TargetConfig]) -> list[str]:
     """The problems ``check-map --probe`` reports for one target (see ``Probed``)."""
     try:

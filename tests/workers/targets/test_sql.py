@@ -12,7 +12,7 @@ from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import Subject
 from tests.contract.base import Beats, subject
 from tests.contract.test_sql_contract import temporary_mariadb
-from workers.targets.base import PermanentError, SliceExpired, build_target, probe_target
+from workers.targets.base import PermanentError, SliceExpired, build_target, probe_map, probe_target
 from workers.targets.selectors import dispose_engine
 from workers.targets.sql import SqlConfig, SqlTarget
 
@@ -221,6 +221,21 @@ def test_probe_reports_referencing_tables_no_earlier_target_erases(app_db: str) 
     assert probe_target(masked, []) == []
     missing = users.model_copy(update={"table": "nowhere"})
     assert probe_target(missing, []) == ["sql target app-users: table nowhere does not exist"]
+
+
+def test_probe_map_counts_targets_ordered_before_transitively(app_db: str) -> None:
+    """A map's probe gives each target the targets it waits for, through after chains: orders erased two
+    steps earlier covers users' foreign key; only the cascade into sessions is reported."""
+    def sql(name: str, table: str, column: str, after: list[str]) -> SqlConfig:
+        return SqlConfig.model_validate({"name": name, "kind": "sql", "url": app_db, "table": table,
+                                         "where": {column: "{user_id}"}, "after": after})
+
+    chain = [sql("app-orders", "orders", "user_id", []), sql("middle", "orders", "id", ["app-orders"]),
+             sql("app-users", "users", "id", ["middle"])]
+    problems = probe_map(chain)
+    assert [name for name, _ in problems] == ["app-users"] and "CASCADE" in problems[0][1]
+    unordered = probe_map([sql("app-orders", "orders", "user_id", []), sql("app-users", "users", "id", [])])
+    assert any(name == "app-users" and "fk_orders_user" in p for name, p in unordered)
 
 
 def test_probe_reports_an_unreachable_database() -> None:
