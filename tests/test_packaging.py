@@ -96,14 +96,17 @@ def test_wheel_carries_templates_static_files_and_migrations(wheel: Path) -> Non
 
 
 def test_core_then_s3_extra_in_a_fresh_venv(wheel: Path, venv: Venv, tmp_path: Path) -> None:
-    """The core alone runs the CLI, migrates a ledger and loads a memory map, without boto3; an S3 map asks
-    for `lethe[s3]`. With `lethe[s3]` the S3 map loads, and a Feast map asks for `lethe[feast]`, in one line."""
+    """The core alone runs the CLI, migrates a ledger and loads a memory map, without boto3; `lethe demo` asks
+    for `lethe[demo]` and an S3 map for `lethe[s3]`. With `lethe[s3]` the S3 map loads, and a Feast map asks
+    for `lethe[feast]`, in one line."""
     venv.install(str(wheel))
     core = "import orchestrator.cli, orchestrator.api, orchestrator.intake, orchestrator.service, workers.app"
     assert not {"boto3", "botocore"} & venv.imported_after(core)
     assert venv.lethe("check-map", str(write_map(tmp_path, "memory")), cwd=tmp_path).returncode == 0
     listed = venv.lethe("list", "--json", cwd=tmp_path)  # migrations run from the installed wheel
     assert listed.returncode == 0, listed.stderr
+    demo = venv.lethe("demo", cwd=tmp_path)
+    assert demo.returncode == 2 and "pip install 'lethe[demo]'" in demo.stderr, demo.stderr
     s3_map = write_map(tmp_path, "s3")
     refused = venv.lethe("check-map", str(s3_map), cwd=tmp_path)
     assert refused.returncode == 2 and "pip install 'lethe[s3]'" in refused.stderr, refused.stderr

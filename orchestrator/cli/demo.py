@@ -20,7 +20,12 @@ def demo(
                                           "first).")] = Path(".lethe-demo"),
 ) -> None:
     """Build a synthetic estate on embedded stores and erase some subjects through the real pipeline."""
-    from orchestrator.demo import run_demo
+    try:  # moto's server and the stores' clients come with the demo extra, not with the core
+        import moto  # noqa: F401
+
+        from orchestrator.demo import run_demo
+    except ModuleNotFoundError:
+        fail("lethe demo needs the 'demo' extra, which is not installed: pip install 'lethe[demo]'")
 
     if erase >= subjects:
         fail("--erase must be smaller than --subjects (the rest prove nothing else is touched)")
