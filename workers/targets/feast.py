@@ -16,12 +16,12 @@ What a purge does, in this order:
    temporary file beside it that is fsynced and then moved over the original with ``os.replace``. Other
    rows keep their schema, values and order. Going first means a ``feast materialize`` running later (or during the
    purge) can no longer bring the subject back.
-2. **Online** (SQLite or Redis online store): the subject's entity key is built with Feast's own functions
-   (the view's entity column type, ``python_values_to_proto_values``, ``serialize_entity_key`` with the
-   repo's ``entity_key_serialization_version``, Feast's table names and Redis key/hash-field helpers), and
-   only those rows are deleted. In Redis, views keyed by the same entity share one hash: a purged view
-   loses only its own fields and its ``_ts:<view>`` field, atomically (a Lua script); the hash goes when no
-   view's timestamp field is left in it (Redis drops an empty hash by itself).
+2. **Online** (SQLite or Redis online store, ``feast_online.py``): the subject's entity key is built with
+   Feast's own functions (the view's entity column type, ``python_values_to_proto_values``,
+   ``serialize_entity_key`` with the repo's ``entity_key_serialization_version``, Feast's table names and
+   Redis key/hash-field helpers), and only those rows are deleted. In Redis, views keyed by the same entity
+   share one hash: a purged view loses only its own fields and its ``_ts:<view>`` field, atomically (a Lua
+   script); the hash goes when no view's timestamp field is left in it (Redis drops an empty hash by itself).
 
 ``count`` reports online entity rows (one per view holding the key) plus offline rows; ``verify`` asks Feast
 (``get_online_features`` must return null for every feature of the purged views), reads the online store
@@ -60,7 +60,7 @@ import errno
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,7 @@ from workers.targets.base import (
     TargetError,
     require_placeholder,
 )
+from workers.targets.feast_online import RedisOnline, SqliteOnline
 from workers.targets.parquet_files import Location, count_in_file, local_fs, rewrite_without
 
 # Feast phones home nowhere in 0.67, but older releases read this; a GDPR tool never sends usage data.
@@ -92,21 +93,6 @@ REDIS_RETRYABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.TryAgainError,
 )
 PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR})
-
-# Deletes a view's hash fields; drops the hash when no view's timestamp field (ARGV[1] prefix) is left,
-# so orphaned fields of features removed from a view's definition do not outlive the subject's rows.
-# Returns how many of the view's fields were removed. Atomic: a concurrent write cannot slip in between.
-REDIS_PURGE_VIEW = """
-local removed = redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
-local prefix = ARGV[1]
-local rest = redis.call('HKEYS', KEYS[1])
-for _, f in ipairs(rest) do
-  if string.sub(f, 1, #prefix) == prefix then return removed end
-end
-if #rest > 0 then redis.call('DEL', KEYS[1]) end
-return removed
-"""
-
 
 class FeastConfig(TargetConfig):
     repo_path: str = Field(min_length=1, description="Feast repository directory holding feature_store.yaml.")
@@ -177,7 +163,7 @@ class _Repo:
     store: Any  # feast.FeatureStore
     join_key: str
     views: list[_View]
-    online: _SqliteOnline | _RedisOnline | None
+    online: SqliteOnline | RedisOnline | None
     level: str
 
 
@@ -373,14 +359,14 @@ def _load_repo(config: FeastConfig) -> _Repo:
     views = [_view(name, keyed[v], config.entity, repo_config) for v in chosen]
     _refuse_shared_sources(name, views, [_other_source(name, fv, repo_config) for n, fv in keyed.items()
                                          if n not in chosen])
-    online: _SqliteOnline | _RedisOnline | None = None
+    online: SqliteOnline | RedisOnline | None = None
     level = "bytes_reclaimed"
     if any(v.online for v in views):
         store_type = str(repo_config.online_store.type)
         if store_type == "sqlite" or store_type.endswith("SqliteOnlineStore"):
-            online = _SqliteOnline(repo_config, views)
+            online = SqliteOnline(repo_config, views)
         elif store_type == "redis" or store_type.endswith("RedisOnlineStore"):
-            online = _RedisOnline(repo_config, views)
+            online = RedisOnline(repo_config, views)
             level = "unindexed"
         else:
             raise PermanentError(
@@ -468,145 +454,3 @@ def _typed_value(text: str, value_type: str, join_key: str) -> int | str:
             f"the subject's value for Feast join key {join_key!r} is not a canonical {value_type} integer"
         )
     raise PermanentError(f"Feast join key {join_key!r} has unsupported type {value_type}")
-
-
-# --- online stores --------------------------------------------------------------------------------------------
-
-
-class _SqliteOnline:
-    """Feast's SQLite online store: one table per view, one row per (entity key, feature)."""
-
-    def __init__(self, repo_config: Any, views: list[_View]):
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.infra.online_stores.helpers import compute_table_id
-        from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
-        self._serialize = serialize_entity_key
-        self.version = repo_config.entity_key_serialization_version
-        self.path = SqliteOnlineStore._get_db_path(repo_config)
-        versioning = bool(getattr(repo_config.registry, "enable_online_feature_view_versioning", False))
-        self.tables = {v.name: compute_table_id(repo_config.project, v.fv, versioning) for v in views if v.online}
-
-    def _key(self, entity_key: Any) -> bytes:
-        key: bytes = self._serialize(entity_key, entity_key_serialization_version=self.version)
-        return key
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection | None]:
-        if not os.path.exists(self.path):
-            yield None  # never materialized: nothing stored (and never create the file)
-            return
-        conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=30, isolation_level=None)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _existing(conn: sqlite3.Connection) -> set[str]:
-        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-    def present(self, keys: Mapping[str, Any]) -> set[str]:
-        with self._connect() as conn:
-            if conn is None:
-                return set()
-            existing = self._existing(conn)
-            return {
-                view for view, table in self.tables.items()
-                if table in existing and conn.execute(
-                    f"SELECT 1 FROM {_quote(table)} WHERE entity_key = ? LIMIT 1", (self._key(keys[view]),)
-                ).fetchone()
-            }
-
-    def delete(self, keys: Mapping[str, Any]) -> tuple[int, bool]:
-        """Delete the rows in one transaction with secure_delete on; (entity rows, bytes overwritten)."""
-        with self._connect() as conn:
-            if conn is None:
-                return 0, True
-            secure = conn.execute("PRAGMA secure_delete = ON").fetchone()[0] == 1
-            existing = self._existing(conn)
-            deleted = 0
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for view, table in self.tables.items():
-                    if table in existing:
-                        cur = conn.execute(f"DELETE FROM {_quote(table)} WHERE entity_key = ?",
-                                           (self._key(keys[view]),))
-                        deleted += cur.rowcount > 0
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            checkpointed = True
-            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                checkpointed = busy == 0
-            return deleted, secure and checkpointed
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-class _RedisOnline:
-    """Feast's Redis online store: one hash per entity key (shared by the entity's views), fields per view."""
-
-    def __init__(self, repo_config: Any, views: list[_View]):
-        from feast.infra.online_stores.helpers import compute_versioned_name
-        from feast.infra.online_stores.redis import RedisOnlineStore
-
-        self.repo_config = repo_config
-        self.feast = RedisOnlineStore()
-        versioning = bool(getattr(repo_config.registry, "enable_online_feature_view_versioning", False))
-        self.fields: dict[str, list[str | bytes]] = {}
-        self.ts_prefix = ""
-        for view in views:
-            if not view.online:
-                continue
-            stored_name = compute_versioned_name(view.fv, versioning)
-            # Feast's own read path: the view's hash fields, its timestamp field ("_ts:<view>") last.
-            _, fields = self.feast._generate_hset_keys_for_features(view.fv, None, fv_name_override=stored_name)
-            last = fields[-1]
-            ts = last.decode() if isinstance(last, bytes) else str(last)
-            if not ts.endswith(stored_name) or len(ts) == len(stored_name):
-                raise PermanentError("this Feast version lays out Redis hash fields in a way lethe does not know")
-            self.fields[view.name] = list(fields)
-            self.ts_prefix = ts[: len(ts) - len(stored_name)]
-        self._client: Any = None
-        self._script: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from redis.backoff import ExponentialBackoff
-            from redis.retry import Retry
-
-            client = self.feast._get_client(self.repo_config.online_store)
-            # A blip is retried here, briefly; an outage becomes a RetryableError at once and the task's own
-            # backoff takes over (redis-py's default would block the worker ~7 s per pipeline first).
-            if hasattr(client, "set_retry"):
-                client.set_retry(Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2))
-            self._script = client.register_script(REDIS_PURGE_VIEW)
-            self._client = client
-        return self._client
-
-    def _key(self, entity_key: Any) -> bytes:
-        key: bytes = self.feast._generate_redis_keys_for_entities(self.repo_config, [entity_key])[0]
-        return key
-
-    def present(self, keys: Mapping[str, Any]) -> set[str]:
-        client = self.client
-        views = list(self.fields)
-        with client.pipeline(transaction=False) as pipe:
-            for view in views:
-                pipe.hmget(self._key(keys[view]), self.fields[view])
-            answers = pipe.execute()
-        return {view for view, values in zip(views, answers, strict=True) if any(v is not None for v in values)}
-
-    def delete(self, keys: Mapping[str, Any]) -> tuple[int, bool]:
-        self.client  # noqa: B018 - connects and registers the script
-        deleted = 0
-        for view, fields in self.fields.items():
-            removed = self._script(keys=[self._key(keys[view])], args=[self.ts_prefix, *fields])
-            deleted += int(removed) > 0
-        return deleted, True
