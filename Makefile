@@ -21,10 +21,10 @@ setup: $(STAMP) ## create .venv with lethe, every store's extra and the test dep
 demo: setup ## run lethe demo: a synthetic estate erased through the real pipeline, no service needed
 	$(BIN)/lethe demo
 
-test: setup ## run the whole test suite (needs Redis and PostgreSQL: `make services`)
+test: setup ## run the whole test suite (needs Redis, PostgreSQL, RabbitMQ, MariaDB: `make services`)
 	$(BIN)/pytest
 
-services: ## start Redis, PostgreSQL and RabbitMQ if they are down (installing them if absent)
+services: ## start Redis, PostgreSQL, RabbitMQ and MariaDB if down (installing them and Chromium if absent)
 	bash .ci/services.sh
 
 ci: services test ## what CI runs: services, then the whole suite

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start Redis, PostgreSQL and RabbitMQ on 127.0.0.1 if they are down; install them from Debian if absent.
+# Start Redis, PostgreSQL, RabbitMQ and MariaDB on 127.0.0.1 if they are down; install them (and Chromium)
+# from Debian if absent. Anything that cannot be brought up stops the script: under CI no test may skip.
 set -uo pipefail
 
 apt_updated=0
