@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import BigInteger, Column, Integer, String, create_engine, text
 
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import Subject
@@ -15,6 +17,7 @@ from tests.contract.test_sql_contract import temporary_mariadb
 from workers.targets.base import PermanentError, SliceExpired, build_target, probe_map, probe_target
 from workers.targets.selectors import dispose_engine
 from workers.targets.sql import SqlConfig, SqlTarget
+from workers.targets.sql_types import convert
 
 pytestmark = pytest.mark.integration
 
@@ -285,3 +288,24 @@ def test_a_valid_sql_target_loads_with_its_identifiers() -> None:
     config = dm.target("app-users")
     assert isinstance(config, SqlConfig) and config.required_identifiers() == {"user_id"}
     assert config.schema_and_name == ("public", "users")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=30) | st.integers().map(str) | st.booleans())
+def test_conversion_is_exact_or_refused(dialect: str, value: object) -> None:
+    """Any value bound into a sql statement is converted losslessly to the column's type or refused with
+    PermanentError: an integer column never receives a silent zero, a rounded or a wrapped-around number."""
+    columns = {"int": Column("n", Integer), "big": Column("b", BigInteger), "text": Column("t", String(8))}
+    for kind, column in columns.items():
+        try:
+            converted = convert(column, value, f"column {column.name}", dialect)
+        except PermanentError as exc:  # the message names the column and its type, never the value
+            assert str(exc) == f"column {column.name}: a value cannot be converted to {column.type}"
+            continue
+        if kind == "text":
+            assert converted == value and len(str(converted)) <= 8
+        else:
+            bits = 64 if kind == "big" or dialect == "sqlite" else 32
+            assert isinstance(converted, int) and str(converted) == value
+            assert -(2 ** (bits - 1)) <= converted < 2 ** (bits - 1)
