@@ -7,22 +7,18 @@ integer key, SQLite's with a text key, and a batch size of 2 so every purge take
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.contract.base import ContractStore, TargetContract
+from tests.fixtures.services import temporary_mariadb
 from workers.targets.selectors import dispose_engine
 from workers.targets.sql import SqlConfig, SqlTarget
 
 pytestmark = pytest.mark.integration
 
-# .ci/services.sh creates this user, allowed to create and drop lethe_t_* databases only
-MYSQL_ADMIN_URL = os.environ.get("LETHE_TEST_MYSQL", "mysql+pymysql://lethe:lethe@127.0.0.1:3306/")
 ROWS = {"12": 5, "123": 3, "1234": 2, "112": 1}  # rows per owner; 5 with batch size 2 is three batches
 MASK = {"email": None, "display_name": "erased"}
 
@@ -88,29 +84,11 @@ def sqlite_photos(tmp_path) -> Iterator[tuple[str, str, str]]:  # type: ignore[n
     yield f"sqlite:///{tmp_path / 'app.db'}", "photos", "TEXT"
 
 
-@contextmanager
-def temporary_mariadb() -> Iterator[str]:
-    """A new, empty MariaDB database, dropped afterwards; yields its URL."""
-    name = f"lethe_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    except Exception as exc:  # a machine without MariaDB (.ci/services.sh starts it); under CI=true
-        pytest.skip(f"MariaDB is not reachable: {type(exc).__name__}")  # the skip fails (tests/fixtures/ci.py)
-    try:
-        yield MYSQL_ADMIN_URL + name
-    finally:
-        dispose_engine(MYSQL_ADMIN_URL + name)
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name}"))
-        admin.dispose()
-
-
 @pytest.fixture
 def mariadb_photos() -> Iterator[tuple[str, str, str]]:
     with temporary_mariadb() as url:
         yield url, "photos", "VARCHAR(64)"
+        dispose_engine(url)  # the adapter's pool, before the database is dropped
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, Column, Integer, String, create_engine, text
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import Subject
 from tests.contract.base import Beats, subject
-from tests.contract.test_sql_contract import temporary_mariadb
+from tests.fixtures.services import temporary_mariadb
 from workers.targets.base import PermanentError, SliceExpired, build_target, probe_map, probe_target
 from workers.targets.selectors import dispose_engine
 from workers.targets.sql import SqlConfig, SqlTarget
@@ -54,6 +54,7 @@ def app_db(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: 
 def mariadb_database() -> Iterator[str]:
     with temporary_mariadb() as url:
         yield url
+        dispose_engine(url)
 
 
 def rows(url: str, sql: str) -> list[tuple[object, ...]]:
