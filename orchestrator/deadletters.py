@@ -112,11 +112,11 @@ def _walk(connection: Connection, take: Callable[[DeadLetter], bool]) -> list[De
     """Read each message the dead queue holds now, once, in order: the ones ``take`` picks go back to
     ``lethe.intake``, every other one to the dead queue's tail (given an id if it had none). Each is
     published - confirmed by the broker - before the original is acknowledged."""
-    with _confirming(connection) as confirmed:
+    with confirming(connection) as confirmed:
         return _walk_on(confirmed, take)
 
 
-def _confirming(connection: Connection) -> Connection:
+def confirming(connection: Connection) -> Connection:
     """A copy of ``connection`` whose publishes wait for the broker's confirm (RabbitMQ publisher confirms;
     a Redis LPUSH is synchronous anyway): a message put back is on the queue before its original is acked,
     and counted by the next walk."""

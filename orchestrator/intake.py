@@ -178,6 +178,7 @@ class Intake(ConsumerMixin):
         self.batch_window = batch_window
         self._pending: list[Message] = []
         self._first_at = 0.0  # monotonic time the oldest pending message arrived
+        self._dead: Connection | None = None
 
     def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
         # on_message gets the raw message: kombu must not try to decode application/cloudevents+json.
@@ -236,6 +237,9 @@ class Intake(ConsumerMixin):
                         elapsed = 0
             finally:
                 self._pending = []  # a lost connection: the broker redelivers what was not acked
+                if self._dead is not None:
+                    self._dead.release()
+                    self._dead = None
         log.debug("intake.consume_exiting")
 
     def flush(self) -> None:
@@ -337,7 +341,9 @@ class Intake(ConsumerMixin):
     def dead_letter(self, body: bytes, rejected: Rejected, message: Message) -> None:
         # Counted first: an unreachable ledger then requeues the event before it reached the dead queue.
         self.lethe.ledger.count_dead_letter(rejected.reason)
-        dead_id = deadletters.dead_letter(self.connection, body, rejected.reason, content_type=message.content_type,
+        if self._dead is None:  # its own connection: publishes confirmed by the broker before the ack below
+            self._dead = deadletters.confirming(self.connection)
+        dead_id = deadletters.dead_letter(self._dead, body, rejected.reason, content_type=message.content_type,
                                           replay_of=(message.headers or {}).get(deadletters.REPLAY_OF))
         log.warning("intake.dead_lettered", reason=rejected.reason, detail=rejected.detail, dead_letter_id=dead_id)
         message.ack()
