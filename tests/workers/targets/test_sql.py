@@ -3,7 +3,11 @@ purges, vacuum levels, the probe and the map's checks, on real PostgreSQL and SQ
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -179,6 +183,31 @@ def test_an_interrupted_purge_resumes_where_it_stopped(app_db: str) -> None:
     beats = Beats()
     assert t.purge(handle("bulk"), beats) == 1 and beats.calls >= 1
     assert t.verify(handle("bulk")) == 0
+    assert {h for (h,) in rows(app_db, "SELECT handle FROM users")} == set(HANDLES.values())
+
+
+KILLED_WORKER = """
+import os, sys
+from orchestrator.identifiers import Subject
+from workers.targets.sql import SqlConfig, SqlTarget
+
+target = SqlTarget(SqlConfig.model_validate_json(sys.argv[1]))
+target.purge(Subject({"handle": "bulk"}), lambda done=None: os.kill(os.getpid(), 9))  # killed after batch 1
+"""
+
+
+def test_a_worker_killed_mid_purge_keeps_its_whole_batches(app_db: str) -> None:
+    """A worker process killed (SIGKILL) right after its first batch: that batch stays deleted, nothing
+    else is touched, and a purge in a new process finishes the rest."""
+    run(app_db, *(f"INSERT INTO users VALUES ({100 + n}, 'bulk', 'b{n}@example.org', 'Bulk')" for n in range(7)))
+    config = SqlConfig.model_validate({"name": "app-users", "kind": "sql", "url": app_db, "table": "users",
+                                       "where": {"handle": "{handle}"}, "batch_size": 3})
+    worker = subprocess.run([sys.executable, "-c", KILLED_WORKER, config.model_dump_json()],
+                            cwd=Path(__file__).resolve().parents[3], timeout=120)
+    assert worker.returncode == -signal.SIGKILL
+    t = SqlTarget(config)
+    assert t.count(handle("bulk")) == 4
+    assert t.purge(handle("bulk"), Beats()) == 4 and t.verify(handle("bulk")) == 0
     assert {h for (h,) in rows(app_db, "SELECT handle FROM users")} == set(HANDLES.values())
 
 
