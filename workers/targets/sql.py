@@ -393,8 +393,11 @@ class SqlTarget:
         except (PermanentError, RetryableError, NoSuchTableError):
             raise
         except IntegrityError as exc:
-            raise PermanentError(f"{where} refused by {self._constraint(exc)}; erase the referencing rows "
-                                 "first (a target ordered before this one with after)") from None
+            if _is_foreign_key(exc.orig):
+                raise PermanentError(f"{where} refused by {self._foreign_key(exc)}; erase the referencing rows "
+                                     "first (a target ordered before this one with after)") from None
+            name = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)  # e.g. a unique mask value
+            raise PermanentError(f"{where} refused by constraint {name or type(exc.orig).__name__}") from None
         except (OperationalError, DBAPIError) as exc:
             retryable = isinstance(exc, OperationalError) or exc.connection_invalidated
             error = RetryableError if retryable else PermanentError
@@ -402,8 +405,8 @@ class SqlTarget:
         except SQLAlchemyError as exc:
             raise PermanentError(f"{where} failed: {type(exc).__name__}") from None
 
-    def _constraint(self, exc: Any) -> str:
-        """The refusing constraint's name, from the driver (PostgreSQL, MySQL) or, on SQLite, which never
+    def _foreign_key(self, exc: Any) -> str:
+        """The refusing foreign key's name, from the driver (PostgreSQL, MySQL) or, on SQLite, which never
         names it, the foreign keys that reference the table."""
         name = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)  # psycopg
         if name:
@@ -419,6 +422,13 @@ class SqlTarget:
         except Exception:  # naming the constraint must not hide the refusal itself
             labels = []
         return f"a foreign key ({', '.join(labels)})" if labels else "a constraint"
+
+
+def _is_foreign_key(error: Any) -> bool:
+    """A foreign-key violation, by the driver's code: PostgreSQL's SQLSTATE 23503, MySQL's 1451/1452,
+    SQLite's message (its only way of saying so)."""
+    code = getattr(error, "sqlstate", None) or (error.args[0] if getattr(error, "args", None) else None)
+    return code in ("23503", 1451, 1452) or "FOREIGN KEY" in str(error).upper()
 
 
 TID = re.compile(r"\(\d+,\d+\)")

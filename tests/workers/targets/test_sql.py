@@ -161,6 +161,18 @@ def test_a_foreign_key_refusal_fails_permanently_naming_the_constraint(app_db: s
     assert rows(app_db, "SELECT count(*) FROM users WHERE id = 1") == [(1,)]
 
 
+def test_a_mask_refused_by_a_unique_constraint_is_not_called_a_foreign_key(app_db: str) -> None:
+    """Masking two rows to the same value of a UNIQUE column fails permanently, saying a constraint
+    refused it (not sending the operator to order foreign keys); the rows keep their values."""
+    run(app_db, "CREATE UNIQUE INDEX users_handle_unique ON users (handle)",
+        "INSERT INTO users VALUES (20, 'dup-a', 'same@example.org', 'Dup'), (21, 'dup-b', 'same@example.org', 'Dup')")
+    t = target(app_db, where={"email": "{email}"}, action="mask", mask={"handle": "erased"})
+    with pytest.raises(PermanentError, match="refused by constraint") as refused:
+        t.purge(Subject.parse({"email": "same@example.org"}, {"email": None}), Beats())
+    assert "foreign key" not in str(refused.value) and "same@example.org" not in str(refused.value)
+    assert sorted(h for (h,) in rows(app_db, "SELECT handle FROM users WHERE id IN (20, 21)")) == ["dup-a", "dup-b"]
+
+
 def test_an_interrupted_purge_resumes_where_it_stopped(app_db: str) -> None:
     """Batches commit one by one: a purge stopped after its first batch (the slice expired, or the worker
     died) keeps what it deleted, and the next purge finishes the rest; nobody else's rows go."""
