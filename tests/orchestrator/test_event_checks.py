@@ -23,6 +23,7 @@ from orchestrator.events import (
     check,
     event_time,
     make_event,
+    nested_too_deep,
     sign,
     sign_outbound,
     verify_outbound,
@@ -240,3 +241,21 @@ def test_an_outbound_event_cannot_be_replayed_as_a_request() -> None:
     for event in (sign_outbound(outbound(), key), sign_outbound(as_request, key)):
         result = decided(canonical_json(event))
         assert isinstance(result, Rejected) and result.reason == "bad-signature"
+
+
+def depth_of(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300)
+@given(inner=json_values | st.text(alphabet='[]{}"\\x'),
+       levels=st.lists(st.sampled_from(["list", "dict"]), max_size=30))
+def test_the_depth_bound_agrees_with_the_parsed_value(inner: Any, levels: list[str]) -> None:
+    value = inner
+    for level in levels:
+        value = [value] if level == "list" else {"k[{": value}
+    assert nested_too_deep(json.dumps(value)) == (depth_of(value) > MAX_JSON_DEPTH)
