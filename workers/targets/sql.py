@@ -52,7 +52,7 @@ from orchestrator.identifiers import Subject
 from orchestrator.templates import fill, placeholders_in
 from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
 from workers.targets.selectors import check_match, engine, normal_url
-from workers.targets.sql_types import convert
+from workers.targets.sql_types import check_bindable, convert
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 MASK_SCALARS = (str, int, float, bool, type(None))
@@ -218,7 +218,10 @@ class SqlTarget:
         from sqlalchemy import inspect
 
         try:
-            self.table()
+            table = self.table()
+            for column in self.config.where:
+                check_bindable(table.c[column], f"sql target {self.config.name}: column {column}")
+            self._mask_values()
         except PermanentError as exc:
             return [str(exc)]
         except RetryableError as exc:

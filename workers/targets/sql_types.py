@@ -16,6 +16,17 @@ from workers.targets.base import PermanentError
 CANONICAL_INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
 
 
+def check_bindable(column: Any, label: str) -> Callable[[Any, Any, str], Any]:
+    """The converter for ``column``'s type, or PermanentError when lethe binds no values to that type."""
+    try:
+        converter = CONVERTERS.get(column.type.python_type)
+    except NotImplementedError:
+        converter = None
+    if converter is None:
+        raise PermanentError(f"{label} has a type lethe cannot bind values to ({column.type})")
+    return converter
+
+
 def convert(column: Any, value: Any, label: str, dialect: str) -> Any:
     """``value`` converted to ``column``'s Python type: canonical decimal integers within the type's range,
     strings, UUIDs, decimals, floats, booleans, ISO dates. Anything else is PermanentError."""
@@ -23,13 +34,7 @@ def convert(column: Any, value: Any, label: str, dialect: str) -> Any:
         if not column.nullable:
             raise PermanentError(f"{label} is NOT NULL: it cannot be set to null")
         return None
-    try:
-        python_type = column.type.python_type
-    except NotImplementedError:
-        raise PermanentError(f"{label} has a type lethe cannot bind values to ({column.type})") from None
-    converter = CONVERTERS.get(python_type)
-    if converter is None:
-        raise PermanentError(f"{label} has a type lethe cannot bind values to ({column.type})")
+    converter = check_bindable(column, label)
     try:
         converted = converter(value, column, dialect)
     except (ValueError, TypeError, ArithmeticError):

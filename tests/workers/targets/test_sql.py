@@ -266,6 +266,9 @@ def test_probe_reports_referencing_tables_no_earlier_target_erases(app_db: str) 
     assert probe_target(masked, []) == []
     missing = users.model_copy(update={"table": "nowhere"})
     assert probe_target(missing, []) == ["sql target app-users: table nowhere does not exist"]
+    not_null = users.model_copy(update={"action": "mask", "mask": {"display_name": None}})
+    assert probe_target(not_null, []) == ["sql target app-users: column display_name is NOT NULL: it cannot be "
+                                          "set to null"]
 
 
 def test_probe_map_counts_targets_ordered_before_transitively(app_db: str) -> None:
