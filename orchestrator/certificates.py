@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -135,7 +135,10 @@ def parse_public_keys(text: str) -> dict[str, Ed25519PublicKey]:
         start = block.find("-----BEGIN PUBLIC KEY-----")
         if start < 0:
             continue
-        key = serialization.load_pem_public_key((block[start:] + marker + "\n").encode("ascii"))
+        try:
+            key = serialization.load_pem_public_key((block[start:] + marker + "\n").encode("ascii"))
+        except UnsupportedAlgorithm:
+            raise ValueError("a public key of another algorithm than Ed25519") from None
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError("not an Ed25519 public key")
         keys[key_id(key)] = key

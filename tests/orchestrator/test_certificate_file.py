@@ -102,6 +102,30 @@ def test_any_json_object_verifies_only_if_signed(fields: dict[str, Any]) -> None
     raise AssertionError("an unsigned object verified")
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["-----BEGIN PUBLIC KEY-----\n", "-----END PUBLIC KEY-----\n", "# key_id 00\n",
+                                 certificates.public_pem(KEY), "MCowBQYDK2VwAyEA\n", "\u00e9", "\n"])
+                | st.text(max_size=40).map(lambda t: [t]), max_size=6).map(lambda parts: "".join(
+                    p if isinstance(p, str) else "".join(p) for p in parts)))
+def test_any_published_keys_text_parses_or_fails_with_value_error(text: str) -> None:
+    """--keys FILE is outside input too: keys, or a ValueError saying why not."""
+    try:
+        keys = parse_public_keys(text)
+    except ValueError:
+        return
+    assert all(certificates.key_id(k) == name for name, k in keys.items())
+
+
+def test_published_keys_of_another_algorithm_are_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(ValueError, match="Ed25519"):
+        parse_public_keys(certificates.public_pem(KEY) + other.public_bytes(
+            certificates.serialization.Encoding.PEM, certificates.serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode())
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the snippet's open()s
 def test_the_documented_snippet_checks_and_refuses(tmp_path: Path) -> None:
     """The snippet in certificates.py's docstring, the same as the README's, run as a user would in a folder
