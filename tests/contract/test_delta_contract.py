@@ -248,3 +248,17 @@ def test_a_table_partitioned_by_the_subject_loses_their_partition_whole(tmp_path
     assert sorted(p.name for p in Path(uri).iterdir()) == ["_delta_log", "owner=1", "owner=123", "owner=1234",
                                                           "owner=5"]
     assert {uid: target.verify(subject(uid)) for uid in ("123", "1234")} == {"123": 1, "1234": 1}
+
+
+def test_probe_reports_what_a_purge_would_fail_on(tmp_path: Path) -> None:
+    """check-map --probe: a good table has no problem; a missing or unmatchable column, or no table, is one
+    line each (the uri or value is never quoted)."""
+    store = DeltaStore(tmp_path / "t", integer=False)
+    probe = lambda where, uri=store.uri: DeltaTarget(  # noqa: E731
+        DeltaConfig(name="m", kind="delta", uri=uri, where=where)).probe([])
+    assert probe({"owner": "{user_id}"}) == []
+    assert probe({"owner": "{user_id}", "nope": "{user_id}"}) == ["Delta target 'm': no column nope"]
+    write_deltalake(store.uri, pa.table({"owner": ["x"], "photo": ["p"], "age": pa.array([1], pa.int32()),
+                                         "score": [0.5]}), mode="append", schema_mode="merge")
+    assert "only integer and string" in probe({"score": "{user_id}"})[0]
+    assert probe({"owner": "{user_id}"}, str(tmp_path / "none")) == ["Delta target 'm': uri is not a Delta table"]

@@ -256,3 +256,24 @@ def test_a_table_partitioned_by_the_subject_loses_their_partition_whole(tmp_path
         assert {uid: target.verify(subject(uid)) for uid in ("123", "1234")} == {"123": 1, "1234": 1}
     finally:
         catalog.engine.dispose()
+
+
+def test_probe_reports_what_a_purge_would_fail_on(tmp_path: Path) -> None:
+    """check-map --probe: a good table has no problem; a missing column, a missing table, and a tag on an
+    older snapshot (the purge would refuse) are one line each."""
+    store = IcebergStore(tmp_path / "lake", integer=True)
+    try:
+        store.seed(SUBJECT)
+
+        def probe(where: dict[str, str], table: str = "lake.faces") -> list[str]:
+            return IcebergTarget(IcebergConfig(name="f", kind="iceberg", catalog=store.catalog_props, table=table,
+                                               where=where)).probe([])
+
+        assert probe({"owner": "{user_id}"}) == []
+        assert probe({"nope": "{user_id}"}) == ["Iceberg target 'f': no column nope"]
+        assert probe({"owner": "{user_id}"}, "lake.none") == ["Iceberg target 'f': the catalog has no table lake.none"]
+        table = store.table()
+        table.manage_snapshots().create_tag(table.snapshots()[0].snapshot_id, "audit").commit()
+        assert "tag or branch" in probe({"owner": "{user_id}"})[0]
+    finally:
+        store.catalog.engine.dispose()

@@ -237,3 +237,15 @@ def test_a_hive_partitioned_directory_loses_the_subjects_partition(tmp_path: Pat
         p: b for p, b in before.items() if "day=1" not in str(p)}
     assert pq.read_table(root / "day=1" / "part-0.parquet").column("owner").to_pylist() == ["120"]
     assert target.verify(subject("123")) == 3 and target.verify(subject("112")) == 3
+
+
+def test_probe_reports_what_a_purge_would_fail_on(tmp_path: Path) -> None:
+    """check-map --probe: every file checked; a file without the column is one line; a missing directory too."""
+    store = ParquetStore(str(tmp_path / "lake"), None, integer=True)
+    probe = lambda where, uri=str(tmp_path / "lake"): ParquetTarget(  # noqa: E731
+        ParquetConfig(name="p", kind="parquet", uri=uri, where=where)).probe([])
+    assert probe({"owner": "{user_id}"}) == []
+    pq.write_table(pa.table({"user": [1]}), Path(store.location.root) / "other.parquet")
+    assert probe({"owner": "{user_id}"}) == ["Parquet target 'p': no column owner"]
+    assert probe({"owner": "{user_id}"}, str(tmp_path / "none")) == [
+        "Parquet target 'p': the uri's path does not exist"]

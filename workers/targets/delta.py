@@ -49,7 +49,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,11 +57,12 @@ from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
-from workers.targets.base import Heartbeat, PermanentError, TargetConfig
+from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TargetError
 from workers.targets.parquet_files import (
     Location,
     Value,
     check_where,
+    column_problems,
     count_in_file,
     directory_lock,
     local_fs,
@@ -164,6 +165,15 @@ class DeltaTarget:
             referenced = self._referenced(table)
             loose = sum(n for path, n in self._file_counts(values) if path not in referenced)
             return current + self._count_history(values, below=table.version()) + loose
+
+    def probe(self, earlier: Sequence[TargetConfig]) -> list[str]:
+        """``check-map --probe``: the table loads, and its ``where`` columns exist and can be compared."""
+        try:
+            with vendor_errors(f"{self.where}: probe"):
+                schema = self._table().to_pyarrow_dataset().schema
+        except TargetError as exc:
+            return [str(exc)]
+        return column_problems(self.config.where, schema, self.where)
 
     # -- reading ---------------------------------------------------------------------------------------
     def _table(self) -> Any:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,11 +49,12 @@ from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
-from workers.targets.base import Heartbeat, PermanentError, TargetConfig
+from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TargetError
 from workers.targets.parquet_files import (
     Location,
     Value,
     check_where,
+    column_problems,
     count_in_file,
     directory_lock,
     local_fs,
@@ -168,6 +169,18 @@ class IcebergTarget:
                         continue  # its files are gone: this snapshot can no longer be read
             referenced = self._data_files(table, current)
             return found + sum(n for path, n in self._file_counts(table, values) if path not in referenced)
+
+    def probe(self, earlier: Sequence[TargetConfig]) -> list[str]:
+        """``check-map --probe``: the catalog and table load, the ``where`` columns exist and can be compared,
+        and no tag or branch keeps an older snapshot (a purge would refuse)."""
+        try:
+            with vendor_errors(f"{self.where}: probe"), self._connected():
+                table = self._table()
+                problems = column_problems(self.config.where, table.schema().as_arrow(), self.where)
+                self._refuse_pinned(table)
+        except TargetError as exc:
+            return [str(exc)]
+        return problems
 
     # -- reading ---------------------------------------------------------------------------------------
     @contextmanager

@@ -34,16 +34,18 @@ changed since it was read, which leaves a window of one request; run one purge p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
-from workers.targets.base import Heartbeat, PermanentError, TargetConfig
+from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TargetError
 from workers.targets.parquet_files import (
     Location,
     check_where,
+    column_problems,
     count_in_file,
     partitions_of,
     rewrite_without,
@@ -107,6 +109,25 @@ class ParquetTarget:
 
     def verify(self, subject: Subject) -> int:
         return self.count(subject)
+
+    def probe(self, earlier: Sequence[TargetConfig]) -> list[str]:
+        """``check-map --probe``: the location exists, and every data file has the ``where`` columns (in it
+        or in its partition path) with types a value can be compared with; one line per kind of problem."""
+        import pyarrow.parquet as pq
+
+        problems: list[str] = []
+        try:
+            with vendor_errors(f"{self.where}: probe"):
+                location = self._open()
+                for path in location.files():
+                    with location.fs.open_input_file(path) as source:
+                        schema = pq.read_schema(source)
+                    found = column_problems(self.config.where, schema, self.where,
+                                            partitions_of(location.root, path))
+                    problems += [p for p in found if p not in problems]
+        except TargetError as exc:
+            return [str(exc)]
+        return problems
 
     # -- files ----------------------------------------------------------------------------------------
     def _open(self) -> Location:

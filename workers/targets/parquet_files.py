@@ -92,6 +92,26 @@ def typed_values(where: Mapping[str, str], schema: Any,
     return typed
 
 
+def column_problems(where: Mapping[str, str], schema: Any, label: str,
+                    partitions: Mapping[str, str] | None = None) -> list[str]:
+    """What ``check-map --probe`` reports about a lake table's ``where`` columns: missing, or of a type
+    a subject's value cannot be compared with (integers and strings only)."""
+    import pyarrow as pa
+
+    problems = []
+    for column in where:
+        index = schema.get_field_index(column)
+        if index < 0:
+            if partitions is None or column not in partitions:
+                problems.append(f"{label}: no column {column}")
+            continue
+        kind = schema.field(index).type
+        kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (pa.types.is_integer(kind) or _is_string(kind)):
+            problems.append(f"{label}: column {column} has type {kind}; only integer and string columns can be matched")
+    return problems
+
+
 def _is_string(arrow_type: Any) -> bool:
     import pyarrow as pa
 
