@@ -53,7 +53,8 @@ def _is_connect_error(exc: BaseException) -> bool:
 def _setting_error(error: Any) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"LETHE_{field.upper()} {message}"
+    # "LETHE_BROKER_URL is not a broker URL: …", "LETHE_TASK_LEASE_SECONDS: Input should be a valid integer"
+    return f"LETHE_{field.upper()}{' ' if message.startswith('is ') else ': '}{message}"
 
 
 def _first_line(exc: BaseException) -> str:
