@@ -21,7 +21,9 @@ from orchestrator.cli.common import Commands, Exit, err
 from orchestrator.cli.errors import explain
 
 app = Commands(name="lethe", help="Erase a data subject everywhere, verify it, and prove it.",
-               add_completion=False, pretty_exceptions_enable=False)
+               epilog="Exit codes: 0 done; 1 failed or cancelled; 2 bad input, nothing done; 3 waiting or timed "
+               "out; 4 the ledger database or the broker cannot be reached. Each command's --help names the "
+               "LETHE_* variables it reads.", add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(submit.app)
 app.add_typer(requests.app)
 app.add_typer(proof.app)
@@ -46,10 +48,7 @@ def lethe(
     _version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
                                            help="Print lethe's version and exit.")] = False,
 ) -> None:
-    """Erase a data subject everywhere, verify it, and prove it.
-
-    Exit codes: 0 done; 1 failed or cancelled; 2 bad input (nothing done); 3 waiting or timed out;
-    4 the ledger database or the broker cannot be reached."""
+    """Erase a data subject everywhere, verify it, and prove it."""
 
 
 def main() -> None:

@@ -54,7 +54,9 @@ def hold_release(subject: Subject) -> None:
 
 
 @app.command("list", epilog=reads(LEDGER_ENV))
-def hold_list(as_json: Annotated[bool, typer.Option("--json", help='Print {"items": [holds]}.')] = False) -> None:
+def hold_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the holds as JSON (items).")] = False,
+) -> None:
     """Active holds (subjects shown as keyed hashes)."""
     lethe = make_lethe()
     holds = lethe.ledger.list_holds()

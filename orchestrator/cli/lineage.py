@@ -24,8 +24,9 @@ def lineage_record(
                                                 dir_okay=False)],
     identifier: Annotated[str, typer.Option(metavar="KIND", help="Identifier kind of the values.")] = "user_id",
 ) -> None:
-    """Record the subjects a training dataset holds, as keyed hashes (the raw values are not kept). Recording
-    the same name and digest again replaces its members."""
+    """Record the subjects a training dataset holds, as keyed hashes.
+
+    The raw values are not kept; recording the same name and digest again replaces its members."""
     from orchestrator.identifiers import keyed_hash, normalise_value
 
     lethe = make_lethe()
@@ -42,7 +43,9 @@ def lineage_record(
 
 
 @app.command("list", epilog=reads(LEDGER_ENV))
-def lineage_list(as_json: Annotated[bool, typer.Option("--json", help='Print {"items": [datasets]}.')] = False) -> None:
+def lineage_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the datasets as JSON (items).")] = False,
+) -> None:
     """The recorded training datasets, newest first, with how many subjects each holds."""
     datasets = make_lethe().ledger.list_datasets()
     if as_json:

@@ -45,8 +45,9 @@ def status(
         "and id) made.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status object (SPEC).")] = False,
 ) -> None:
-    """Show a request's status: its deadline and each target's outcome. Exit 0, or 1 failed or cancelled,
-    3 waiting on a hold or an approval."""
+    """Show a request's status: its deadline and each target's outcome.
+
+    Exit 0; 1 failed or cancelled; 3 waiting on a hold or an approval."""
     if (given is None) == (event is None):
         fail("give a request ID or --event SOURCE ID")
     lethe = make_lethe()
@@ -76,9 +77,12 @@ def list_requests(
         metavar="STATUS", help=f"Only requests with this status: {', '.join(REQUEST_STATUSES)}.")] = None,
     overdue: Annotated[bool, typer.Option("--overdue", help="Only unfinished requests past due.")] = False,
     limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"items": [status objects], "next": …}.')] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the SPEC's page: items (status objects) and next.")] = False,
 ) -> None:
-    """List requests, newest first. Ids are shown as their shortest unique prefix, which every command takes."""
+    """List requests, newest first.
+
+    Ids are shown as their shortest unique prefix, which every command takes."""
     lethe = make_lethe()
     page = lethe.ledger.list_requests(status=status, overdue=overdue, limit=limit)
     if as_json:
@@ -123,8 +127,9 @@ def cancel(given: RequestId) -> None:
 
 @app.command(epilog=reads(LEDGER_ENV, BROKER_ENV))
 def approve(given: RequestId) -> None:
-    """Let a request waiting on a target's max_items (or a dataset request) go ahead, up to the counts shown
-    (admin). Embedded mode: and wait for it."""
+    """Let a request waiting on max_items (or a dataset request) go ahead (admin).
+
+    The approval covers the targets and counts shown; embedded mode waits for the request."""
     lethe = make_lethe()
     rid = request_id(lethe, given)
     with dispatching(lethe):

@@ -77,8 +77,7 @@ def reconcile(
     loop: Annotated[float | None, typer.Option(metavar="SECONDS", help="Repeat every SECONDS until "
                                                "interrupted.")] = None,
 ) -> None:
-    """Re-dispatch non-terminal tasks past their lease or not dispatched; publish pending events; prune
-    expired records."""
+    """Re-send tasks past their lease or not dispatched; publish events; prune old records."""
     lethe = make_lethe()
     while True:
         sent = lethe.reconcile()

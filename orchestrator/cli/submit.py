@@ -58,9 +58,11 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status object (with --subjects-file: each "
                                           "line's request id and the count per status).")] = False,
 ) -> None:
-    """File an erasure request for one subject, for every subject in a file (--subjects-file), or for a whole
-    data source (--dataset). Prints the request's id; a request the broker did not take is named on stderr
-    (exit 4) and `lethe reconcile` sends it when the broker is back."""
+    """File an erasure request: one subject, a file of subjects, or a whole data source.
+
+    Prints the request's id (bulk: LINE<tab>ID per line). With a broker URL the broker must answer first
+    (exit 4, nothing filed); a task it did not take afterwards is named on stderr (exit 4) and `lethe
+    reconcile` sends it on its next pass."""
     if sum(map(bool, (subject, dataset, subjects_file))) != 1:
         fail("give one of --subject KIND=VALUE (one subject), --subjects-file F (one request per line) "
              "or --dataset NAME (a whole source)")
