@@ -106,6 +106,7 @@ def api(
     with listening, dispatching(lethe, check_broker=False):  # the API files while the broker is down
         logs.configure(level=lethe.settings.log_level)  # after the worker, which sets up logging its own way
         server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_config=None, server_header=False))
+        err.print(f"listening on http://{host}:{port}/ (dashboard) and /v1 (API)", highlight=False)
         server.run(sockets=[listening])
 
 
