@@ -29,8 +29,9 @@ from workers.targets.base import UnknownTargetKind
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages are read by scripts too: no hard wraps
-if not out.is_terminal:
-    out.width = 200  # piped or captured: no terminal to fit, so no column is cut to 80 ("profile-phot…")
+for console in (out, err):
+    if not console.is_terminal:
+        console.width = 200  # piped or captured: no terminal to fit, so no column is cut to 80 ("profile-phot…")
 
 T = TypeVar("T")
 USER_ERRORS = (InvalidIdentifier, DataMapError, LedgerError, ConfigError, UnknownTargetKind, InvalidTime)
