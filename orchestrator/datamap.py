@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.identifiers import InvalidIdentifier, Subject
+from orchestrator.identities import Identity, Resolution, parse_identities, resolve
 from orchestrator.templates import TemplateError
 from workers.targets.base import TargetConfig, UnknownTargetKind, known_kinds, target_class
 
@@ -41,6 +42,7 @@ class DataMap:
     targets: tuple[TargetConfig, ...]  # topological order: every target after the ones it waits for
     datasets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     stores: tuple[DeclaredStore, ...] = ()
+    identities: tuple[Identity, ...] = ()  # resolutions in chain order (orchestrator/identities.py)
     text: str = ""
     digest: str = ""  # SHA-256 of the map's text, recorded with every request planned from it
 
@@ -66,7 +68,7 @@ class DataMap:
             raise DataMapError([f"not valid YAML: {exc}"], source) from None
         if not isinstance(doc, dict):
             raise DataMapError(["the map must be a YAML mapping"], source)
-        unknown_keys = set(doc) - {"version", "identifiers", "targets", "datasets", "stores"}
+        unknown_keys = set(doc) - {"version", "identifiers", "targets", "datasets", "stores", "identities"}
         if unknown_keys:
             errors.append(f"unknown top-level keys: {', '.join(sorted(unknown_keys))}")
         if doc.get("version") != 1:
@@ -77,6 +79,7 @@ class DataMap:
         ordered = _order(targets, errors)
         datasets = _parse_datasets(doc.get("datasets"), {t.name: t for t in targets}, errors)
         stores = _parse_stores(doc.get("stores"), errors)
+        identities = parse_identities(doc.get("identities"), identifiers, errors)
         if errors:
             raise DataMapError(errors, source)
         return cls(
@@ -84,6 +87,7 @@ class DataMap:
             targets=ordered,
             datasets=datasets,
             stores=stores,
+            identities=identities,
             text=text,
             digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         )
@@ -97,6 +101,10 @@ class DataMap:
     def parse_subject(self, raw: Mapping[str, object]) -> Subject:
         """Validate a request's identifiers against this map's declared kinds and patterns."""
         return Subject.parse(raw, self.identifiers)
+
+    def resolve(self, subject: Subject) -> Resolution:
+        """Run this map's identity resolutions for a parsed subject (before the request is filed)."""
+        return resolve(self.identities, subject, self.identifiers)
 
     def strict_problems(self) -> list[str]:
         """Declared stores with neither a target of the same name nor a not_erased reason."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +38,7 @@ from orchestrator.events import (
     intake_queue,
 )
 from orchestrator.identifiers import Subject
+from orchestrator.identities import ResolutionUnavailable
 from orchestrator.ledger.store import Filing, IdempotencyConflict, LedgerError
 from orchestrator.logs import get_logger
 
@@ -115,6 +116,8 @@ def verdict(step: Callable[[], T]) -> T | Rejected:
         return Rejected("malformed", f"the ledger refused it ({type(exc).__name__})")
     except Rejected as rejected:
         return rejected
+    except ResolutionUnavailable:  # the lookup database, not the message, is at fault: requeue it
+        raise
     except LedgerError as exc:
         return Rejected("malformed", str(exc)[:200])
     except Exception as exc:  # one message's failure must not stop the intake
@@ -249,7 +252,8 @@ class Intake(ConsumerMixin):
             return
         try:
             self._settle(batch)
-        except DBAPIError as exc:  # the ledger is unreachable: give the events back, try again shortly
+        except (DBAPIError, ResolutionUnavailable) as exc:  # the ledger or a lookup database is unreachable:
+            # give the events back, try again shortly
             log.warning("intake.ledger_unavailable", error=type(exc).__name__)
             time.sleep(1.0)
             for message in batch:
@@ -304,10 +308,11 @@ class Intake(ConsumerMixin):
                 first[item.key] = item
                 filings.append(Filing(item.subject, item.key))
         try:
+            filings = [replace(f, resolution=datamap.resolve(f.subject)) for f in filings]  # before filing
             filed, dispatches = self.lethe.ledger.file_requests(datamap, filings, dry_run=dry_run, regime=regime,
                                                                 actor=actor)
         except Exception as exc:  # a refused request, a race on a key, a bug: find which event, one at a time
-            if isinstance(exc, DBAPIError) and ledger_unreachable(exc):
+            if (isinstance(exc, DBAPIError) and ledger_unreachable(exc)) or isinstance(exc, ResolutionUnavailable):
                 raise
             for item in items:
                 self._one(item.message, item.event, datamap)

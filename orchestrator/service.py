@@ -91,9 +91,13 @@ class Lethe:
         token name it is filed under."""
         datamap = datamap or self.load_map()
         parsed = Subject({}) if dataset is not None else datamap.parse_subject(subject)
+        # Identities resolve here, before anything is filed (docs/decisions.md): their values are fixed
+        # before any purge, and a lookup database that does not answer files nothing.
+        resolution = None if dataset is not None else datamap.resolve(parsed)
         request_id, created, dispatches = self.ledger.file_request(
             datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor,
-            only_targets=only_targets, origin=origin, dataset=dataset, requested_by=requested_by)
+            only_targets=only_targets, origin=origin, dataset=dataset, requested_by=requested_by,
+            resolution=resolution)
         not_sent = self.send(dispatches)
         log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches),
                  not_dispatched=not_sent)
@@ -108,10 +112,12 @@ class Lethe:
         Returns the request ids in order; ``on_progress(n)`` after each batch."""
         datamap = datamap or self.load_map()
         parsed = [datamap.parse_subject(subject) for subject in subjects]
+        # Every identity lookup before the first filing too: a lookup that fails or refuses files nothing.
+        filings = [Filing(subject, resolution=datamap.resolve(subject)) for subject in parsed]
         request_ids: list[str] = []
-        for start in range(0, len(parsed), FILE_BATCH):
+        for start in range(0, len(filings), FILE_BATCH):
             filed, dispatches = self.ledger.file_requests(
-                datamap, [Filing(subject) for subject in parsed[start:start + FILE_BATCH]], dry_run=dry_run,
+                datamap, filings[start:start + FILE_BATCH], dry_run=dry_run,
                 regime=regime, actor=actor)
             self.send(dispatches)
             request_ids += [request_id for request_id, _ in filed]

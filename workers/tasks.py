@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -16,7 +17,7 @@ import structlog
 from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.identifiers import Subject
+from orchestrator.identities import subjects_for
 from orchestrator.ledger.store import Dispatch, Outcome, TaskRun
 from orchestrator.logs import get_logger, redact_values, scrub
 from orchestrator.service import Lethe
@@ -75,10 +76,10 @@ def backoff(attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def sanitise(exc: BaseException, subject: Subject) -> str:
-    """Error text safe to keep: identifiers scrubbed, vendor noise truncated."""
+def sanitise(exc: BaseException, values: Iterable[str]) -> str:
+    """Error text safe to keep: identifiers (``values``, raw) scrubbed, vendor noise truncated."""
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError | RetryableError) else str(exc)
-    return scrub(text, subject.values())[:MAX_ERROR_LENGTH]
+    return scrub(text, values)[:MAX_ERROR_LENGTH]
 
 
 def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False, kind: str | None = None) -> str:
@@ -116,7 +117,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
             structlog.contextvars.bind_contextvars(task_id=run.task_id, request_id=run.request_id,
                                                    target=run.target, kind=run.kind, attempt=run.attempt,
                                                    dry_run=run.dry_run)
-            with redact_values(run.subject.values()):
+            with redact_values(run.raw_values):
                 result = _run(self, lethe, run)
             if isinstance(result, Outcome):
                 verified.append((run, result))
@@ -154,10 +155,12 @@ def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
             config = config.model_copy(update=datamap.datasets[run.dataset][run.target])
         context = TaskContext(run.request_id, run.subject_hashes, run.datasets)
         target = build_target(config, context)
+        # One subject per resolved value of each derived kind the target needs (SPEC: each is purged).
+        subjects = subjects_for(run.subject, run.derived, config.required_identifiers())
         max_items = config.max_items or DEFAULT_MAX_ITEMS
         note = None
         if run.dry_run:
-            deleted = target.count(run.subject)
+            deleted = sum(target.count(subject) for subject in subjects)
             if deleted > max_items:
                 note = f"would wait for approval: {deleted} items exceed max_items {max_items}"
         else:
@@ -165,7 +168,7 @@ def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
             # only the count the admin saw; more than that waits again), and the estimate progress is shown
             # against. A later slice of a sliced purge was counted at its start.
             if not run.continuation:
-                estimated = target.count(run.subject)
+                estimated = sum(target.count(subject) for subject in subjects)
                 if estimated > max_items and not run.approval_covers(estimated):
                     log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
                     ledger.await_approval(run.task_id, estimated, max_items)
@@ -174,23 +177,25 @@ def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
                     ledger.renew_lease(run.task_id, done=0, estimated=estimated)
             slice_ends = (time.monotonic() + lethe.settings.task_slice_seconds
                           if "resumable" in target.capabilities else None)
+            deleted, beat = 0, _heartbeat(lethe, run.task_id, slice_ends)
             try:
-                deleted = target.purge(run.subject, _heartbeat(lethe, run.task_id, slice_ends))
+                for subject in subjects:  # a value already purged in an earlier slice deletes 0 again
+                    deleted += target.purge(subject, beat)
             except SliceExpired as expired:
-                log.info("task.slice_expired", deleted=expired.done)
-                lethe.send([d for d in [ledger.hand_back(run.task_id, expired.done)] if d])
+                log.info("task.slice_expired", deleted=deleted + expired.done)
+                lethe.send([d for d in [ledger.hand_back(run.task_id, deleted + expired.done)] if d])
                 return "continued"
-            residue = target.verify(run.subject)
+            residue = sum(target.verify(subject) for subject in subjects)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
     except HeldError as exc:
-        reason = sanitise(exc, run.subject)
+        reason = sanitise(exc, run.raw_values)
         log.warning("task.held", reason=reason)
         ledger.hold_task(run.task_id, reason)
         return "held"
     except Exception as exc:
         retryable = isinstance(exc, (RetryableError, DBAPIError, *_retryable_types(run.kind)))
-        error = sanitise(exc, run.subject)
+        error = sanitise(exc, run.raw_values)
         # The ledger counts attempts (a redelivery or reconcile's re-send is one too): attempt n is retry n-1.
         if retryable and run.attempt <= lethe.settings.task_max_retries:
             countdown = backoff(run.attempt)

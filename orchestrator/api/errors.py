@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator.config import ConfigError
 from orchestrator.datamap import DataMapError
 from orchestrator.identifiers import InvalidIdentifier
+from orchestrator.identities import ResolutionUnavailable
 from orchestrator.ledger.store import IdempotencyConflict, InvalidInput, LedgerError, UnknownRequest
 from orchestrator.logs import get_logger
 
@@ -72,6 +73,8 @@ def error_for(exc: Exception) -> ApiError | None:
     if isinstance(exc, DataMapError | ConfigError):
         log.error("api.misconfigured", error=str(exc))
         return ApiError(503, "misconfigured", "the service is misconfigured; an operator must fix it (see logs)")
+    if isinstance(exc, ResolutionUnavailable):  # nothing was filed: the same request again later is safe
+        return ApiError(503, "resolution_unavailable", str(exc))
     if isinstance(exc, OperationalError):
         log.error("api.ledger_unavailable", error=type(exc.orig).__name__ if exc.orig else "OperationalError")
         return ApiError(503, "ledger_unavailable", "the ledger database is unavailable; try again later")

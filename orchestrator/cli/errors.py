@@ -20,10 +20,13 @@ def explain(exc: BaseException) -> tuple[int, str] | None:
     from redis.exceptions import TimeoutError as RedisTimeout
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
+    from orchestrator.identities import ResolutionUnavailable
     from orchestrator.service import BrokerUnreachable
 
     if isinstance(exc, USER_ERRORS):
         return Exit.BAD_INPUT, str(exc)
+    if isinstance(exc, ResolutionUnavailable):  # an identity lookup's database: nothing was filed
+        return Exit.UNREACHABLE, str(exc)
     if isinstance(exc, ValidationError):  # the settings (Settings reads LETHE_* variables)
         return Exit.BAD_INPUT, "; ".join(_setting_error(e) for e in exc.errors())
     if isinstance(exc, ArgumentError):  # includes NoSuchModuleError (an unknown dialect)

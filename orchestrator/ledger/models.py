@@ -81,6 +81,10 @@ class Request(Base):
     # The raw identifiers, AES-GCM sealed under a key derived from the subject key, held only while the
     # request runs (tasks need them to build selectors) and wiped when it reaches a terminal status.
     sealed_subject: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Identifiers derived by the map's identities (SPEC "Identity resolution"): [{kind, hash, via}] kept,
+    # their raw values sealed and wiped exactly like sealed_subject.
+    derived_hashes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
+    sealed_derived: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # Namespaced (store.stored_idempotency_key): api:<token name>:<key>, cli:<key>, event:<digest>.
     idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True, nullable=True)
     idempotency_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)

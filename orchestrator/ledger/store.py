@@ -32,6 +32,7 @@ from orchestrator import certificates, keys
 from orchestrator.certificates import rfc3339
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
+from orchestrator.identities import Resolution
 from orchestrator.ledger import proof
 from orchestrator.ledger.db import WIPED_RAW_VALUES, make_engine, migrate, session_factory
 from orchestrator.ledger.models import (
@@ -118,6 +119,12 @@ class TaskRun:
     continuation: bool = False  # a later slice of a long purge (the ledger says so): not counted again
     dataset: str | None = None  # a dataset erasure: the target's selector comes from the map's datasets
     datasets: list[tuple[str, str]] = field(default_factory=list)  # recorded training sets holding the subject
+    derived: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> values the identities resolved
+
+    @property
+    def raw_values(self) -> list[str]:
+        """Every raw identifier value of the run (the request's and the resolved ones): never logged."""
+        return [*self.subject.values(), *(v for values in self.derived.values() for v in values)]
 
     def approval_covers(self, items: int) -> bool:
         """An admin's approval covers a purge of this many items: only what they saw counted, no more."""
@@ -142,6 +149,7 @@ class Filing:
     subject: Subject
     idempotency_key: str | None = None
     origin: dict[str, Any] | None = None
+    resolution: Resolution | None = None  # the identities' results, resolved before filing
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,25 @@ class Ledger:
         plain = self._aead.decrypt(sealed[:12], sealed[12:], request_id.encode())
         return Subject(json.loads(plain))
 
+    def _seal_derived(self, request_id: str, values: dict[str, list[str]]) -> bytes:
+        """The resolved raw values, sealed like the subject (bound to the request and to this column)."""
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, json.dumps(values, sort_keys=True).encode(),
+                                          f"{request_id}/derived".encode())
+
+    def _unseal_derived(self, request: Request) -> dict[str, tuple[str, ...]] | None:
+        """The resolved raw values of a request (empty without any), or None when they cannot be read."""
+        if not request.derived_hashes:
+            return {}
+        if request.sealed_derived is None:
+            return None
+        sealed = request.sealed_derived
+        try:
+            plain = self._aead.decrypt(sealed[:12], sealed[12:], f"{request.id}/derived".encode())
+        except (InvalidTag, ValueError):
+            return None
+        return {kind: tuple(values) for kind, values in json.loads(plain).items()}
+
     # -- intake -------------------------------------------------------------------------------------
     def file_request(
         self,
@@ -210,6 +237,7 @@ class Ledger:
         origin: dict[str, Any] | None = None,
         dataset: str | None = None,
         requested_by: str | None = None,
+        resolution: Resolution | None = None,
     ) -> tuple[str, bool, list[Dispatch]]:
         """Record a request and plan its tasks. Returns (id, created, dispatches).
 
@@ -218,8 +246,8 @@ class Ledger:
         name it is filed under (a requester reads only its own requests).
         """
         filed, dispatches = self.file_requests(
-            datamap, [Filing(subject, idempotency_key, origin)], dry_run=dry_run, regime=regime, actor=actor,
-            only_targets=only_targets, dataset=dataset, requested_by=requested_by)
+            datamap, [Filing(subject, idempotency_key, origin, resolution)], dry_run=dry_run, regime=regime,
+            actor=actor, only_targets=only_targets, dataset=dataset, requested_by=requested_by)
         return filed[0][0], filed[0][1], dispatches
 
     def file_requests(
@@ -273,7 +301,9 @@ class Ledger:
         received = now()
         with self.sessions.begin() as s:
             _insert_if_absent(s, DataMapSnapshot, digest=datamap.digest, text=datamap.text, created_at=received)
-            holds = self._active_holds(s, [h for _, hashes, _ in prepared for h in hashes.values()])
+            derived = {id(f): f.resolution.derived(self.subject_key) if f.resolution else [] for f, _, _ in prepared}
+            holds = self._active_holds(s, [h for f, hashes, _ in prepared
+                                           for h in [*hashes.values(), *(d["hash"] for d in derived[id(f)])]])
             for filing, hashes, digest in prepared:
                 key = filing.idempotency_key
                 if key is not None and key in replays:
@@ -292,6 +322,9 @@ class Ledger:
                     data_map_digest=datamap.digest,
                     subject_hashes=hashes,
                     sealed_subject=self._seal(request_id, filing.subject),
+                    derived_hashes=derived[id(filing)] or None,
+                    sealed_derived=self._seal_derived(request_id, filing.resolution.sealable())
+                    if derived[id(filing)] and filing.resolution else None,
                     idempotency_key=key,
                     idempotency_digest=digest if key else None,
                     actor=actor,
@@ -302,16 +335,18 @@ class Ledger:
                     replays[key] = request_id  # the same key twice in one batch is a replay too
                 self._audit(s, "request.received", request_id, actor=actor,
                             detail={"subject_hashes": hashes, "dataset": dataset, "dry_run": dry_run,
-                                    "regime": regime, "data_map_digest": datamap.digest, **(filing.origin or {})})
+                                    "regime": regime, "data_map_digest": datamap.digest, **(filing.origin or {}),
+                                    **({"derived": derived[id(filing)]} if derived[id(filing)] else {})})
                 tasks = [Task(id=p.id, request_id=request_id, target=p.target, kind=p.kind, position=p.position,
                               after=list(p.after), status=p.status, reason=p.reason, attempts=0,
                               carried_deleted=0, finished_at=received if p.status == "skipped" else None)
-                         for p in plan(request_id, datamap, filing.subject, only=only_targets, dataset=dataset)]
+                         for p in plan(request_id, datamap, filing.subject, only=only_targets, dataset=dataset,
+                                       resolution=filing.resolution)]
                 tasks.sort(key=lambda t: t.position)
                 s.add_all(tasks)
                 self._audit(s, "request.planned", request_id, actor=actor,
                             detail={"targets": [t.target for t in tasks]})
-                hold = _hold_on(holds, hashes.values())
+                hold = _hold_on(holds, _hashes_of(request))
                 pending = [t for t in tasks if t.status == "pending"]
                 if hold is not None:
                     self._park(s, request, pending, "held", f"legal hold: {hold.reason}", actor=actor, tasks=tasks)
@@ -360,8 +395,8 @@ class Ledger:
                 return []
             requests = self._lock_requests(s, {t.request_id for t in live})
             siblings = self._tasks_of(s, requests)
-            holds = self._active_holds(s, [h for r in requests.values() for h in r.subject_hashes.values()])
-            datasets = self._datasets_of(s, [h for r in requests.values() for h in r.subject_hashes.values()])
+            holds = self._active_holds(s, [h for r in requests.values() for h in _hashes_of(r)])
+            datasets = self._datasets_of(s, [h for r in requests.values() for h in _hashes_of(r)])
             order = {task_id: n for n, task_id in enumerate(task_ids)}
             at = now()
             runs = []
@@ -372,13 +407,14 @@ class Ledger:
                     continue
                 if task.status in PARKED_TASK or not _after_done(task, tasks):
                     continue
-                hold = _hold_on(holds, request.subject_hashes.values())
+                hold = _hold_on(holds, _hashes_of(request))
                 if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
                     self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=tasks)
                     continue
                 task.not_dispatched_at = None  # the message arrived
                 subject = self._unseal_for_claim(request)
-                if subject is None:  # nothing can run it: say so on the task, never wait without a word
+                resolved = self._unseal_derived(request)
+                if subject is None or resolved is None:  # nothing can run it: say so on the task, never wait
                     task.error = UNSEALABLE
                     self._audit(s, "task.unclaimable", request.id, task.id, detail={"target": task.target})
                     continue
@@ -392,13 +428,15 @@ class Ledger:
                     task.attempts += 1
                 self._refresh(s, request, tasks=tasks)
                 hashes = dict(request.subject_hashes)
+                every_hash = _hashes_of(request)
                 runs.append(TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
                                     subject, hashes,
                                     request.data_map_digest, approved_items=task.approved_items,
                                     approved=task.approved_items is not None
                                     or (request.dataset is not None and request.approved_at is not None),
                                     dataset=request.dataset, continuation=continuing,
-                                    datasets=sorted({d for h in hashes.values() for d in datasets.get(h, ())})))
+                                    datasets=sorted({d for h in every_hash for d in datasets.get(h, ())}),
+                                    derived=resolved))
             return runs
 
     def _unseal_for_claim(self, request: Request) -> Subject | None:
@@ -670,7 +708,7 @@ class Ledger:
     def _resume_held(self, s: Session, actor: str) -> list[Dispatch]:
         dispatches: list[Dispatch] = []
         for request in s.scalars(select(Request).where(Request.status == "on_hold").with_for_update()).all():
-            if self._active_hold(s, request.subject_hashes.values()) is not None:
+            if self._active_hold(s, _hashes_of(request)) is not None:
                 continue
             held = [t for t in self._tasks(s, request.id)
                     if t.status == "held" and (t.reason or "").startswith("legal hold")]
@@ -693,6 +731,7 @@ class Ledger:
                 raise LedgerError(f"request is {request.status} and has started; only a request that "
                                   "has not started executing can be cancelled")
             request.status, request.completed_at, request.sealed_subject = "cancelled", now(), None
+            request.sealed_derived = None
             s.info[WIPED_RAW_VALUES] = True
             for t in tasks:
                 if t.status in ("pending", "held", "awaiting_approval"):
@@ -992,6 +1031,7 @@ class Ledger:
             "request_id": request.id,
             "scope": request.scope,
             **({"dataset": request.dataset} if request.dataset else {"subject_hashes": request.subject_hashes}),
+            **({"derived": request.derived_hashes} if request.derived_hashes else {}),
             "regime": request.regime,
             "received_at": rfc3339(request.received_at),
             "due_at": rfc3339(request.due_at),
@@ -1215,12 +1255,12 @@ class Ledger:
             head = self._audit(s, f"request.{request.status}", request.id, actor=actor,
                                detail={"tasks": {t.target: t.status for t in tasks}})
         if request.status == "completed":
-            request.sealed_subject = None  # no raw identifier survives a completed request
+            request.sealed_subject = request.sealed_derived = None  # no raw identifier survives a completed request
             s.info[WIPED_RAW_VALUES] = True
         if request.status in ("completed", "failed") and not request.dry_run:
             if request.status == "completed":
                 self._issue_certificate(s, request, tasks, head, records)
-                for subject_hash in request.subject_hashes.values():
+                for subject_hash in _hashes_of(request):
                     s.add(Tombstone(subject_hash=subject_hash, request_id=request.id, erased_at=now()))
             self._emit(s, f"lethe.erasure.{request.status}", head, {
                 "request_id": request.id, "subject_hashes": request.subject_hashes,
@@ -1287,6 +1327,12 @@ def _shared_prefix(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
+def _hashes_of(request: Request) -> list[str]:
+    """Every keyed hash of a request's subject: its own identifiers' and those its identities resolved (a
+    hold, a tombstone or a training set recorded by user id covers a request filed by email)."""
+    return [*request.subject_hashes.values(), *(d["hash"] for d in request.derived_hashes or ())]
+
+
 def _hold_on(holds: dict[str, Hold], subject_hashes: Iterable[str]) -> Hold | None:
     """The active hold (from ``_active_holds``) on any of these subject hashes, if one is."""
     return next((holds[h] for h in subject_hashes if h in holds), None)
@@ -1321,6 +1367,7 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
         "due_at": rfc3339(request.due_at),
         "completed_at": rfc3339(request.completed_at),
         "subject_hashes": request.subject_hashes,
+        "derived": request.derived_hashes or [],  # identifiers the map's identities resolved, as hashes
         "data_map_digest": request.data_map_digest,
         "requested_by": request.requested_by,
         # Tasks whose hand-off to the broker failed: reconcile sends them on its next pass (SPEC).
