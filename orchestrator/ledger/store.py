@@ -622,7 +622,7 @@ class Ledger:
                  actor: str = "cli", subject: Subject | None = None) -> int:
         """Place a legal hold on a subject (by keyed hash). Returns the number of hashes held. ``subject``:
         the values hashed, so a reason that repeats one is refused before it reaches the audit chain."""
-        _check_reason(reason, "a hold", subject)
+        _check_reason(reason, "a hold", subject.values() if subject is not None else ())
         if until is not None and until <= now():
             raise InvalidInput("--until must be in the future")
         hashes = sorted(set(subject_hashes))
@@ -662,7 +662,9 @@ class Ledger:
         with self.sessions.begin() as s:
             request = self._request(s, request_id, lock=True)
             sealed = request.sealed_subject
-            _check_reason(reason, "an extension", self._unseal(request.id, sealed) if sealed else None)
+            resolved = self._unseal_derived(request) or {}  # a resolved identifier is the subject's too
+            _check_reason(reason, "an extension", [*(self._unseal(request.id, sealed).values() if sealed else ()),
+                                                   *(v for values in resolved.values() for v in values)])
             if request.extension_reason is not None:
                 raise LedgerError("the deadline was already extended once")
             if request.status in TERMINAL_REQUEST:
@@ -1312,12 +1314,12 @@ class Ledger:
         return entry.hash
 
 
-def _check_reason(reason: str, what: str, subject: Subject | None) -> None:
+def _check_reason(reason: str, what: str, values: Iterable[str] = ()) -> None:
     """A reason goes into the audit chain, which is kept for good: it must say something, and never the
     subject's identifier (in any case or encoding) that only the hashes may stand for."""
     if not reason.strip():
         raise InvalidInput(f"{what} needs a reason")
-    if subject is not None and mentions(reason, subject.values()):
+    if mentions(reason, values):
         raise InvalidInput(f"the reason for {what} contains the subject's identifier, which the audit trail "
                           "must never keep: state the ground without it")
 

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, select, text
 from orchestrator.identifiers import keyed_hash
 from orchestrator.identities import ResolutionUnavailable
 from orchestrator.ledger.models import Request
+from orchestrator.ledger.store import InvalidInput
 from orchestrator.service import Lethe
 from orchestrator.testing import put_objects, versions_per_owner
 from tests.fixtures.lethe import SUBJECT_KEY
@@ -219,3 +220,22 @@ def test_a_lookup_database_that_does_not_answer_files_nothing(
         lethe.submit({"email": "carl@example.org"})
     assert "carl" not in str(caught.value) and "127.0.0.1" not in str(caught.value)
     assert lethe.ledger.list_requests()["items"] == []
+
+
+def test_a_hold_on_the_resolved_user_id_holds_a_request_by_email(running: Lethe, estate: dict[str, str]) -> None:
+    """The hold names user 12; the request names only the email: it waits on_hold and nothing is deleted."""
+    before = snapshot(estate)
+    running.add_hold({"user_id": "12"}, reason="litigation")
+    status = running.wait(running.submit({"email": "carl@example.org"})[0], timeout=60)
+    assert status["status"] == "on_hold", status
+    assert snapshot(estate) == before
+
+
+def test_an_extension_reason_naming_a_resolved_identifier_is_refused(
+        estate: dict[str, str], write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe]) -> None:
+    """The audit trail is kept for good: a resolved device id is the subject's identifier like the email."""
+    lethe = make_lethe(data_map=write_map(MAP.format(**estate)))  # no worker: the request stays planned
+    request_id, _ = lethe.submit({"email": "carl@example.org"})
+    with pytest.raises(InvalidInput, match="contains the subject's identifier"):
+        lethe.ledger.extend_deadline(request_id, "customer D-12-B asked for more time")
+    assert lethe.ledger.extend_deadline(request_id, "complex request across several systems")
