@@ -32,7 +32,8 @@ from tests.contract.test_qdrant_contract import (
 )
 from workers.targets import qdrant as qdrant_module
 from workers.targets.base import PermanentError, RetryableError
-from workers.targets.qdrant import PAGE, QdrantConfig, QdrantTarget, field_condition, point_id
+from workers.targets.qdrant import PAGE, QdrantConfig, QdrantTarget
+from workers.targets.qdrant_filters import field_condition, point_id
 from workers.targets.selectors import dispose_engine
 
 pytestmark = pytest.mark.integration
