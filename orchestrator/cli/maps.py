@@ -20,10 +20,16 @@ def check_map(
     path: Annotated[Path | None, typer.Argument(
         metavar="PATH", help="Data map YAML (default: LETHE_DATA_MAP, else ./datamap.yaml).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Every declared store needs a target or reason.")] = False,
+    probe: Annotated[bool, typer.Option("--probe", help="Connect to every target that can be probed (sql: reflect "
+                                        "its table, report referencing tables no earlier target erases).")] = False,
 ) -> None:
     """Validate a data map and print the plan shape (exit 2 naming what is wrong)."""
     datamap = DataMap.load(path or Settings().data_map)
     problems = datamap.strict_problems() if strict else []
+    if probe:  # adapters are imported only here: a plain check-map stays instant
+        from workers.targets.base import probe_map
+
+        problems += [f"target {name!r}: {problem}" for name, problem in probe_map(datamap.targets)]
     table = Table(title=f"data map {datamap.digest[:12]}: {len(datamap.targets)} targets", title_justify="left")
     for col in ("#", "target", "kind", "after", "needs"):
         table.add_column(col)
@@ -34,5 +40,7 @@ def check_map(
     for s in datamap.stores:
         if s.not_erased:
             out.print(f"not erased: {s.name}: {s.not_erased}")
+    if probe and not problems:
+        out.print("probe: no problems found")
     if problems:
         fail("\n".join(problems))
