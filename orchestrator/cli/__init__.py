@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError  # typer vendors click; no public name for it
 
-from orchestrator.cli import demo, holds, lineage, maps, proof, requests, services, submit
+from orchestrator.cli import deadletters, demo, holds, keys, lineage, maps, proof, requests, services, submit
 from orchestrator.cli.common import Commands, Exit, err
 from orchestrator.cli.errors import explain
 
@@ -27,11 +27,13 @@ app = Commands(name="lethe", help="Erase a data subject everywhere, verify it, a
 app.add_typer(submit.app)
 app.add_typer(requests.app)
 app.add_typer(proof.app)
+app.add_typer(keys.app)
 app.add_typer(holds.app)
 app.add_typer(services.app)
 app.add_typer(maps.app)
 app.add_typer(lineage.app)
 app.add_typer(demo.app)
+app.add_typer(deadletters.app)
 
 
 def _print_version(value: bool) -> None:

@@ -27,8 +27,10 @@ def _broker(lethe: Lethe) -> str:
 def dead_letters_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the items.")] = False,
 ) -> None:
-    """Every dead letter, oldest first: id, reason, when, and the event's type, source and id when it has
-    them (any subject value blanked out). The bodies stay on the queue unchanged."""
+    """List the dead letters, oldest first.
+
+    Each with its id, reason and time, and the event's type, source and id when it has them (any subject
+    value blanked out). The bodies stay on the queue unchanged."""
     from kombu import Connection
 
     from orchestrator.deadletters import list_dead_letters
@@ -53,8 +55,10 @@ def dead_letters_list(
 def dead_letters_replay(
     dead_letter_id: Annotated[str, typer.Argument(metavar="ID", help="A dead letter's id, or a unique prefix.")],
 ) -> None:
-    """Put one dead letter back on lethe.intake, body unchanged: it is checked and deduplicated again like
-    any event (a running `lethe intake` files it or dead-letters it anew)."""
+    """Replay one dead letter after a fix.
+
+    Its body goes back on lethe.intake unchanged: it is checked and deduplicated again like any event (a
+    running `lethe intake` files it or dead-letters it anew)."""
     from kombu import Connection
 
     from orchestrator.deadletters import DeadLetterNotFound, replay
