@@ -180,10 +180,10 @@ def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
             deleted, beat = 0, _heartbeat(lethe, run.task_id, slice_ends)
             try:
                 for subject in subjects:  # a value already purged in an earlier slice deletes 0 again
-                    deleted += target.purge(subject, beat)
-            except SliceExpired as expired:
-                log.info("task.slice_expired", deleted=deleted + expired.done)
-                lethe.send([d for d in [ledger.hand_back(run.task_id, deleted + expired.done)] if d])
+                    deleted += target.purge(subject, _offset(beat, deleted))
+            except SliceExpired as expired:  # expired.done counts the values purged before too (_offset)
+                log.info("task.slice_expired", deleted=expired.done)
+                lethe.send([d for d in [ledger.hand_back(run.task_id, expired.done)] if d])
                 return "continued"
             residue = sum(target.verify(subject) for subject in subjects)
             if residue:
@@ -235,6 +235,15 @@ def _heartbeat(lethe: Lethe, task_id: str, slice_ends: float | None = None) -> H
             last = time.monotonic()
 
     return beat
+
+
+def _offset(beat: Heartbeat, before: int) -> Heartbeat:
+    """The heartbeat for one of several resolved values: its progress counts what the values before it
+    deleted, so the task's progress (and a slice's hand-back) is the whole task's."""
+    def offset(done: int | None = None) -> None:
+        beat(None if done is None else before + done)
+
+    return offset
 
 
 def reconcile(self: LetheTask) -> int:

@@ -239,3 +239,23 @@ def test_an_extension_reason_naming_a_resolved_identifier_is_refused(
     with pytest.raises(InvalidInput, match="contains the subject's identifier"):
         lethe.ledger.extend_deadline(request_id, "customer D-12-B asked for more time")
     assert lethe.ledger.extend_deadline(request_id, "complex request across several systems")
+
+
+@pytest.mark.parametrize("app_db", ["sqlite"], indirect=True)
+def test_sliced_purge_of_two_resolved_accounts_counts_every_slice_once(
+        estate: dict[str, str], redis_broker: str, write_map: Callable[[str], Path],
+        make_lethe: Callable[..., Lethe]) -> None:
+    """With a zero time slice the photos task is handed back every 1,000 versions, across both accounts:
+    the record counts each version once and both accounts' photos are gone, nobody else's."""
+    put_objects(estate["endpoint"], estate["bucket"], [f"users/{u}/bulk-{i:04d}.jpg" for u in (55, 56)
+                                                       for i in range(600)])
+    lethe = make_lethe(broker_url=redis_broker, data_map=write_map(MAP.format(**estate)))
+    lethe.settings.task_slice_seconds = 0
+    before = snapshot(estate)
+    with lethe.embedded_worker():
+        request_id, _ = lethe.submit({"email": "twins@example.org"})
+        status = lethe.wait(request_id, timeout=180)
+    assert status["status"] == "completed", status
+    assert deleted(status)["profile-photos"] == 2 * 602
+    assert snapshot(estate) == without(before, {55, 56})
+    assert [e for e in lethe.ledger.audit_trail(request_id) if e["action"] == "task.continued"]
