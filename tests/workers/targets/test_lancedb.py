@@ -22,15 +22,8 @@ from orchestrator.identifiers import InvalidIdentifier, Subject
 from tests.contract.base import Beats
 from workers.targets import lancedb as lancedb_module
 from workers.targets.base import PermanentError, RetryableError, build_target
-from workers.targets.lancedb import (
-    LanceDBConfig,
-    LanceDBTarget,
-    connection,
-    equality_predicate,
-    in_predicate,
-    quote_column,
-    sql_literal,
-)
+from workers.targets.lancedb import LanceDBConfig, LanceDBTarget, connection
+from workers.targets.lancedb_predicates import equality_predicate, in_predicate, quote_column, sql_literal
 from workers.targets.selectors import KeysQuery, dispose_engine
 
 pytestmark = pytest.mark.integration
