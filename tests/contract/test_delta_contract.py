@@ -250,6 +250,30 @@ def test_a_table_partitioned_by_the_subject_loses_their_partition_whole(tmp_path
     assert {uid: target.verify(subject(uid)) for uid in ("123", "1234")} == {"123": 1, "1234": 1}
 
 
+def test_the_null_partition_is_never_a_subjects_value(tmp_path: Path) -> None:
+    """delta-rs writes NULL owners to ``owner=__HIVE_DEFAULT_PARTITION__/``. The file scan (verify's loose
+    files, the orphan sweep) must not read that directory as the value: a subject spelling it holds nothing,
+    and an old unreferenced NULL file is nobody's, so it is neither residue nor deleted."""
+    import os
+    import shutil
+
+    uri = tmp_path / "parted"
+    write_deltalake(str(uri), pa.table({"owner": ["12", None, None, "123"], "n": [1, 2, 3, 4]}),
+                    partition_by=["owner"])
+    null_dir = uri / "owner=__HIVE_DEFAULT_PARTITION__"
+    (written,) = null_dir.iterdir()
+    stray = null_dir / "part-stray.parquet"  # a failed writer's leftover of NULL rows, long ago
+    shutil.copy(written, stray)
+    os.utime(stray, (1, 1))
+    target = DeltaTarget(DeltaConfig(name="p", kind="delta", uri=str(uri), where={"owner": "{user_id}"}))
+    marker = subject("__HIVE_DEFAULT_PARTITION__")
+    assert target.count(marker) == 0 and target.verify(marker) == 0
+    assert target.purge(marker, Beats()) == 0 and target.purge(subject(SUBJECT), Beats()) == 1
+    assert target.verify(subject(SUBJECT)) == 0 and stray.exists() and written.exists()
+    left = DeltaTable(str(uri)).to_pyarrow_table().to_pydict()
+    assert sorted(zip(left["owner"], left["n"], strict=True), key=lambda r: r[1]) == [(None, 2), (None, 3), ("123", 4)]
+
+
 def test_probe_reports_what_a_purge_would_fail_on(tmp_path: Path) -> None:
     """check-map --probe: a good table has no problem; a missing or unmatchable column, or no table, is one
     line each (the uri or value is never quoted)."""

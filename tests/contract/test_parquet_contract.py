@@ -239,6 +239,39 @@ def test_a_hive_partitioned_directory_loses_the_subjects_partition(tmp_path: Pat
     assert target.verify(subject("123")) == 3 and target.verify(subject("112")) == 3
 
 
+@pytest.mark.parametrize("remote", [False, True], ids=["disk", "s3"])
+def test_the_null_partition_is_never_a_subjects_value(tmp_path: Path, remote: bool, request: Any) -> None:
+    """pyarrow writes NULL owners to ``owner=__HIVE_DEFAULT_PARTITION__/``. A subject whose value spells
+    that name matches none of them (NULL equals no value): the NULL rows and their directory stay; another
+    subject's partition still goes whole."""
+    import pyarrow.dataset as ds
+
+    if remote:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = f"lake-{uuid.uuid4().hex[:8]}"
+        make_bucket(endpoint, bucket)
+        uri, location = f"s3://{bucket}/events", Location.of(f"s3://{bucket}/events", endpoint)
+    else:
+        endpoint, uri = None, str(tmp_path / "events")
+        location = Location.of(uri)
+    rows = pa.table({"owner": ["12", None, None, "123"], "n": [1, 2, 3, 4]})
+    ds.write_dataset(rows, location.root, filesystem=location.fs, format="parquet",
+                     partitioning=ds.partitioning(pa.schema([("owner", pa.string())]), flavor="hive"))
+    target = ParquetTarget(ParquetConfig(name="p", kind="parquet", uri=uri, endpoint_url=endpoint,
+                                         where={"owner": "{user_id}"}))
+    null_files = [p for p in location.files() if "/owner=__HIVE_DEFAULT_PARTITION__/" in p]
+    assert len(null_files) == 1
+    marker = subject("__HIVE_DEFAULT_PARTITION__")
+    assert target.count(marker) == 0 and target.purge(marker, Beats()) == 0 and target.verify(marker) == 0
+    assert target.purge(subject(SUBJECT), Beats()) == 1 and target.verify(subject(SUBJECT)) == 0
+    assert [p for p in location.files() if "/owner=__HIVE_DEFAULT_PARTITION__/" in p] == null_files
+    assert not [p for p in location.files() if "/owner=12/" in p]
+    left = ds.dataset(location.root, filesystem=location.fs, format="parquet",
+                      partitioning=ds.partitioning(pa.schema([("owner", pa.string())]), flavor="hive")).to_table()
+    assert sorted(zip(left.column("owner").to_pylist(), left.column("n").to_pylist(), strict=True),
+                  key=lambda r: r[1]) == [(None, 2), (None, 3), ("123", 4)]
+
+
 def test_probe_reports_what_a_purge_would_fail_on(tmp_path: Path) -> None:
     """check-map --probe: every file checked; a file without the column is one line; a missing directory too."""
     store = ParquetStore(str(tmp_path / "lake"), None, integer=True)

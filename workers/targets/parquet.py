@@ -10,7 +10,8 @@ Data map::
 
 Every file under ``uri`` whose path has no part starting with ``.`` or ``_`` is a data file (what pyarrow's
 dataset reader reads). Hive-style directories (``user_id=12/``) hold a column a file lacks: a file of the
-subject's own partition is deleted whole, and its emptied directory (named after the value) with it.
+subject's own partition is deleted whole, and its emptied directory (named after the value) with it. The
+NULL partition (``user_id=__HIVE_DEFAULT_PARTITION__/``) equals no value, not even one spelling that name.
 Values are typed per file from its schema (``parquet_files.typed_value``): an integer column takes a
 canonical decimal integer, a string column the text; a file without a ``where`` column (in it or in its
 path), or with another column type, fails the task. The rewrite is ``parquet_files``' (shared with Feast's offline

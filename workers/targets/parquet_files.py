@@ -42,6 +42,10 @@ COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 PARQUET_CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli",
                   "LZ4": "lz4", "LZ4_RAW": "lz4", "ZSTD": "zstd"}
 TEMP_PREFIX = ".lethe-tmp-"
+# The directory name Hive, Spark, pyarrow and delta-rs give a NULL partition value: every hive reader reads
+# it back as NULL, so it is never a value, even when a subject's value spells it.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+Partitions = Mapping[str, str | None]  # column -> a file's partition value from its path; None: NULL
 
 
 # --- where: columns and typed values -------------------------------------------------------------------------
@@ -77,7 +81,7 @@ def typed_value(text: str, arrow_type: Any, column: str) -> Value:
 
 
 def typed_values(where: Mapping[str, str], schema: Any,
-                 partitions: Mapping[str, str] | None = None) -> dict[str, Value]:
+                 partitions: Partitions | None = None) -> dict[str, Value]:
     """Every ``where`` column (already filled) typed from an Arrow schema; a missing column fails, unless it
     is one of the file's ``partitions`` (hive directories), compared as the text the path holds."""
     typed: dict[str, Value] = {}
@@ -93,7 +97,7 @@ def typed_values(where: Mapping[str, str], schema: Any,
 
 
 def column_problems(where: Mapping[str, str], schema: Any, label: str,
-                    partitions: Mapping[str, str] | None = None) -> list[str]:
+                    partitions: Partitions | None = None) -> list[str]:
     """What ``check-map --probe`` reports about a lake table's ``where`` columns: missing, or of a type
     a subject's value cannot be compared with (integers and strings only)."""
     import pyarrow as pa
@@ -244,23 +248,27 @@ def local_fs() -> Any:
 # --- counting and rewriting ----------------------------------------------------------------------------------
 
 
-def partitions_of(root: str, path: str) -> dict[str, str]:
-    """Hive-style partition values (``user_id=12/``) in a file's path below ``root``, unescaped."""
+def partitions_of(root: str, path: str) -> dict[str, str | None]:
+    """Hive-style partition values (``user_id=12/``) in a file's path below ``root``, unescaped; None for
+    the NULL partition (``HIVE_NULL``)."""
     from urllib.parse import unquote
 
     relative = path[len(root):].strip("/").split("/")[:-1] if path.startswith(root) else []
-    return {unquote(k): unquote(v) for k, _, v in (part.partition("=") for part in relative) if _ and k}
+    pairs = ((unquote(k), unquote(v)) for k, _, v in (part.partition("=") for part in relative) if _ and k)
+    return {k: (None if v == HIVE_NULL else v) for k, v in pairs}
 
 
-def _in_file(values: Values, names: list[str], partitions: Mapping[str, str]) -> Values | None:
+def _in_file(values: Values, names: list[str], partitions: Partitions) -> Values | None:
     """The values a file's rows must still be checked for: a column the file lacks is read from its path's
-    partition values (a different value rules the whole file out: None), else the file lacks it (an error)."""
+    partition values (a different value, or NULL, rules the whole file out: None), else the file lacks it
+    (an error)."""
     remaining: dict[str, Value] = {}
     for column, value in values.items():
         if column in names:
             remaining[column] = value
         elif column in partitions:
-            if partitions[column] != str(value):
+            partition = partitions[column]
+            if partition is None or partition != str(value):  # NULL equals no value, as in SQL
                 return None
         else:
             raise PermanentError(f"a Parquet file has no column {column}")
