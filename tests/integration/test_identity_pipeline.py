@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -134,24 +135,24 @@ def running(estate: dict[str, str], redis_broker: str, write_map: Callable[[str]
         yield lethe
 
 
-def snapshot(estate: dict[str, str]) -> dict[str, object]:
+def snapshot(estate: dict[str, str]) -> dict[str, Any]:
     return {"rows": app_rows(estate["url"], estate["schema"]),
             "photos": dict(versions_per_owner(estate["endpoint"], estate["bucket"])),
             "vectors": vectors_per_owner(estate["lance"]),
             "sessions": sorted(r["device"] for r in MemoryStore.records("sessions"))}
 
 
-def without(before: dict[str, object], users: set[int]) -> dict[str, object]:
+def without(before: dict[str, Any], users: set[int]) -> dict[str, Any]:
     """What must remain: everything but the given users' rows, photos, vectors and devices' sessions."""
     gone = {d for u in users for d in DEVICES.get(u, ())}
-    return {"rows": {u for u in before["rows"] if u not in users},  # type: ignore[attr-defined]
-            "photos": {o: n for o, n in before["photos"].items() if int(o) not in users},  # type: ignore[attr-defined]
-            "vectors": {o: n for o, n in before["vectors"].items() if int(o) not in users},  # type: ignore[attr-defined]
-            "sessions": [d for d in before["sessions"] if d not in gone]}  # type: ignore[attr-defined]
+    return {"rows": {u for u in before["rows"] if u not in users},
+            "photos": {o: n for o, n in before["photos"].items() if int(o) not in users},
+            "vectors": {o: n for o, n in before["vectors"].items() if int(o) not in users},
+            "sessions": [d for d in before["sessions"] if d not in gone]}
 
 
-def deleted(status: dict[str, object]) -> dict[str, int]:
-    return {t["target"]: t["deleted"] for t in status["tasks"]}  # type: ignore[attr-defined, index]
+def deleted(status: dict[str, Any]) -> dict[str, int]:
+    return {t["target"]: t["deleted"] for t in status["tasks"]}
 
 
 def test_a_request_by_email_alone_erases_the_resolved_users_data_and_nobody_elses(
