@@ -4,7 +4,6 @@ The ``Selector`` also says what the byte scan looks for and which rows read back
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,8 +13,8 @@ from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
 from workers.targets.base import PermanentError
 from workers.targets.lancedb_config import COLUMN, LanceDBConfig
+from workers.targets.selectors import canonical_integer
 
-CANONICAL_INTEGER = re.compile(r"^(0|-?[1-9][0-9]*)$")
 IDS_BATCH = 500  # ids per IN (...) predicate
 MIN_RAW_SCAN = 6  # shortest identifier the raw byte scan looks for (see the module docstring)
 
@@ -39,10 +38,10 @@ def sql_literal(value: object, arrow_type: Any, column: str) -> str:
         if isinstance(value, bool):
             raise PermanentError(f"LanceDB selector: a value for integer column {column} is not an integer")
         if isinstance(value, int):
-            number = value
-        elif isinstance(value, str) and CANONICAL_INTEGER.fullmatch(value):
-            number = int(value)
+            number: int | None = value
         else:
+            number = canonical_integer(value) if isinstance(value, str) else None
+        if number is None:
             raise PermanentError(
                 f"LanceDB selector: a value for integer column {column} is not a canonical decimal integer"
             )
@@ -162,9 +161,10 @@ def query_ids(config: LanceDBConfig, subject: Subject, schema: Any) -> list[obje
         if value is None or isinstance(value, bool) or not isinstance(value, int | str):
             raise PermanentError("ids_query returned a value that is not an id")
         if integer:
-            if isinstance(value, str) and not CANONICAL_INTEGER.fullmatch(value):
+            number = value if isinstance(value, int) else canonical_integer(value)
+            if number is None:
                 raise PermanentError(f"ids_query returned an id that is not an integer for column {column}")
-            value = int(value)
+            value = number
         else:
             value = str(value)
         ids[value] = None

@@ -8,7 +8,6 @@ canonical int64; no index matches the string or the integer form); ``ids_query``
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -17,11 +16,11 @@ from orchestrator.templates import fill
 from workers.targets.base import PermanentError
 from workers.targets.qdrant_config import QdrantConfig
 from workers.targets.qdrant_errors import translate, translated
+from workers.targets.selectors import canonical_integer
 
 IDS_BATCH = 256  # rows of the ids query read per round
 INT64 = (-(2**63), 2**63 - 1)
 UINT64_MAX = 2**64 - 1
-CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 def subject_filter(client: Any, config: QdrantConfig, subject: Subject) -> Any | None:
@@ -94,10 +93,8 @@ def query_ids(config: QdrantConfig, subject: Subject) -> list[int | str]:
 
 def as_int64(value: str) -> int | None:
     """The integer a canonical decimal string spells, if it fits Qdrant's int64; else None."""
-    if not CANONICAL_INT.fullmatch(value) or value == "-0":
-        return None
-    number = int(value)
-    return number if INT64[0] <= number <= INT64[1] else None
+    number = canonical_integer(value)
+    return number if number is not None and INT64[0] <= number <= INT64[1] else None
 
 
 def point_id(value: Any) -> int | str:
@@ -111,8 +108,9 @@ def point_id(value: Any) -> int | str:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, str):
-        if CANONICAL_INT.fullmatch(value) and not value.startswith("-") and int(value) <= UINT64_MAX:
-            return int(value)
+        number = canonical_integer(value)
+        if number is not None and 0 <= number <= UINT64_MAX:
+            return number
         try:
             return str(uuid.UUID(value))
         except ValueError:

@@ -1,6 +1,6 @@
 """Selector plumbing every target shares: read-only queries into the application's database (S3's
 ``keys_query``, Qdrant's and LanceDB's ``ids_query``), the engine cache behind them and the SQL target,
-and the ``match`` validator.
+the ``match`` validator, and the canonical-integer rule by which a value selects an integer field.
 
 A query's SQL is checked when the map loads (workers/targets/sql_check.py); at run time it goes through a
 read-only session with a statement timeout (PostgreSQL: ``default_transaction_read_only`` and
@@ -72,6 +72,18 @@ def check_match(match: dict[str, str] | None, name: re.Pattern[str], noun: str, 
         raise ValueError(f"{field} {noun} {bad[0]!r} is not a plain {plain}")
     require_placeholder(field, match)
     return match
+
+
+CANONICAL_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def canonical_integer(text: str) -> int | None:
+    """The integer ``text`` spells in canonical decimal (``12``, ``-3``), else None: ``012``, ``+12``,
+    ``12.0``, ``1_2``, ``-0`` and text with spaces spell none, so an identifier selects exactly one integer
+    or fails, never a near one (``012`` is not 12)."""
+    if not CANONICAL_INTEGER.fullmatch(text) or text == "-0":
+        return None
+    return int(text)
 
 
 # -- engines ----------------------------------------------------------------------------------------
