@@ -104,7 +104,7 @@ def install(app: FastAPI) -> None:
         assert known is not None
         return error_response(known.status, known.code, known.message, known.headers)
 
-    for kind in (InvalidIdentifier, LedgerError, DataMapError, ConfigError, OperationalError):
+    for kind in (InvalidIdentifier, LedgerError, DataMapError, ConfigError, OperationalError, ResolutionUnavailable):
         app.add_exception_handler(kind, _lethe_error)
 
     @app.exception_handler(Exception)

@@ -60,6 +60,14 @@ class TaskOut(BaseModel):
     error: str | None
 
 
+class DerivedOut(BaseModel):
+    """An identifier the data map's identities resolved for the subject: its keyed hash and the resolution."""
+
+    kind: str
+    hash: str
+    via: str
+
+
 class StatusOut(BaseModel):
     """The status object. Subjects appear only as keyed hashes, never as raw identifiers."""
 
@@ -73,6 +81,7 @@ class StatusOut(BaseModel):
     received_at: str
     due_at: str
     completed_at: str | None
+    derived: list[DerivedOut] = []
     tasks: list[TaskOut]
 
 

@@ -260,3 +260,62 @@ def test_sliced_purge_of_two_resolved_accounts_counts_every_slice_once(
     assert deleted(status)["profile-photos"] == 2 * 602
     assert snapshot(estate) == without(before, {55, 56})
     assert [e for e in lethe.ledger.audit_trail(request_id) if e["action"] == "task.continued"]
+
+
+def test_the_api_and_the_dashboard_show_the_derived_hashes_with_their_resolution(
+        estate: dict[str, str], write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe],
+        tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from orchestrator.api import create_app
+    from tests.orchestrator.api.conftest import NAMES, TOKENS, auth
+    from tests.orchestrator.api.test_dashboard import sign_in
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join(f"{TOKENS[r]} {r} {NAMES[r]}\n" for r in TOKENS))
+    lethe = make_lethe(data_map=write_map(MAP.format(**estate)), api_tokens=tokens)  # no worker: it stays planned
+    with TestClient(create_app(lethe)) as client:
+        filed = client.post("/v1/erasure-requests", json={"subject": {"email": "carl@example.org"}},
+                            headers=auth("admin"))
+        assert filed.status_code == 202, filed.text
+        body = client.get(f"/v1/erasure-requests/{filed.json()['id']}", headers=auth("operator")).json()
+        user = next(d for d in body["derived"] if d["kind"] == "user_id")
+        assert user["via"] == "user-by-email" and len(user["hash"]) == 64
+        sign_in(client, "operator")
+        page = client.get(f"/requests/{body['id']}").text
+        assert f"user_id: {user['hash'][:16]}… <span class=\"muted\">via user-by-email</span>" in page
+        assert "carl@" not in page and "d-12-a" not in page
+
+
+@pytest.mark.parametrize("app_db", ["sqlite"], indirect=True)
+def test_an_unreachable_lookup_is_exit_4_at_the_cli_and_503_at_the_api(
+        estate: dict[str, str], redis_broker: str, write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe],
+        signing_key_file: Path, tmp_path: Path) -> None:
+    """One line naming the resolution, no traceback, no value; the API says 503; nothing is filed."""
+    import os
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from orchestrator.api import create_app
+    from tests.orchestrator.api.conftest import NAMES, TOKENS, auth
+
+    path = write_map(MAP.format(**{**estate, "url": "postgresql://nobody@127.0.0.1:1/app"}))
+    ledger = f"sqlite:///{tmp_path / 'cli-ledger.db'}"
+    env = {**os.environ, "LETHE_BROKER_URL": redis_broker, "LETHE_DATABASE_URL": ledger, "LETHE_DATA_MAP": str(path),
+           "LETHE_SUBJECT_KEY": SUBJECT_KEY, "LETHE_SIGNING_KEY": str(signing_key_file)}
+    done = subprocess.run([str(Path(sys.executable).with_name("lethe")), "submit", "--subject",
+                           "email=carl@example.org"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done
+    assert done.stderr.count("\n") == 1 and "user-by-email" in done.stderr and "Traceback" not in done.stderr
+    assert "carl" not in done.stderr and "nobody" not in done.stderr
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join(f"{TOKENS[r]} {r} {NAMES[r]}\n" for r in TOKENS))
+    lethe = make_lethe(database_url=ledger, data_map=path, api_tokens=tokens)
+    with TestClient(create_app(lethe)) as client:
+        answer = client.post("/v1/erasure-requests", json={"subject": {"email": "carl@example.org"}},
+                             headers=auth("admin"))
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "resolution_unavailable", answer.text
+        assert "carl" not in answer.text
+    assert lethe.ledger.list_requests()["items"] == []
