@@ -1,5 +1,5 @@
-"""MLflowTarget runs the target contract against real MLflow (SQLite backend store, local artifact root), with
-lineage recorded in a real ledger, for both actions.
+"""MLflowTarget runs the target contract against real MLflow, with lineage recorded in a real ledger, for both
+actions: on a SQLite backend store with a local artifact root, and through a running `mlflow server`.
 
 The contract's "items" are registered model versions. Each seeded subject is in its own training dataset
 (with a member who is never seeded), and two versions are trained on it: a shard of a shared ensemble
@@ -25,7 +25,8 @@ import pytest
 from orchestrator.identifiers import Subject, keyed_hash
 from orchestrator.ledger.store import Ledger
 from tests.contract.base import SUBJECT, Beats, ContractStore, TargetContract, subject
-from tests.workers.targets.test_mlflow import Registry, make_registry
+from tests.fixtures.services import MLflowServer
+from tests.workers.targets.test_mlflow import Registry, make_registry, make_server_registry
 from workers.targets.base import Heartbeat, TaskContext
 from workers.targets.mlflow import QUARANTINE_TAG, MLflowConfig, MLflowTarget
 
@@ -68,17 +69,18 @@ class MLflowStore:
     def __init__(self, registry: Registry, ledger: Ledger, key: bytes, action: str) -> None:
         self.registry, self.ledger, self.key, self.action = registry, ledger, key, action
         self.owned: dict[str, list[tuple[str, str]]] = {}
-        self.ledger.record_lineage("photos-public", "p0", [self._hash("4242")])
-        self.registry.train("public-faces", [("photos-public", "p0")], alias="champion")
-        self.ledger.record_lineage("photos-12", "old-build", [self._hash("4343")])
-        self.registry.train("ensemble", [("photos-12", "old-build")], alias="old-build")
+        ns = registry.ns  # on a shared tracking server, this test's datasets are its own
+        self.ledger.record_lineage("photos-public", f"p0{ns}", [self._hash("4242")])
+        self.registry.train("public-faces", [("photos-public", f"p0{ns}")], alias="champion")
+        self.ledger.record_lineage("photos-12", f"old-build{ns}", [self._hash("4343")])
+        self.registry.train("ensemble", [("photos-12", f"old-build{ns}")], alias="old-build")
         self.registry.train("baseline", [], alias="champion")
 
     def _hash(self, user_id: str) -> str:
         return keyed_hash(self.key, "user_id", user_id)
 
     def seed(self, user_id: str) -> int:
-        dataset = (f"photos-{user_id}", f"digest-{user_id}")
+        dataset = (f"photos-{user_id}", f"digest-{user_id}{self.registry.ns}")
         self.ledger.record_lineage(*dataset, [self._hash(user_id), self._hash(f"7{user_id}")])
         run_id = self.registry.run([dataset])  # one training run registers two models
         self.owned[user_id] = [
@@ -138,6 +140,7 @@ class TestMLflowQuarantineContract(MLflowContract):
 
 class TestMLflowDeleteContract(MLflowContract):
     action = "delete"
+    level = "bytes_reclaimed"
 
     def test_deleted_versions_leave_no_artifact_files(
         self, target: LineageTarget, store: MLflowStore, registry: Registry, seeded: dict[str, int], beats: Beats
@@ -150,4 +153,24 @@ class TestMLflowDeleteContract(MLflowContract):
         assert after and set(after) < set(before)
         assert not any(run in f for run in runs for f in after)
         assert len(before) - len(after) == 2 + 2  # the run's checkpoint, the shard's logged model
-        assert target.level == "bytes_reclaimed"
+        assert target.level == self.level
+
+
+class TestMLflowServerQuarantineContract(TestMLflowQuarantineContract):
+    """The same, through a running `mlflow server` (REST API), as users deploy it."""
+
+    @pytest.fixture
+    def registry(self, tmp_path: Path, mlflow_server: MLflowServer) -> Iterator[Registry]:
+        yield from make_server_registry(tmp_path, mlflow_server)
+
+
+class TestMLflowServerDeleteContract(TestMLflowDeleteContract):
+    """Delete through a running `mlflow server`: versions deleted, artifacts deleted through its proxy
+    (``mlflow-artifacts:``), runs and logged models soft-deleted. ``invisible``: the rows stay until the
+    server's `mlflow gc`, and the proxy's disk is the server's, not lethe's (this test reads it directly)."""
+
+    level = "invisible"
+
+    @pytest.fixture
+    def registry(self, tmp_path: Path, mlflow_server: MLflowServer) -> Iterator[Registry]:
+        yield from make_server_registry(tmp_path, mlflow_server)

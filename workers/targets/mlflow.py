@@ -129,16 +129,17 @@ SERVER_SCHEMES = frozenset({"http", "https"})
 PAGE = 1000
 RUN_IDS_PER_SEARCH = 100
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
+URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: C:\\ is a path
 MODEL_ID_SOURCE = re.compile(r"^models:/(m-[0-9A-Za-z]+)/?$")
 
 T = TypeVar("T")
 
 
 def _scheme(uri: str) -> str:
-    """The URI scheme without a driver suffix (``postgresql+psycopg`` -> ``postgresql``); '' for a path."""
-    if "://" not in uri and not uri.startswith("file:"):
-        return ""
-    return uri.split(":", 1)[0].split("+", 1)[0].lower()
+    """The URI scheme without a driver suffix (``postgresql+psycopg`` -> ``postgresql``); '' for a path.
+    ``mlflow-artifacts:/1/…`` (the artifact proxy's URIs, no ``//``) has a scheme too."""
+    found = URI_SCHEME.match(uri)
+    return found.group(1).split("+", 1)[0].lower() if found else ""
 
 
 class MLflowConfig(TargetConfig):
@@ -152,6 +153,10 @@ class MLflowConfig(TargetConfig):
     )
     dataset_name: str | None = Field(
         None, description="Dataset scope only (a `datasets:` selector): every model trained on any build of it."
+    )
+    backend_store_uri: str | None = Field(
+        None, description="With an http(s) tracking_uri and delete: the server's backend store (database URI or "
+                          "file store), so lethe removes the soft-deleted rows itself, as `mlflow gc` does."
     )
 
     @field_validator("dataset_name")
@@ -174,7 +179,7 @@ class MLflowConfig(TargetConfig):
         if not isinstance(name, str) or not name.strip() or not name.isprintable():
             raise ValueError("dataset_name must be a non-empty, printable string")
 
-    @field_validator("tracking_uri", "registry_uri")
+    @field_validator("tracking_uri", "registry_uri", "backend_store_uri")
     @classmethod
     def _known_scheme(cls, uri: str | None) -> str | None:
         if uri is None:
@@ -190,13 +195,20 @@ class MLflowConfig(TargetConfig):
         return uri
 
     @model_validator(mode="after")
-    def _delete_needs_the_backend_store(self) -> MLflowConfig:
-        if self.action == "delete" and _scheme(self.tracking_uri) in SERVER_SCHEMES:
-            raise ValueError(
-                "action delete purges runs as `mlflow gc` does, which needs the backend store: give tracking_uri "
-                "as the tracking server's database URI (or file store), not its http(s) address"
-            )
+    def _backend_store_is_for_delete_through_a_server(self) -> MLflowConfig:
+        if self.backend_store_uri is None:
+            return self
+        if self.action != "delete" or _scheme(self.tracking_uri) not in SERVER_SCHEMES:
+            raise ValueError("backend_store_uri is for action delete through an http(s) tracking server "
+                             "(a database tracking_uri is the backend store already)")
+        if _scheme(self.backend_store_uri) in SERVER_SCHEMES:
+            raise ValueError("backend_store_uri is the tracking server's database URI or file store, "
+                             "not an http(s) address")
         return self
+
+    @property
+    def through_server(self) -> bool:
+        return _scheme(self.tracking_uri) in SERVER_SCHEMES
 
 
 # -- MLflow, imported on first use with telemetry off ----------------------------------------------------
@@ -313,7 +325,10 @@ class MLflowTarget:
     def __init__(self, config: MLflowConfig, context: TaskContext | None = None):
         self.config = config
         self.context = context
-        self.level = "quarantined" if config.action == "quarantine" else "bytes_reclaimed"
+        if config.action == "quarantine":
+            self.level = "quarantined"
+        else:  # through a server the artifacts are deleted by its proxy, out of lethe's sight: see the docstring
+            self.level = "invisible" if config.through_server else "bytes_reclaimed"
         self._purged_locations: list[str] = []
 
     # -- the contract -----------------------------------------------------------------------------
@@ -342,8 +357,13 @@ class MLflowTarget:
         selection = self._select()
         if self.config.action == "quarantine":
             return sum(1 for v in selection.versions if not v.quarantined)
+        leftover = selection.leftover_runs()
+        if self._gc_store() is not None:  # the rows should be gone
+            runs = len(leftover)
+        else:  # soft-deleted rows are expected until the server's `mlflow gc`; their artifacts are not
+            runs = sum(self._files_left(selection.runs[rid].info.artifact_uri) for rid in leftover)
         files = sum(self._files_left(uri) for uri in self._purged_locations)
-        return len(selection.versions) + len(selection.leftover_runs()) + files
+        return len(selection.versions) + runs + files
 
     # -- selection --------------------------------------------------------------------------------
     def _context(self) -> TaskContext:
@@ -357,12 +377,20 @@ class MLflowTarget:
         return list(selection.versions)
 
     def _client(self) -> Any:
-        path = _sqlite_path(self.config.tracking_uri)
-        if path is not None and not path.is_file():
-            # MLflow would create an empty store there, and every subject would verify 0.
-            raise PermanentError("MLflow tracking database (sqlite) does not exist")
-        with _translate("connect"):
-            return mlflow_client(self.config.tracking_uri, self.config.registry_uri)
+        return _open(self.config.tracking_uri, self.config.registry_uri)
+
+    def _gc_store(self) -> Any | None:
+        """The tracking store that can hard-delete rows as `mlflow gc` does: the tracking store itself for a
+        database or file store, the server's backend store when given, else None (rows stay soft-deleted)."""
+        if self.config.through_server:
+            if self.config.backend_store_uri is None:
+                return None
+            store = _open(self.config.backend_store_uri, None)._tracking_client.store
+        else:
+            store = self._client()._tracking_client.store
+        if not all(hasattr(store, m) for m in ("_hard_delete_run", "_hard_delete_logged_model")):
+            raise PermanentError("MLflow tracking store cannot hard-delete runs (mlflow gc needs the backend store)")
+        return store
 
     def _select(self) -> Selection:
         # (name, digest) pairs from lineage; a dataset request's selector names every build: (name, None)
@@ -451,9 +479,10 @@ class MLflowTarget:
         if not pending and not to_purge:
             return
         client = self._client()
-        store = client._tracking_client.store
-        if not all(hasattr(store, m) for m in ("_hard_delete_run", "_hard_delete_logged_model")):
-            raise PermanentError("MLflow tracking store cannot hard-delete runs (mlflow gc needs the backend store)")
+        store = client._tracking_client.store  # reads, through the server when there is one
+        gc = self._gc_store()
+        if self.config.through_server:
+            self._check_reachable_artifacts(selection.runs[rid].info.artifact_uri for rid in to_purge)
 
         # 1. mark the runs deleted: the versions still resolve, their artifacts are untouched
         for run_id in sorted(backing):
@@ -463,36 +492,46 @@ class MLflowTarget:
         for version in pending:
             _gone_ok("DeleteModelVersion", client.delete_model_version, version.name, version.version)
             heartbeat()
-        # 3. purge, as `mlflow gc`: artifacts first, then the rows
+        # 3. purge, as `mlflow gc`: artifacts first, then the rows (hard-deleted when lethe has the backend
+        #    store; through a server alone they stay soft-deleted, lifecycle_stage "deleted")
         models = {v.model_id for v in pending if v.model_id}
         for run_id in sorted(to_purge):
-            models |= self._logged_models_of(client, selection.runs[run_id])
+            models |= self._logged_models_of(client, gc, selection.runs[run_id])
         for model_id in sorted(models - protected_models):
-            self._purge_logged_model(client, store, model_id)
+            self._purge_logged_model(client, store, gc, model_id)
             heartbeat()
         for run_id in sorted(to_purge):
             run = _gone_ok("GetRun", store.get_run, run_id)
             if run is not None:
                 self._delete_artifacts(run.info.artifact_uri)
-                _gone_ok("HardDeleteRun", store._hard_delete_run, run_id)
+                if gc is not None:
+                    _gone_ok("HardDeleteRun", gc._hard_delete_run, run_id)
             heartbeat()
 
-    def _logged_models_of(self, client: Any, run: Any) -> set[str]:
-        """Logged models (MLflow 3) a run produced, live or marked deleted."""
+    def _check_reachable_artifacts(self, uris: Iterable[str]) -> None:
+        """Through a server, a run's artifacts must be reachable from here: a plain path would name the
+        server's disk (a server without --serve-artifacts), and deleting it here would delete nothing there.
+        Checked before anything is deleted."""
+        if any(_local_path(uri) is not None for uri in uris if uri):
+            raise PermanentError("MLflow DeleteArtifacts: the artifacts are a path on the tracking server's disk; "
+                                 "run the server with --serve-artifacts (mlflow-artifacts:) or use a remote store")
+
+    def _logged_models_of(self, client: Any, gc: Any | None, run: Any) -> set[str]:
+        """Logged models (MLflow 3) a run produced: live ones, and with the backend store the soft-deleted ones
+        too (a server's search leaves those out; lethe deletes their artifacts before marking them)."""
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         found = {m.model_id for m in _pages("SearchLoggedModels", client.search_logged_models, [experiment_id],
                                             filter_string=f"source_run_id = '{run_id}'", max_results=PAGE)}
-        store = client._tracking_client.store
-        if hasattr(store, "_get_deleted_logged_models"):  # search leaves out the ones marked deleted
+        if gc is not None and hasattr(gc, "_get_deleted_logged_models"):
             with _translate("GetDeletedLoggedModels"):
-                deleted = store._get_deleted_logged_models()
+                deleted = gc._get_deleted_logged_models()
             for model_id in deleted:
-                model = _gone_ok("GetLoggedModel", store.get_logged_model, model_id, allow_deleted=True)
+                model = _gone_ok("GetLoggedModel", gc.get_logged_model, model_id, allow_deleted=True)
                 if model is not None and model.source_run_id == run_id:
                     found.add(model_id)
         return found
 
-    def _purge_logged_model(self, client: Any, store: Any, model_id: str) -> None:
+    def _purge_logged_model(self, client: Any, store: Any, gc: Any | None, model_id: str) -> None:
         # A live version registered from this logged model outside the selection keeps it.
         users = list(_pages("SearchModelVersions", client.search_model_versions,
                             filter_string=f"source_path = 'models:/{model_id}'", max_results=PAGE))
@@ -502,24 +541,39 @@ class MLflowTarget:
         if model is None:
             return
         self._delete_artifacts(model.artifact_location)
-        _gone_ok("HardDeleteLoggedModel", store._hard_delete_logged_model, model_id)
+        if gc is not None:
+            _gone_ok("HardDeleteLoggedModel", gc._hard_delete_logged_model, model_id)
+        else:  # soft: marked deleted, out of searches, until the server's `mlflow gc`
+            _gone_ok("DeleteLoggedModel", store.delete_logged_model, model_id)
 
     def _delete_artifacts(self, uri: str | None) -> None:
         if not uri:
             return
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         with _translate("DeleteArtifacts"):
-            get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
-                                    registry_uri=self.config.registry_uri).delete_artifacts()
+            self._repository(uri).delete_artifacts()
         self._purged_locations.append(uri)
+        # MLflow's layout: <root>/<run id>/artifacts, <root>/models/<model id>/artifacts; the emptied parent,
+        # named by the run or model id, goes too
         path = _local_path(uri)
-        if path is None:
-            self.level = "invisible"  # deleted through a remote store's API: its versions/backups are unseen
+        if path is not None:
+            parent = path.parent
+            if path.name == "artifacts" and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
             return
-        parent = path.parent  # MLflow's layout: <root>/<run id>/artifacts, <root>/models/<model id>/artifacts
-        if path.name == "artifacts" and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        self.level = "invisible"  # deleted through a server's proxy or a remote store: its disk is unseen
+        base, _, last = uri.rstrip("/").rpartition("/")
+        if last == "artifacts" and _scheme(uri) == "mlflow-artifacts":
+            with _translate("DeleteArtifacts"):
+                parent = self._repository(base)
+                if not parent.list_artifacts():
+                    parent.delete_artifacts()
+
+    def _repository(self, uri: str) -> Any:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
+                                       registry_uri=self.config.registry_uri)
 
     def _files_left(self, uri: str) -> int:
         path = _local_path(uri)
@@ -527,11 +581,8 @@ class MLflowTarget:
             if path.is_file():
                 return 1
             return sum(len(files) for _, _, files in os.walk(path)) + (1 if path.is_dir() else 0)
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
         with _translate("ListArtifacts"):
-            return len(get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
-                                               registry_uri=self.config.registry_uri).list_artifacts())
+            return len(self._repository(uri).list_artifacts())
 
     # -- events -----------------------------------------------------------------------------------
     def _announce(self, versions: Iterable[ModelVersionRef]) -> None:
@@ -556,6 +607,16 @@ class MLflowTarget:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+def _open(uri: str, registry_uri: str | None) -> Any:
+    """The client of a tracking store; a SQLite file that is not there is refused (MLflow would create an
+    empty store, and every subject would verify 0)."""
+    path = _sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise PermanentError("MLflow tracking database (sqlite) does not exist")
+    with _translate("connect"):
+        return mlflow_client(uri, registry_uri)
+
+
 def _quotable(value: str) -> bool:
     """Whether a value can go in an MLflow search filter literal as is (else it is matched in Python)."""
     return not any(c in value for c in "'\"\\") and value.isprintable()
@@ -609,6 +670,10 @@ def _translated(operation: str, exc: BaseException) -> TargetError:
     if isinstance(code, str) and code:
         message = f"MLflow {operation}: {code}"
         return RetryableError(message) if code in RETRYABLE_CODES else PermanentError(message)
+    status = getattr(getattr(exc, "response", None), "status_code", None)  # the artifact proxy's HTTPError
+    if isinstance(status, int):
+        message = f"MLflow {operation}: HTTP {status}"
+        return RetryableError(message) if status == 429 or status >= 500 else PermanentError(message)
     message = f"MLflow {operation}: {type(exc).__name__}"
     if isinstance(exc, MLflowTarget.retryable_errors):
         return RetryableError(message)

@@ -15,11 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from sqlalchemy import event, select
 
@@ -28,6 +32,7 @@ from orchestrator.ledger.models import OutboxEvent, Task
 from orchestrator.service import Lethe
 from tests.contract.base import Beats
 from tests.fixtures.lethe import SUBJECT_KEY
+from tests.fixtures.services import MLflowServer
 from workers.targets.base import PermanentError, RetryableError, TaskContext, build_target
 from workers.targets.mlflow import (
     QUARANTINE_TAG,
@@ -36,6 +41,9 @@ from workers.targets.mlflow import (
     SHARD_TAG,
     MLflowConfig,
     MLflowTarget,
+    _local_path,
+    _scheme,
+    _translated,
     load_mlflow,
 )
 
@@ -63,13 +71,21 @@ def mlflow_template_db(factory: pytest.TempPathFactory) -> Path:
 
 
 class Registry:
-    """A real MLflow tracking store and registry in a folder; trains fake models with dataset inputs."""
+    """A real MLflow tracking store and registry, trains fake models with dataset inputs: a SQLite store in a
+    folder, or a running tracking server (shared by the session: ``ns`` then makes this test's experiment
+    and dataset digests its own, so no test reaches another's runs)."""
 
-    def __init__(self, folder: Path, template: Path) -> None:
-        self.db = folder / "mlruns.db"
-        shutil.copy(template, self.db)
-        self.uri = f"sqlite:///{self.db}"
-        self.artifacts = folder / "artifacts"
+    def __init__(self, folder: Path, template: Path | None = None, server: MLflowServer | None = None) -> None:
+        location: str | None
+        if server is None:
+            assert template is not None
+            db = folder / "mlruns.db"
+            shutil.copy(template, db)
+            self.uri, self.artifacts, self.ns = f"sqlite:///{db}", folder / "artifacts", ""
+            location = str(self.artifacts)
+        else:  # the server picks mlflow-artifacts:/<experiment id>, served by its proxy from server.artifacts
+            self.uri, self.artifacts, self.ns = server.uri, server.artifacts, f"-{uuid.uuid4().hex[:8]}"
+            location = None
         self.weights = folder / "weights"
         self.weights.mkdir()
         (self.weights / "weights.bin").write_bytes(os.urandom(64))
@@ -80,7 +96,7 @@ class Registry:
         # create_model_version resolves a models:/ source through the default tracking URI
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment = self.client.create_experiment("training", artifact_location=str(self.artifacts))
+        self.experiment = self.client.create_experiment(f"training{self.ns}", artifact_location=location)
         self.models: set[str] = set()
 
     def run(self, datasets: list[tuple[str, str]]) -> str:
@@ -101,15 +117,21 @@ class Registry:
         """A registered version of the run's model: from a logged model (MLflow 3's layout) or from the run's
         artifacts. Returns the version."""
         if model not in self.models:
-            self.client.create_registered_model(model)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client.create_registered_model(model)
+            except MlflowException as exc:  # on the shared server an earlier test made it
+                assert exc.error_code == "RESOURCE_ALREADY_EXISTS"
             self.models.add(model)
         if logged_model:
             logged = self.client.create_logged_model(self.experiment, source_run_id=run_id, name="model")
             self.client.log_model_artifacts(logged.model_id, str(self.weights))
-            source = f"models:/{logged.model_id}"
+            source, model_id = f"models:/{logged.model_id}", logged.model_id
         else:
-            source = f"{self.artifacts}/{run_id}/artifacts/checkpoint"
-        version = str(self.client.create_model_version(model, source=source, run_id=run_id).version)
+            source, model_id = f"{self.client.get_run(run_id).info.artifact_uri}/checkpoint", None
+        version = str(self.client.create_model_version(model, source=source, run_id=run_id,
+                                                       model_id=model_id).version)
         if alias:
             self.client.set_registered_model_alias(model, alias, version)
         if shard is not None:
@@ -159,6 +181,13 @@ def make_registry(tmp_path: Path, factory: pytest.TempPathFactory) -> Iterator[R
         registry = Registry(Path(d), mlflow_template_db(factory))
         yield registry
         registry.close()
+
+
+def make_server_registry(tmp_path: Path, server: MLflowServer) -> Iterator[Registry]:
+    """A Registry on the session's tracking server, for one test."""
+    registry = Registry(tmp_path, server=server)
+    yield registry
+    registry.close()
 
 
 def subject(user_id: str = USER) -> Subject:
@@ -358,21 +387,158 @@ def test_delete_keeps_a_run_that_backs_a_model_outside_the_scope(registry: Regis
     assert any(mv.run_id in f for f in registry.files())  # the other version's files are intact
 
 
+# -- delete through a tracking server ----------------------------------------------------------------------
+@pytest.fixture
+def server_registry(tmp_path: Path, mlflow_server: MLflowServer) -> Iterator[Registry]:
+    yield from make_server_registry(tmp_path, mlflow_server)
+
+
+def server_target(registry: Registry, datasets: list[tuple[str, str]], **config: Any) -> MLflowTarget:
+    """A delete target on the session's server; dataset digests carry the registry's namespace."""
+    context = TaskContext(REQUEST, {"user_id": user_hash(USER)}, datasets)
+    cfg = MLflowConfig(name="face-models", kind="mlflow", tracking_uri=registry.uri, action="delete", **config)
+    return MLflowTarget(cfg, context=context)
+
+
+def _ids(mv: Any) -> set[str]:
+    """The run id and, for a version registered from a logged model, the model id (``models:/m-…``)."""
+    source = mv.source or ""
+    return {mv.run_id} | ({source.removeprefix("models:/")} if source.startswith("models:/") else set())
+
+
+def _on_disk(registry: Registry, ids: set[str]) -> list[str]:
+    """Files and directories on the server's artifact disk named by one of ``ids``."""
+    return [str(p) for p in registry.artifacts.rglob("*") if any(i in p.name for i in ids)]
+
+
+def _seed_server(registry: Registry) -> tuple[list[str], str, set[str]]:
+    """Two versions trained on A (a logged model; the run's own artifacts), one on B (kept). Returns the
+    doomed versions, the kept one, and the ids (runs, logged models) whose files must go."""
+    a, b = ("photos-a", f"a1b2{registry.ns}"), ("photos-b", f"b5e6{registry.ns}")
+    gone = [registry.train("faces", [a], alias="champion"), registry.train("faces", [a], logged_model=False)]
+    kept = registry.train("faces", [b], alias="challenger")
+    ids = set().union(*(_ids(registry.get("faces", version)) for version in gone))
+    assert len(ids) == 3  # two runs, one logged model
+    return gone, kept, ids
+
+
+def test_delete_through_a_tracking_server_leaves_only_soft_deleted_rows(server_registry: Registry) -> None:
+    """Through `mlflow server` alone: the versions are deleted, the runs' and logged models' artifacts are
+    deleted through the artifact proxy (no file or directory named by them is left on the server's disk),
+    the runs and logged models are soft-deleted (rows kept until the server's `mlflow gc`), the level says
+    ``invisible``; the other model's version, run and files are intact."""
+    registry = server_registry
+    gone, kept, ids = _seed_server(registry)
+    kept_mv = registry.get("faces", kept)
+    kept_files = _on_disk(registry, _ids(kept_mv))
+    assert _on_disk(registry, ids) and kept_files
+    target = server_target(registry, [("photos-a", f"a1b2{registry.ns}")])
+    assert target.count(subject()) == 2 and _on_disk(registry, ids)  # the dry run deleted nothing
+    assert target.purge(subject(), Beats()) == 2
+    assert target.verify(subject()) == 0
+    assert target.level == "invisible"
+    assert [registry.get("faces", v) for v in gone] == [None, None]
+    assert _on_disk(registry, ids) == []
+    runs = [registry.client.get_run(i) for i in ids if not i.startswith("m-")]
+    assert [r.info.lifecycle_stage for r in runs] == ["deleted", "deleted"]  # soft: the row stays
+    from mlflow.exceptions import MlflowException
+
+    for model_id in (i for i in ids if i.startswith("m-")):
+        with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+            registry.client.get_logged_model(model_id)
+    assert registry.get("faces", kept) is not None
+    assert registry.client.get_run(kept_mv.run_id).info.lifecycle_stage == "active"
+    assert _on_disk(registry, _ids(kept_mv)) == kept_files
+    assert str(registry.client.get_registered_model("faces").aliases["challenger"]) == kept  # REST: a str
+    assert target.purge(subject(), Beats()) == 0 and target.verify(subject()) == 0
+
+
+def test_delete_through_a_server_with_its_backend_store_removes_the_rows(
+    server_registry: Registry, mlflow_server: MLflowServer
+) -> None:
+    """With ``backend_store_uri`` lethe does the server's `mlflow gc` for the reached runs and logged models:
+    their rows are gone too, while the other model's run stays."""
+    registry = server_registry
+    gone, kept, ids = _seed_server(registry)
+    target = server_target(registry, [("photos-a", f"a1b2{registry.ns}")],
+                           backend_store_uri=mlflow_server.backend_store_uri)
+    assert target.purge(subject(), Beats()) == 2
+    assert target.verify(subject()) == 0
+    assert target.level == "invisible"  # the artifacts went through the proxy, to a disk lethe does not read
+    assert [registry.get("faces", v) for v in gone] == [None, None]
+    from mlflow.entities import ViewType
+
+    left = {r.info.run_id for r in registry.client.search_runs([registry.experiment], run_view_type=ViewType.ALL)}
+    assert left == {registry.get("faces", kept).run_id}
+    assert _on_disk(registry, ids) == []
+    from mlflow.exceptions import MlflowException
+
+    for model_id in (i for i in ids if i.startswith("m-")):
+        with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+            registry.client._tracking_client.store.get_logged_model(model_id, allow_deleted=True)
+
+
+def test_delete_through_a_server_refuses_artifacts_on_the_servers_own_disk(
+    server_registry: Registry, tmp_path: Path
+) -> None:
+    """An experiment whose artifact location is a plain path (a server without --serve-artifacts) cannot be
+    purged from here: refused before anything is deleted, naming no path."""
+    registry = server_registry
+    registry.experiment = registry.client.create_experiment(f"local{registry.ns}",
+                                                            artifact_location=str(tmp_path / "server-disk"))
+    version = registry.train("faces", [("photos-a", f"a1b2{registry.ns}")], alias="champion")
+    target = server_target(registry, [("photos-a", f"a1b2{registry.ns}")])
+    with pytest.raises(PermanentError, match="--serve-artifacts") as info:
+        target.purge(subject(), Beats())
+    assert str(tmp_path) not in str(info.value)
+    mv = registry.get("faces", version)
+    assert mv is not None and mv.aliases == ["champion"]
+    assert registry.client.get_run(mv.run_id).info.lifecycle_stage == "active"
+
+
 # -- configuration and errors ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("fields", "message"), [
     ({"tracking_uri": "foo://bar"}, "unsupported MLflow URI scheme"),
     ({"tracking_uri": "   "}, "must not be empty"),
     ({"registry_uri": "gopher://x"}, "unsupported MLflow URI scheme"),
-    ({"tracking_uri": "http://mlflow:5000", "action": "delete"}, "needs the backend store"),
+    ({"backend_store_uri": "sqlite:///mlruns.db", "action": "delete"}, "through an http"),
+    ({"tracking_uri": "http://mlflow:5000", "backend_store_uri": "sqlite:///mlruns.db"}, "through an http"),
+    ({"tracking_uri": "http://mlflow:5000", "action": "delete", "backend_store_uri": "https://m"}, "not an http"),
+    ({"tracking_uri": "http://mlflow:5000", "action": "delete", "backend_store_uri": "gopher://x"}, "unsupported"),
     ({"action": "archive"}, "Input should be 'quarantine' or 'delete'"),
     ({"dataset_name": "photos-a"}, "belongs in a `datasets:` selector"),
 ])
-def test_config_refuses_bad_uris_and_delete_over_http(fields: dict[str, str], message: str) -> None:
-    """Unknown URI schemes, delete through a tracking server and a dataset selector in the target's own entry
-    are refused when the map is loaded."""
+def test_config_refuses_bad_uris_and_a_misplaced_backend_store(fields: dict[str, str], message: str) -> None:
+    """Unknown URI schemes, a backend_store_uri anywhere but beside a server's address for delete, and a
+    dataset selector in the target's own entry are refused when the map is loaded. Delete through a tracking
+    server is accepted (it was refused before the server path existed)."""
     base = {"name": "m", "kind": "mlflow", "tracking_uri": "sqlite:///mlruns.db", "action": "quarantine"}
     with pytest.raises(ValidationError, match=message):
         MLflowConfig.model_validate({**base, **fields})
+    through_server = MLflowConfig.model_validate({**base, "tracking_uri": "http://mlflow:5000", "action": "delete"})
+    assert through_server.through_server and MLflowTarget(through_server).level == "invisible"
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_a_uri_is_a_local_path_only_without_a_scheme(uri: str) -> None:
+    """Whatever the text, a URI with a scheme (``mlflow-artifacts:/…``, ``s3://…``) is never taken for a local
+    path, which lethe would delete on its own disk; the scheme is lowercase with no driver suffix."""
+    scheme = _scheme(uri)
+    assert scheme == scheme.lower() and "+" not in scheme and ":" not in scheme
+    if scheme not in ("", "file"):
+        assert _local_path(uri) is None
+    if uri[:2].isascii() and uri[:2].isalpha() and ":" not in uri:
+        assert scheme == ""  # a relative path
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, RetryableError), (429, RetryableError), (404, PermanentError)])
+def test_an_artifact_proxy_answer_is_translated_by_its_status(status: int, error: type[Exception]) -> None:
+    """The artifact proxy raises requests' HTTPError: 5xx and 429 retry, anything else fails for good."""
+    response = requests.Response()
+    response.status_code = status
+    translated = _translated("DeleteArtifacts", requests.HTTPError(response=response))
+    assert type(translated) is error and str(translated) == f"MLflow DeleteArtifacts: HTTP {status}"
 
 
 def test_the_spec_config_validates_and_builds_with_its_context() -> None:
