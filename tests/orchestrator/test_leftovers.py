@@ -8,12 +8,13 @@ import json
 import logging
 import os
 import stat
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
@@ -157,6 +158,44 @@ def test_a_scrubbed_line_stays_json(value: str, fields: dict[str, str]) -> None:
     with logs.redact_values([value]):
         scrubbed = json.loads(logs._scrub_rendered(None, "info", line))
     assert any(v.endswith(logs.REDACTED) for v in scrubbed.values())  # valid JSON still; keys scrubbed too
+
+
+def test_decomposed_and_escaped_forms_are_scrubbed() -> None:
+    """NFD text, a bytes repr and an ascii() repr of a value with accents; a long value glued to letters;
+    a short id glued to letters stays (a name like avatar4711.png, see docs/decisions.md)."""
+    value = "josé@exämple.com"
+    line = (f"a {unicodedata.normalize('NFD', value)} b {('users/' + value).encode()!r} c {value!a} "
+            f"d {unicodedata.normalize('NFD', value)!a} e {unicodedata.normalize('NFD', value).encode()!r}")
+    assert logs.scrub(line, [value]) == (f"a {logs.REDACTED} b b'users/{logs.REDACTED}' c '{logs.REDACTED}' "
+                                         f"d '{logs.REDACTED}' e b'{logs.REDACTED}'")
+    assert logs.mentions(line, [value])
+    assert logs.scrub("users/avatar123456.png", ["123456"]) == f"users/avatar{logs.REDACTED}.png"
+    assert logs.scrub("users/avatar4711.png", ["4711"]) == "users/avatar4711.png"
+
+
+_around = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_value, before=_around, after=_around)
+def test_decomposed_text_loses_the_value_and_keeps_the_rest(value: str, before: str, after: str) -> None:
+    """The text is NFC-normalised for the search only: in NFD text the value goes, and every other character
+    stays where it was, as it was."""
+    assume(not logs.mentions(before, [value]) and not logs.mentions(after, [value]))
+    nfd = unicodedata.normalize("NFD", f"{before} {value} {after}")
+    assert nfd.startswith(unicodedata.normalize("NFD", before) + " ")  # a space ends any combining run
+    assert logs.scrub(nfd, [value]) == (f"{unicodedata.normalize('NFD', before)} {logs.REDACTED} "
+                                        f"{unicodedata.normalize('NFD', after)}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_value)
+def test_bytes_and_ascii_reprs_lose_the_value(value: str) -> None:
+    """A value logged inside bytes (a boto key) or through ascii() is scrubbed: no escaped form survives."""
+    assume(not logs.mentions(f"{logs.REDACTED} key=b'users/' name='' glued=77", [value]))
+    scrubbed = logs.scrub(f"key={('users/' + value).encode()!r} name={value!a} glued=7{value}7", [value])
+    assert not logs.mentions(scrubbed, [value]), scrubbed
+    assert scrubbed.count(logs.REDACTED) == 2 + (not logs._bounded(value))  # a short id stays glued
 
 
 integration = pytest.mark.integration  # the ledger on SQLite and PostgreSQL
