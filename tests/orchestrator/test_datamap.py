@@ -546,6 +546,21 @@ def test_datasets_load() -> None:
     assert dict(dm.datasets) == {"ds1": {"a": {"match": {"source": "ds1"}}}}
 
 
+def test_a_dataset_selector_holding_a_query_is_refused() -> None:
+    """keys_query in a dataset selector is refused when the map loads: its SQL looks up one subject's keys
+    (bound by the subject's identifiers, which a dataset request has none of) and the selector is stored
+    as given, never parsed into a checked query, so the task could only fail. No SQL check is skipped."""
+    s3 = ("  - {name: photos, kind: s3, bucket: uploads, prefix: 'users/{user_id}/'}\n"
+          "  - {name: keyed, kind: s3, bucket: uploads, keys_query: {url: 'sqlite:///app.db', "
+          "sql: 'SELECT k FROM photos WHERE owner = :user_id'}}\n")
+    for target, sql in (("photos", "SELECT pg_read_file('/etc/hostname')"), ("keyed", "SELECT k FROM photos")):
+        extra = f"datasets:\n  ds1:\n    {target}: {{keys_query: {{url: 'sqlite:///app.db', sql: \"{sql}\"}}}}\n"
+        error = one_error(map_text(s3, extra=extra))
+        assert "keys_query is a per-subject lookup" in error and "dataset 'ds1'" in error, error
+    extra = "datasets:\n  ds1:\n    photos: {prefix: 'sources/ds1/'}\n"
+    assert DataMap.parse(map_text(s3, extra=extra)).datasets["ds1"]["photos"] == {"prefix": "sources/ds1/"}
+
+
 def test_strict_problems_lists_uncovered_stores_only() -> None:
     """strict_problems() names stores with neither a same-named target nor a not_erased reason."""
     dm = DataMap.parse(map_text(memory_target("crm"), extra=textwrap.dedent("""\

@@ -109,10 +109,15 @@ class TargetConfig(BaseModel):
 
     def check_dataset_selector(self, selector: dict[str, Any]) -> None:
         """Raise ValueError unless ``selector`` (from the map's ``datasets:``) can replace this target's
-        subject selector: known fields, literal values (no placeholders), nothing empty."""
+        subject selector: known fields, literal values (no placeholders), nothing empty, no query. A query
+        field (``keys_query``, ``ids_query``) is refused: it is a lookup of one subject's keys, bound by the
+        subject's identifiers, which a dataset request does not carry; a dataset is named by literal values."""
         unknown = set(selector) - set(type(self).model_fields)
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        queries = set(selector) & set(self.query_fields)
+        if queries:
+            raise ValueError(f"{', '.join(sorted(queries))} is a per-subject lookup; a dataset selector is literal")
         if placeholders_in(selector):
             raise ValueError("dataset selectors are literal: no {identifier} placeholders")
         if any(value in ("", None, {}, []) for value in selector.values()):

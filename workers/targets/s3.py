@@ -86,8 +86,6 @@ class S3Config(TargetConfig):
         prefix = selector.get("prefix")
         if prefix is not None and (not isinstance(prefix, str) or len(prefix) < 2 or not prefix.endswith("/")):
             raise ValueError("a dataset prefix must be a non-trivial path ending at '/'")
-        if "prefix" in selector and "keys_query" in selector:
-            raise ValueError("give one of prefix or keys_query")
 
 
 
