@@ -1,12 +1,13 @@
 """Times given from outside (a hold's ``--until``, an API body): one parser, and every value made UTC.
 
 The ledger stores UTC only (``models.UTCDateTime``); a value that cannot be expressed in UTC (year 9999 at
--14:00 is past ``datetime.max`` once converted) is bad input, never a crash.
+-14:00 is past ``datetime.max`` once converted, year 1 at +14:00 before ``datetime.min``) is bad input, never
+a crash.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 class InvalidTime(ValueError):
@@ -20,7 +21,10 @@ def to_utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise InvalidTime("the time is out of range once converted to UTC (after 9999-12-31)") from None
+        # An offset east of UTC moves the instant earlier (before year 1), west of it later (past 9999).
+        east = (value.utcoffset() or timedelta(0)) > timedelta(0)
+        bound = "before 0001-01-01" if east else "after 9999-12-31"
+        raise InvalidTime(f"the time is out of range once converted to UTC ({bound})") from None
 
 
 def parse_time(text: str) -> datetime:
