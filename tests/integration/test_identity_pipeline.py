@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, select, text
 
 from orchestrator.identifiers import keyed_hash
 from orchestrator.identities import ResolutionUnavailable
+from orchestrator.ledger import InvalidInput
 from orchestrator.ledger.models import Request
-from orchestrator.ledger.store import InvalidInput
 from orchestrator.service import Lethe
 from orchestrator.testing import put_objects, versions_per_owner
 from tests.fixtures.lethe import SUBJECT_KEY
@@ -319,3 +319,37 @@ def test_an_unreachable_lookup_is_exit_4_at_the_cli_and_503_at_the_api(
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "resolution_unavailable", answer.text
         assert "carl" not in answer.text
     assert lethe.ledger.list_requests()["items"] == []
+
+
+@pytest.mark.parametrize("app_db", ["sqlite"], indirect=True)
+def test_an_event_by_email_is_resolved_and_one_whose_lookup_fails_is_requeued(
+        estate: dict[str, str], redis_broker: str, write_map: Callable[[str], Path],
+        make_lethe: Callable[..., Lethe]) -> None:
+    """Through the intake's batch: the email's user is erased; with the lookup database gone, the event is
+    given back to the queue (never dead-lettered, never filed half-resolved)."""
+    import time
+
+    from kombu import Connection
+
+    from orchestrator.events import DEAD_QUEUE, declare, intake_queue, publish_erasure_request
+    from tests.integration.test_events import KEY, requests_made, running_intake, wait_for
+
+    with Connection(redis_broker) as conn:
+        declare(conn)
+    before = snapshot(estate)
+    lethe = make_lethe(broker_url=redis_broker, data_map=write_map(MAP.format(**estate)), event_key=KEY.decode())
+    publish_erasure_request(redis_broker, {"email": "carl@example.org"}, source="account-service", key=KEY)
+    with lethe.embedded_worker(), running_intake(lethe, redis_broker, batch_window=0.2):
+        request_id = wait_for(lambda: requests_made(lethe))[0]
+        assert lethe.wait(request_id, timeout=90)["status"] == "completed"
+    assert snapshot(estate) == without(before, {12})
+
+    down = make_lethe(broker_url=redis_broker, event_key=KEY.decode(),
+                      data_map=write_map(MAP.format(**{**estate, "url": "postgresql://nobody@127.0.0.1:1/app"})))
+    publish_erasure_request(redis_broker, {"email": "carla@example.org"}, source="account-service", key=KEY)
+    with running_intake(down, redis_broker, batch_window=0.2):
+        time.sleep(3)
+    assert len(requests_made(down)) == 1  # only the first
+    with Connection(redis_broker) as conn:
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 1
+        assert DEAD_QUEUE(conn.default_channel).queue_declare().message_count == 0
