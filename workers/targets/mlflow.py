@@ -129,7 +129,7 @@ SERVER_SCHEMES = frozenset({"http", "https"})
 PAGE = 1000
 RUN_IDS_PER_SEARCH = 100
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
-URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: C:\\ is a path
+URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two characters at least: a drive letter is a path
 MODEL_ID_SOURCE = re.compile(r"^models:/(m-[0-9A-Za-z]+)/?$")
 
 T = TypeVar("T")
@@ -358,7 +358,9 @@ class MLflowTarget:
         if self.config.action == "quarantine":
             return sum(1 for v in selection.versions if not v.quarantined)
         leftover = selection.leftover_runs()
-        if self._gc_store() is not None:  # the rows should be gone
+        if not leftover:  # (and MLflow is not opened for a subject in no dataset)
+            runs = 0
+        elif self._gc_store() is not None:  # the rows should be gone
             runs = len(leftover)
         else:  # soft-deleted rows are expected until the server's `mlflow gc`; their artifacts are not
             runs = sum(self._files_left(selection.runs[rid].info.artifact_uri) for rid in leftover)

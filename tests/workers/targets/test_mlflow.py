@@ -478,6 +478,22 @@ def test_delete_through_a_server_with_its_backend_store_removes_the_rows(
             registry.client._tracking_client.store.get_logged_model(model_id, allow_deleted=True)
 
 
+def test_delete_through_a_server_finishes_what_an_interrupted_attempt_left(server_registry: Registry) -> None:
+    """A run soft-deleted with its version gone but its artifacts still on the server (an attempt that died
+    mid-purge, or someone's `mlflow runs delete`) is residue; the next purge deletes the artifacts."""
+    registry = server_registry
+    dataset = ("photos-a", f"a1b2{registry.ns}")
+    version = registry.train("faces", [dataset], logged_model=False)
+    run_id = registry.get("faces", version).run_id
+    registry.client.delete_run(run_id)
+    registry.client.delete_model_version("faces", version)
+    target = server_target(registry, [dataset])
+    assert target.verify(subject()) > 0 and _on_disk(registry, {run_id})
+    assert target.purge(subject(), Beats()) == 0  # no version acted on
+    assert target.verify(subject()) == 0
+    assert _on_disk(registry, {run_id}) == []
+
+
 def test_delete_through_a_server_refuses_artifacts_on_the_servers_own_disk(
     server_registry: Registry, tmp_path: Path
 ) -> None:
@@ -528,8 +544,19 @@ def test_a_uri_is_a_local_path_only_without_a_scheme(uri: str) -> None:
     assert scheme == scheme.lower() and "+" not in scheme and ":" not in scheme
     if scheme not in ("", "file"):
         assert _local_path(uri) is None
-    if uri[:2].isascii() and uri[:2].isalpha() and ":" not in uri:
-        assert scheme == ""  # a relative path
+    if ":" not in uri:
+        assert scheme == ""  # a path
+
+
+@given(st.from_regex(r"[A-Za-z][A-Za-z0-9.-]{1,15}", fullmatch=True), st.text(max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_a_scheme_without_slashes_is_still_a_scheme(scheme: str, rest: str) -> None:
+    """``mlflow-artifacts:/1/<run>/artifacts`` (the artifact proxy's form) has a scheme though no ``//``:
+    taken for a path, a run's artifacts would be looked for on lethe's own disk."""
+    uri = f"{scheme}:{rest}"
+    assert _scheme(uri) == scheme.lower()
+    assert (_local_path(uri) is None) == (scheme.lower() != "file")
+    assert _scheme("mlflow-artifacts:/1/r/artifacts") == "mlflow-artifacts"
 
 
 @pytest.mark.parametrize(("status", "error"), [(503, RetryableError), (429, RetryableError), (404, PermanentError)])
