@@ -132,7 +132,9 @@ def main() -> None:
             print(f"sql purge: {q['rows']:,} rows of one subject in a {q['table_rows']:,}-row PostgreSQL table: lethe "
                   f"{lp['seconds']:.2f} s in {q['batches']} batches of their own transactions (level {lp['level']}) vs "
                   f"a bare DELETE in one statement {q['bare_delete']['seconds']:.2f} s -> {q['ratio']:.2f}x "
-                  f"({q['with_verify_ratio']:.2f}x with verify)")
+                  f"({q['with_verify_ratio']:.2f}x with verify; medians of {q['rounds']} rounds: lethe "
+                  f"{', '.join(f'{t:.2f}' for t in q['lethe_seconds_all'])} s, bare "
+                  f"{', '.join(f'{t:.2f}' for t in q['bare_seconds_all'])} s)")
     for path in report.write(results, args.out):
         print(f"written: {path}")
 

@@ -52,7 +52,7 @@ def test_sql_purge_figure_compares_two_complete_deletes() -> None:
     """The batched sql purge and the bare DELETE remove the same rows of one subject on PostgreSQL."""
     from tests.bench.sql import bench_sql
 
-    result = bench_sql(2_000, batch_size=500)
+    result = bench_sql(2_000, batch_size=500, rounds=2)
     assert result["rows"] == 2_000 and result["batches"] >= 4
     assert result["lethe_purge"]["residue"] == 0 and result["ratio"] > 0
 
