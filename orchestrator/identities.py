@@ -105,7 +105,7 @@ def parse_identities(raw: Any, identifiers: Mapping[str, re.Pattern[str] | None]
     try:
         order = {kind: n for n, kind in enumerate(TopologicalSorter(graph).static_order())}
     except CycleError as exc:
-        errors.append(f"identities: resolutions form a cycle: {' -> '.join(reversed(exc.args[1]))}")
+        errors.append(f"identities: resolutions form a cycle: {' -> '.join(exc.args[1])}")
         return tuple(parsed)
     return tuple(sorted(parsed, key=lambda identity: order[identity.kind]))
 
