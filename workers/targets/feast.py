@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,11 +80,11 @@ from workers.targets.base import (
 )
 from workers.targets.feast_online import RedisOnline, SqliteOnline
 from workers.targets.parquet_files import Location, count_in_file, local_fs, rewrite_without
+from workers.targets.selectors import canonical_integer
 
 # Feast phones home nowhere in 0.67, but older releases read this; a GDPR tool never sends usage data.
 os.environ.setdefault("FEAST_USAGE", "False")
 
-INT_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")  # canonical decimal: "012", "+12", "1_2", " 12" are refused
 INT_RANGES = {"INT32": (-(2**31), 2**31 - 1), "INT64": (-(2**63), 2**63 - 1)}
 REDIS_RETRYABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError
@@ -448,8 +447,9 @@ def _typed_value(text: str, value_type: str, join_key: str) -> int | str:
         return text
     if value_type in INT_RANGES:
         low, high = INT_RANGES[value_type]
-        if INT_TEXT.fullmatch(text) and text != "-0" and low <= int(text) <= high:
-            return int(text)
+        number = canonical_integer(text)  # "012", "+12", "1_2", " 12", "-0" spell none
+        if number is not None and low <= number <= high:
+            return number
         raise PermanentError(
             f"the subject's value for Feast join key {join_key!r} is not a canonical {value_type} integer"
         )

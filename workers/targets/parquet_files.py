@@ -37,7 +37,6 @@ from workers.targets.base import Heartbeat, PermanentError
 Value = int | str
 Values = Mapping[str, Value]  # column -> typed value; a row matches when every column equals its value
 
-CANONICAL_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # "012", "+12", "1_2", " 12", "-0" are refused
 COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 PARQUET_CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli",
                   "LZ4": "lz4", "LZ4_RAW": "lz4", "ZSTD": "zstd"}
@@ -66,9 +65,11 @@ def typed_value(text: str, arrow_type: Any, column: str) -> Value:
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     if pa.types.is_integer(arrow_type):
-        if not CANONICAL_INTEGER.fullmatch(text) or text == "-0":
+        from workers.targets.selectors import canonical_integer
+
+        number = canonical_integer(text)  # "012", "+12", "1_2", " 12", "-0" spell none
+        if number is None:
             raise PermanentError(f"the subject's value for integer column {column} is not a canonical decimal integer")
-        number = int(text)
         bits = arrow_type.bit_width
         signed = pa.types.is_signed_integer(arrow_type)
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)

@@ -1,10 +1,14 @@
 """Values bound into a sql target's statements, converted to their column's type first: a value that
 does not convert fails the task (PermanentError naming the column, never the value), never a silent zero
-or a database error that would be retried."""
+or a database error that would be retried.
+
+Only a value's canonical spelling converts (the text the converted value prints as: ``str(UUID(v))``,
+plain decimals without exponent or trailing zeros, ``YYYY-MM-DD``, no ``-0``): a hold or a request
+recorded by the keyed hash of one spelling would otherwise be bypassed by another spelling of the same
+value (an uppercase or dashless UUID, ``1.50`` for ``1.5``), which the database compares as equal."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
@@ -12,8 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from workers.targets.base import PermanentError
-
-CANONICAL_INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
+from workers.targets.selectors import canonical_integer
 
 
 def check_bindable(column: Any, label: str) -> Callable[[Any, Any, str], Any]:
@@ -45,9 +48,9 @@ def convert(column: Any, value: Any, label: str, dialect: str) -> Any:
 def _to_int(value: Any, column: Any, dialect: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise TypeError("not an integer")
-    if isinstance(value, str) and not CANONICAL_INTEGER.fullmatch(value):
+    number = canonical_integer(value) if isinstance(value, str) else value
+    if number is None:
         raise ValueError("not a canonical decimal integer")
-    number = int(value)
     bits = 64 if dialect == "sqlite" else _bits_of(column.type)  # SQLite's INTEGER holds 64 bits
     if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
         raise ValueError("out of the column's range")
@@ -78,35 +81,57 @@ def _to_bool(value: Any, column: Any, dialect: str) -> bool:
     return value
 
 
+def canonical_decimal(number: Decimal | float) -> str:
+    """The one spelling of a number: plain decimal notation, no exponent, no leading ``+`` or zeros, no
+    trailing fractional zeros, ``0`` for either zero (``1.50`` -> ``1.5``, ``1E+2`` -> ``100``)."""
+    number = Decimal(repr(number)) if isinstance(number, float) else number
+    text = format(number, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _canonical(value: Any, converted: Any, rendered: str) -> Any:
+    """``converted``, when ``value`` is text spelling it canonically (``rendered``); else ValueError."""
+    if isinstance(value, str) and value != rendered:
+        raise ValueError("not the value's canonical spelling")
+    return converted
+
+
 def _to_decimal(value: Any, column: Any, dialect: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | str | float):
         raise TypeError("not a number")
-    number = Decimal(str(value))
+    number = Decimal(repr(value) if isinstance(value, float) else str(value))
     if not number.is_finite():
         raise InvalidOperation("not finite")
-    return number
+    return _canonical(value, number, canonical_decimal(number))
 
 
 def _to_float(value: Any, column: Any, dialect: str) -> float:
-    return float(_to_decimal(value, column, dialect))
+    number = float(_to_decimal(value, column, dialect))
+    # a text that names no float exactly ("0.10000000000000001") rounds to a value another text spells
+    return _canonical(value, number, canonical_decimal(number))
 
 
 def _to_uuid(value: Any, column: Any, dialect: str) -> uuid.UUID:
     if not isinstance(value, str):
         raise TypeError("not a UUID")
-    return uuid.UUID(value)
+    converted = uuid.UUID(value)
+    return _canonical(value, converted, str(converted))
 
 
 def _to_date(value: Any, column: Any, dialect: str) -> date:
     if not isinstance(value, str):
         raise TypeError("not an ISO date")
-    return date.fromisoformat(value)
+    converted = date.fromisoformat(value)
+    return _canonical(value, converted, converted.isoformat())
 
 
 def _to_datetime(value: Any, column: Any, dialect: str) -> datetime:
     if not isinstance(value, str):
         raise TypeError("not an ISO datetime")
-    return datetime.fromisoformat(value)
+    converted = datetime.fromisoformat(value)
+    return _canonical(value, converted, converted.isoformat())
 
 
 CONVERTERS: Mapping[type, Callable[[Any, Any, str], Any]] = {
