@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.identifiers import InvalidIdentifier, Subject, keyed_hash, normalise_value
-from workers.targets.base import RetryableError
+from workers.targets.base import PermanentError, RetryableError
 from workers.targets.selectors import DEFAULT_TIMEOUT_SECONDS, KeysQuery
 
 # A lookup that finds more than this many values for one subject is refused: one person does not have a
@@ -31,12 +31,13 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 
 
 class ResolutionUnavailable(Exception):
-    """A resolution's database could not be reached or answered with an error: nothing was filed. The
-    message names the resolution and the driver's error type, never a value or the URL."""
+    """A resolution's database could not be reached or gave up (selectors.unreachable): nothing was filed.
+    The message names the resolution and the driver's error type, never a value or the URL."""
 
 
 class ResolutionRefused(InvalidIdentifier):
-    """A resolution yielded a value that must not reach a selector, or too many: nothing was filed."""
+    """A resolution yielded a value that must not reach a selector, or too many, or its database refused
+    the subject's value (a DataError: a retry cannot mend it): nothing was filed, the subject is bad."""
 
 
 class Identity(BaseModel):
@@ -179,6 +180,8 @@ def _lookup(identity: Identity, start: str, pattern: re.Pattern[str] | None) -> 
                                           what=f"identity {identity.name!r}"))
     except RetryableError as exc:
         raise ResolutionUnavailable(f"{exc}; nothing was filed, try again when its database answers") from None
+    except PermanentError as exc:  # the subject's value, not the database, is at fault: a retry cannot mend it
+        raise ResolutionRefused(f"{exc}; nothing was filed") from None
     values = []
     for row in rows:
         if row is None:

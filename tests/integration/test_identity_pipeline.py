@@ -353,3 +353,60 @@ def test_an_event_by_email_is_resolved_and_one_whose_lookup_fails_is_requeued(
     with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 1
         assert DEAD_QUEUE(conn.default_channel).queue_declare().message_count == 0
+
+
+EMAIL_BY_USER = """
+version: 1
+identifiers: {{user_id: null, email: null}}
+identities:
+  - name: email-by-user
+    from: user_id
+    to: email
+    url: {url}
+    sql: "SELECT email FROM {schema}users WHERE id = :user_id"
+targets:
+  - name: mailing-list
+    kind: memory
+    store: mailing
+    match: {{email: "{{email}}"}}
+"""
+
+
+@pytest.mark.parametrize("app_db", ["postgresql"], indirect=True)
+def test_a_value_the_lookup_database_refuses_is_a_bad_subject_not_an_outage(
+        app_db: tuple[str, str], redis_broker: str, write_map: Callable[[str], Path],
+        make_lethe: Callable[..., Lethe]) -> None:
+    """``abc`` bound to an integer id is a DataError on PostgreSQL: that subject is refused (422 at the
+    API), its event dead-lettered, and the good event behind it filed; nothing requeued for ever."""
+    from fastapi.testclient import TestClient
+    from kombu import Connection
+
+    from orchestrator.api import create_app
+    from orchestrator.events import DEAD_QUEUE, declare, intake_queue, publish_erasure_request
+    from orchestrator.identities import ResolutionRefused
+    from tests.integration.test_events import KEY, requests_made, running_intake, wait_for
+    from tests.orchestrator.api.conftest import NAMES, TOKENS, auth
+
+    url, schema = app_db
+    path = write_map(EMAIL_BY_USER.format(url=url, schema=schema))
+    lethe = make_lethe(broker_url=redis_broker, data_map=path, event_key=KEY.decode())
+    with pytest.raises(ResolutionRefused, match=r"email-by-user.*refused by its database") as caught:
+        lethe.load_map().resolve(lethe.load_map().parse_subject({"user_id": "abc"}))
+    assert "abc" not in str(caught.value)
+    with Connection(redis_broker) as conn:
+        declare(conn)
+    publish_erasure_request(redis_broker, {"user_id": "abc"}, source="account-service", key=KEY)
+    publish_erasure_request(redis_broker, {"user_id": "12"}, source="account-service", key=KEY)
+    with running_intake(lethe, redis_broker, batch_window=0.5):
+        assert len(wait_for(lambda: requests_made(lethe))) == 1
+        with Connection(redis_broker) as conn:
+            assert wait_for(lambda: DEAD_QUEUE(conn.default_channel).queue_declare().message_count == 1)
+    with Connection(redis_broker) as conn:
+        assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+    tokens = path.parent / "tokens"
+    tokens.write_text("".join(f"{TOKENS[r]} {r} {NAMES[r]}\n" for r in TOKENS))
+    api = make_lethe(broker_url=redis_broker, data_map=path, api_tokens=tokens)
+    with TestClient(create_app(api)) as client:
+        answer = client.post("/v1/erasure-requests", json={"subject": {"user_id": "abc"}}, headers=auth("admin"))
+        assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid_identifier", answer.text
+        assert "abc" not in answer.text

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import text
 
-from workers.targets.base import RetryableError, require_placeholder
+from workers.targets.base import PermanentError, RetryableError, require_placeholder
 from workers.targets.sql_check import check_read_query, dialect_of
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -47,15 +47,31 @@ class KeysQuery(BaseModel):
         return set(text(self.sql).compile().params)
 
     def values(self, subject: Mapping[str, str], batch: int, what: str) -> Iterator[Any]:
-        """The first column of each row, read ``batch`` rows at a time. Database errors become
-        RetryableError naming only their type (the application database's text may hold data)."""
+        """The first column of each row, read ``batch`` rows at a time. A database that cannot be reached
+        or gave up (``unreachable``: a timeout is an OperationalError) is RetryableError; the database
+        refusing this subject's value (a DataError for ``abc`` bound to an integer, a ProgrammingError) is
+        PermanentError, which no retry mends. Both name only the error's type (its text may hold data)."""
         params = {name: subject[name] for name in self.parameters()}
         try:
             with engine(self.url, read_only=True, timeout_seconds=self.timeout_seconds).connect() as conn:
                 for row in conn.execute(text(self.sql), params).yield_per(batch):
                     yield row[0]
         except Exception as exc:  # the driver's error (QueryCanceled for a timeout), never its text
-            raise RetryableError(f"{what} failed: {type(getattr(exc, 'orig', None) or exc).__name__}") from None
+            name = type(getattr(exc, "orig", None) or exc).__name__
+            if unreachable(exc):
+                raise RetryableError(f"{what} failed: {name}") from None
+            raise PermanentError(f"{what} was refused by its database for this subject's value ({name})") from None
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database could not be reached or gave up (the statement is not at fault, a retry may answer):
+    OperationalError (also a statement timeout) and InterfaceError, an invalidated connection, an
+    exhausted pool or a socket error. Anything else (DataError, ProgrammingError, …) is the value's."""
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.DBAPIError):
+        return isinstance(exc, sa.OperationalError | sa.InterfaceError) or exc.connection_invalidated
+    return isinstance(exc, sa.TimeoutError | sa.DisconnectionError | OSError)
 
 
 def check_match(match: dict[str, str] | None, name: re.Pattern[str], noun: str, plain: str,
