@@ -18,13 +18,21 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from orchestrator import certificates
 from orchestrator.config import ConfigError
-from orchestrator.ledger.models import Certificate, LedgerIdentity, Request, SigningKey
+from orchestrator.ledger.models import (
+    AuditCheckpoint,
+    AuditEntry,
+    Certificate,
+    LedgerIdentity,
+    Request,
+    SignedHead,
+    SigningKey,
+)
 
 FINGERPRINT_LABEL = b"lethe/subject-key-fingerprint/v1"
 
@@ -92,8 +100,11 @@ def check(s: Session, subject_key: bytes, signing_key: Ed25519PrivateKey,
 
     A ledger that already holds requests when it first records its keys is checked against them: a sealed
     subject must open with the subject key and the newest certificate must verify with the signing key.
+    Recording (and so adopting the rows as they are) happens only for a ledger that has never been under
+    proof: a fingerprint or key removed from one that has is tampering, refused, never taken as a first use.
     """
-    identity = s.get(LedgerIdentity, 1)
+    # Locked: a second host starting at the same moment reads the identity only once the first committed.
+    identity = s.get(LedgerIdentity, 1, with_for_update=True)
     if identity is None:
         raise KeyMismatch("the ledger has no identity row (migration 0006 writes it): it was tampered with; "
                           "restore it from a backup")
@@ -106,7 +117,25 @@ def check(s: Session, subject_key: bytes, signing_key: Ed25519PrivateKey,
         _check_signing(history, own_id)
     if identity.subject_key_fingerprint is not None and history:
         return False
+    evidence = proof_started(s)
+    if evidence is not None:
+        removed = "subject key fingerprint" if identity.subject_key_fingerprint is None else "signing keys"
+        raise KeyMismatch(f"ledger identity tampered: its {removed} removed, but the ledger {evidence}, so it "
+                          "is no ledger from before migration 0006 to adopt; restore ledger_identity and "
+                          "signing_keys from a backup")
     return _record(s, identity, fingerprint, signing_key, own_id, unseal)
+
+
+def proof_started(s: Session) -> str | None:
+    """What shows that lethe has kept proof in this ledger (so its identity was recorded once already), or
+    None for a ledger from before migration 0006, the only one whose rows may be adopted as they are."""
+    if s.scalar(select(SigningKey.generation).limit(1)) is not None:
+        return "has recorded signing keys"
+    if s.scalar(select(SignedHead.entry_id).limit(1)) is not None:
+        return "has signed chain heads"
+    if s.scalar(select(AuditEntry.id).where(AuditEntry.action.like("rows.%")).limit(1)) is not None:
+        return "has row digests on its audit chain"
+    return None
 
 
 def _record(s: Session, identity: LedgerIdentity, fingerprint: str, signing_key: Ed25519PrivateKey, own_id: str,
@@ -137,9 +166,20 @@ def _record(s: Session, identity: LedgerIdentity, fingerprint: str, signing_key:
         if identity.subject_key_fingerprint != fingerprint:  # another host recorded another key first
             raise KeyMismatch(_subject_mismatch(identity.subject_key_fingerprint or "", fingerprint))
         return False
+    # What heads_from says is never taken from the table (anyone could have written it): signed heads are
+    # required from the chain's head at adoption, as migration 0006 sets it.
+    identity.heads_from = _chain_head(s)
     identity.key_id = own_id
     identity.signature = certificates.signature_of(identity_body(identity), signing_key)
     return True
+
+
+def _chain_head(s: Session) -> int:
+    last = s.scalar(select(func.max(AuditEntry.id)))
+    if last is not None:
+        return int(last)
+    checkpoint = s.get(AuditCheckpoint, 1)
+    return checkpoint.last_pruned_id if checkpoint is not None else 0
 
 
 def _check_signing(history: list[KnownKey], own_id: str) -> None:

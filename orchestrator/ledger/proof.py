@@ -5,47 +5,63 @@
   entry and whenever reconcile finds the head unsigned. Someone with write access to the database but not
   the key can recompute every hash of a rewritten chain, but not these signatures; so the chain is proven up
   to the last signed head, and only the entries after it could go unnoticed (docs/threat-model-ledger.md).
-- Protected rows: every change to a request, hold or tombstone row puts a digest of the row's protected
-  fields on the chain (one ``rows.changed`` entry per transaction, written by a session hook, so no code
-  path can forget it); verify recomputes the digests from the rows.
+- Protected rows: every change to a request, task, hold or tombstone row puts a digest of the row's
+  protected fields on the chain (one ``rows.changed`` entry per transaction, written by a session hook, so
+  no code path can forget it), with the digest of what the row was before the change; verify recomputes the
+  digests from the rows, and checks each change started from the row the chain last recorded (so an edit
+  outside lethe is not laundered by the next honest change).
+- Approvals: what lets a purge go over a target's ``max_items`` is a ``request.approved`` entry on the chain
+  (``approved_count``); verify names a completion over the limit that no such entry covers.
+- Data maps: each stored map's text must hash to the digest requests were planned under.
 - The pruning checkpoint is signed, so a checkpoint forged to hide the oldest entries fails.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import certificates, keys
 from orchestrator.certificates import rfc3339
+from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.ledger.models import (
     AuditCheckpoint,
     AuditEntry,
     Base,
     Certificate,
     CompletionRecord,
+    DataMapSnapshot,
     Hold,
     LedgerIdentity,
     Request,
     SignedHead,
+    Task,
     Tombstone,
 )
+from workers.targets.base import DEFAULT_MAX_ITEMS
 
 GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
 HEAD_EVERY = 100  # a signed head at every entry whose id is a multiple of this: never more unsigned in a row
 ROW_ACTIONS = ("rows.changed", "rows.adopted", "ledger.pruned")  # entries whose detail carries row digests
+PRUNED_WITH_REQUEST = ("request", "task")  # rows a prune deletes together with the request's entries
 
 # The fields of each protected table that a change must put on the chain. Columns not named here (the
-# sealed subject, idempotency keys, dispatch bookkeeping) change without an entry: they prove nothing.
+# sealed subject, idempotency keys, leases, attempts, progress, dispatch bookkeeping) change without an
+# entry: they prove nothing. A task's are those that decide what it deletes and whether it may: its target
+# and kind, what it waits for, its status, the count it waited with and the count approved, whether its
+# next claim continues a sliced purge (and so skips the count), and what earlier slices deleted.
 PROTECTED: dict[type[Base], tuple[str, tuple[str, ...]]] = {
     Request: ("request", ("id", "scope", "dataset", "status", "dry_run", "regime", "received_at", "due_at",
                           "completed_at", "data_map_digest", "subject_hashes", "actor", "approved_by",
                           "approved_at", "extension_reason")),
+    Task: ("task", ("id", "request_id", "target", "kind", "after", "status", "counted_items", "approved_items",
+                    "continues", "carried_deleted")),
     Hold: ("hold", ("id", "subject_hash", "reason", "until", "created_at", "created_by", "released_at",
                     "released_by")),
     Tombstone: ("tombstone", ("id", "subject_hash", "request_id", "erased_at")),
@@ -64,17 +80,40 @@ def row_key(row: Base) -> str:
     return f"{PROTECTED[type(row)][0]}:{row.id}"  # type: ignore[attr-defined]
 
 
+WAS = "was:"  # a key ``was:<row key>`` in an entry's rows: the digest of that row before this change
+
+
 def row_digest(row: Base) -> str:
-    fields = PROTECTED[type(row)][1]
-    values = {f: getattr(row, f) for f in fields}
+    return _digest({f: getattr(row, f) for f in PROTECTED[type(row)][1]})
+
+
+def _digest(values: dict[str, Any]) -> str:
     return certificates.sha256_hex({f: rfc3339(v) if isinstance(v, datetime) else v for f, v in values.items()})
+
+
+def _change(row: Base) -> tuple[bool, str | None]:
+    """(whether a protected field of this flushed row changed, the digest of the row before the change, or
+    None when that is not known: the old value of a field was never loaded)."""
+    attrs = inspect(row).attrs
+    before: dict[str, Any] = {}
+    changed, known = False, True
+    for f in PROTECTED[type(row)][1]:
+        history = attrs[f].history
+        if history.added or history.deleted:
+            changed = True
+            known = known and bool(history.deleted)
+            before[f] = history.deleted[0] if history.deleted else None
+        else:
+            before[f] = getattr(row, f)
+    return changed, _digest(before) if known else None
 
 
 def apply_rows(expected: dict[str, str | None], detail: dict[str, Any]) -> None:
     """Update ``row key -> digest`` (None: deleted) with what one entry says, in chain order: ``rows`` are
     changes; ``restated`` are digests a prune carried over from the entries it removed (a later change wins);
-    ``tombstones_removed`` are id ranges a prune deleted."""
-    expected.update(detail.get("rows") or {})
+    ``tombstones_removed`` are id ranges a prune deleted. ``was:`` keys (what a changed row was) are checked
+    by verify, not applied."""
+    expected.update({k: d for k, d in (detail.get("rows") or {}).items() if not k.startswith(WAS)})
     for key, digest in (detail.get("restated") or {}).items():
         expected.setdefault(key, digest)
     for first, last in detail.get("tombstones_removed") or []:
@@ -83,17 +122,29 @@ def apply_rows(expected: dict[str, str | None], detail: dict[str, Any]) -> None:
 
 
 def track_rows(sessions: sessionmaker[Session], append: Callable[[Session, dict[str, str | None]], object]) -> None:
-    """Put every change of a protected row on the chain: after each flush the changed rows' digests are
-    noted; before commit they go into one entry, through ``append(session, rows)``."""
+    """Put every change of a protected row on the chain: after each flush the changed rows' digests (and
+    what each was before, under ``was:``) are noted; before commit they go into one entry, through
+    ``append(session, rows)``."""
 
     @event.listens_for(sessions, "after_flush")
     def _note(s: Session, _context: Any) -> None:
-        changed = [row for row in (*s.new, *s.dirty) if type(row) in PROTECTED]
-        gone = [row for row in s.deleted if type(row) in PROTECTED]
-        if changed or gone:
-            pending = s.info.setdefault("rows_pending", {})
-            pending.update({row_key(row): row_digest(row) for row in changed})
-            pending.update({row_key(row): None for row in gone})
+        # Attribute history still holds the pre-flush values here: a row whose protected fields did not
+        # change (a lease renewed) makes no entry; one that did notes what it was, once per transaction.
+        pending = s.info.setdefault("rows_pending", {})
+        for row in s.new:
+            if type(row) in PROTECTED:
+                pending[row_key(row)] = row_digest(row)
+        for row in s.dirty:
+            if type(row) in PROTECTED:
+                changed, was = _change(row)
+                if changed:
+                    key = row_key(row)
+                    if key not in pending and was is not None:
+                        pending[WAS + key] = was
+                    pending[key] = row_digest(row)
+        for row in s.deleted:
+            if type(row) in PROTECTED:
+                pending[row_key(row)] = None
 
     @event.listens_for(sessions, "before_commit")
     def _append(s: Session) -> None:
@@ -112,13 +163,27 @@ def track_rows(sessions: sessionmaker[Session], append: Callable[[Session, dict[
 
 
 def recorded_rows(s: Session, through: int) -> dict[str, str | None]:
-    """The row digests that the entries up to ``through`` leave in force (what a prune must carry over)."""
+    """The row digests that the entries up to ``through`` leave in force (what a prune must carry over),
+    but for requests and their tasks, which a prune removes with those entries."""
     expected: dict[str, str | None] = {}
     for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.id <= through,
                                                             AuditEntry.action.in_(ROW_ACTIONS))
                             .order_by(AuditEntry.id).execution_options(yield_per=1000)):
         apply_rows(expected, detail)
-    return expected
+    return {k: d for k, d in expected.items() if k.partition(":")[0] not in PRUNED_WITH_REQUEST}
+
+
+def approved_count(s: Session, task: Task) -> int | None:
+    """The count an admin approved for this task, as the audit chain records it (the newest
+    ``request.approved`` entry of its request naming its target), or None when none did. What a claim must
+    read, not the task row's ``approved_items``, which anyone with write access to the database can set."""
+    for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.request_id == task.request_id,
+                                                            AuditEntry.action == "request.approved")
+                            .order_by(AuditEntry.id.desc())):
+        if task.target in (detail.get("targets") or []):
+            count = (detail.get("items") or {}).get(task.target)
+            return int(count) if count is not None else None
+    return None
 
 
 def id_ranges(ids: Iterable[int]) -> list[list[int]]:
@@ -171,7 +236,9 @@ def verify(s: Session) -> list[str]:
         problems.append("ledger identity: removed (migration 0006 writes it)")
     else:
         heads_from = identity.heads_from
-        if identity.subject_key_fingerprint is not None and not certificates.signature_valid(
+        if identity.subject_key_fingerprint is None and public:
+            problems.append("ledger identity: its subject key fingerprint was removed (hosts refuse to open it)")
+        elif identity.subject_key_fingerprint is not None and not certificates.signature_valid(
                 keys.identity_body(identity), identity.signature, public.get(identity.key_id or "")):
             problems.append("ledger identity: changed (its signature fails)")
     checkpoint = s.get(AuditCheckpoint, 1)
@@ -189,6 +256,9 @@ def verify(s: Session) -> list[str]:
     chain_hashes: set[str] = set()
     with_entries: set[str] = set()  # requests the chain still has entries of (not pruned)
     rows: dict[str, str | None] = {}
+    maps: dict[str, str] = {}  # request id -> digest of the map it was planned from (the chain's word)
+    approved: set[tuple[str, str]] = set()  # (request id, target) an admin approved, so far in the chain
+    over: list[tuple[int, str, str, int]] = []  # completions without approval: (entry, request, target, deleted)
     for entry in s.scalars(select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)):
         where = f"audit entry {entry.id} ({entry.action})"
         if entry.id != prev_id + 1:
@@ -211,16 +281,26 @@ def verify(s: Session) -> list[str]:
         if entry.request_id:
             with_entries.add(entry.request_id)
         if entry.action in ROW_ACTIONS:
+            problems += _changed_before(rows, entry)
             apply_rows(rows, entry.detail)
+        if entry.action == "request.received":
+            maps[entry.request_id or ""] = entry.detail.get("data_map_digest", "")
+        if entry.action == "request.approved":
+            approved.update((entry.request_id or "", target) for target in entry.detail.get("targets") or [])
         if entry.action == "task.completed" and not entry.detail.get("dry_run"):
             d = entry.detail
+            if (entry.request_id or "", d.get("target", "")) not in approved:
+                over.append((entry.id, entry.request_id or "", d.get("target", ""), int(d.get("deleted") or 0)))
             expected_records[(entry.request_id or "", d.get("target", ""))] = {
                 k: d.get(k) for k in ("target", "deleted", "residue", "level", "verified_at")}
         if entry.action == "certificate.issued":
             certified[entry.request_id or ""] = entry.detail.get("sha256", "")
     for entry_id in sorted(i for i in heads if i >= first_id):
         problems.append(f"audit entry {entry_id}: removed (a signed head covers it)")
+        if entry.task_id:
+            with_entries.add(entry.task_id)
     problems += _row_problems(s, rows, with_entries)
+    problems += _map_problems(s, maps, over)
     problems += _record_problems(s, expected_records)
     problems += _certificate_problems(s, certified, chain_hashes, public)
     return problems
@@ -237,8 +317,46 @@ def _row_problems(s: Session, expected: dict[str, str | None], with_entries: set
                 problems.append(f"{table} {row.id}: changed outside the audit chain")  # type: ignore[attr-defined]
     for key, digest in expected.items():
         table, _, row_id = key.partition(":")
-        if digest is not None and (table != "request" or row_id in with_entries):
+        if digest is not None and (table not in PRUNED_WITH_REQUEST or row_id in with_entries):
             problems.append(f"{table} {row_id}: removed outside the audit chain")
+    return problems
+
+
+def _changed_before(expected: dict[str, str | None], entry: AuditEntry) -> list[str]:
+    """A change that did not start from the row the chain last recorded: the row was edited in between."""
+    problems = []
+    for key, was in (entry.detail.get("rows") or {}).items():
+        if key.startswith(WAS) and expected.get(key[len(WAS):], was) != was:
+            table, _, row_id = key[len(WAS):].partition(":")
+            problems.append(f"{table} {row_id}: changed outside the audit chain (before audit entry {entry.id})")
+    return problems
+
+
+def _map_problems(s: Session, maps: dict[str, str], over: list[tuple[int, str, str, int]]) -> list[str]:
+    """Each stored map must be the text its digest names; and a completion that deleted more than its
+    target's max_items must follow an admin's approval on the chain."""
+    problems, texts = [], {}
+    for snap in s.scalars(select(DataMapSnapshot).order_by(DataMapSnapshot.digest)):
+        if hashlib.sha256(snap.text.encode("utf-8")).hexdigest() != snap.digest:
+            problems.append(f"data map {snap.digest[:12]}: its text was changed (it no longer has this digest)")
+        else:
+            texts[snap.digest] = snap.text
+    parsed: dict[str, DataMap | None] = {}
+    for entry_id, request_id, target, deleted in over:
+        digest = maps.get(request_id) or s.scalar(select(Request.data_map_digest)
+                                                   .where(Request.id == request_id)) or ""
+        if digest not in parsed:
+            try:
+                parsed[digest] = DataMap.parse(texts[digest]) if digest in texts else None
+            except DataMapError:
+                parsed[digest] = None
+        datamap = parsed[digest]
+        if datamap is None or target not in {t.name for t in datamap.targets}:
+            continue  # the map is missing or changed: named above, or by the request's row
+        limit = datamap.target(target).max_items or DEFAULT_MAX_ITEMS
+        if deleted > limit:
+            problems.append(f"completion record {request_id}/{target}: {deleted} items deleted, over max_items "
+                            f"{limit}, with no approval on the audit chain (audit entry {entry_id})")
     return problems
 
 

@@ -17,9 +17,10 @@ from orchestrator import certificates
 from orchestrator.config import Settings
 from orchestrator.datamap import DataMap
 from orchestrator.keys import KeyMismatch, subject_fingerprint
+from orchestrator.ledger import Ledger
+from orchestrator.ledger.db import session_factory
 from orchestrator.ledger.models import AuditEntry, LedgerIdentity, Request, SigningKey
-from orchestrator.ledger.store import Ledger
-from tests.fixtures.lethe import SUBJECT_KEY
+from tests.fixtures.lethe import SUBJECT_KEY, file_request
 from tests.orchestrator.test_proof import MAP, erase
 
 pytestmark = pytest.mark.integration
@@ -156,9 +157,10 @@ def test_a_ledger_from_before_0006_adopts_its_keys_once_they_open_its_data(ledge
                                                                            signing_key: Ed25519PrivateKey) -> None:
     """The first host after the upgrade records its keys only if they open what is there: a sealed subject
     must unseal, the newest certificate must verify; then its rows and checkpoint are put under proof."""
+    ledger.sessions = session_factory(ledger.engine)  # the code before 0006: no row digests on the chain
     erase(ledger, "done")
     datamap = DataMap.parse(MAP)
-    running, _, _ = ledger.file_request(datamap, datamap.parse_subject({"user_id": "7"}))  # still sealed
+    running, _, _ = file_request(ledger, datamap, datamap.parse_subject({"user_id": "7"}))  # still sealed
     forget_keys(ledger)
     with pytest.raises(KeyMismatch, match="requests were filed with"):
         open_ledger(ledger_url, OTHER_SUBJECT_KEY, signing_key)

@@ -6,14 +6,29 @@ that helps them), and checks that ``Ledger.verify`` names the first bad entry or
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select, text, update
 
-from orchestrator.ledger import proof
-from orchestrator.ledger.models import AuditCheckpoint, AuditEntry, Hold, Request, SignedHead, Tombstone
-from orchestrator.ledger.store import Ledger
+from orchestrator.datamap import DataMap
+from orchestrator.keys import KeyMismatch
+from orchestrator.ledger import Ledger, proof
+from orchestrator.ledger.models import (
+    AuditCheckpoint,
+    AuditEntry,
+    DataMapSnapshot,
+    Hold,
+    Request,
+    SignedHead,
+    Task,
+    Tombstone,
+)
+from tests.fixtures.lethe import SUBJECT_KEY, file_request
+from tests.orchestrator.test_keys import forget_keys, open_ledger, snapshot
 from tests.orchestrator.test_proof import erase
 
 pytestmark = pytest.mark.integration
@@ -188,3 +203,124 @@ def test_pruned_ledger_still_verifies_and_its_checkpoint_is_signed(ledger: Ledge
         s.execute(update(Hold).values(reason="litigation hold"))
         s.execute(update(AuditCheckpoint).values(last_pruned_id=AuditCheckpoint.last_pruned_id + 1))
     assert ledger.verify()[0].startswith("audit checkpoint")
+
+
+@pytest.mark.parametrize("edit", [
+    update(Hold).values(released_at=datetime(2030, 1, 1, tzinfo=UTC), released_by="admin"),
+    update(Request).values(approved_by="admin"),
+    update(Request).values(subject_hashes={"user_id": HASH}),
+], ids=["hold released", "approved_by", "subject_hashes"])
+def test_identity_cleared_to_launder_a_row_edit_is_refused(ledger_url: str, ledger: Ledger,
+                                                           signing_key: Ed25519PrivateKey, edit: Any) -> None:
+    """A row edited and the identity's fingerprint cleared, so the next host would take the ledger for one
+    from before 0006 and adopt the edited rows as honest: the host refuses to open it (exit 2), writes
+    nothing, and verify keeps naming the edit."""
+    request_id = erase(ledger)
+    ledger.add_hold([HASH], "litigation hold")
+    with ledger.sessions.begin() as s:
+        s.execute(edit)
+        s.execute(text("UPDATE ledger_identity SET subject_key_fingerprint = NULL"))
+    problems = ledger.verify()
+    edited = "hold 1" if "holds" in str(edit) else f"request {request_id}"
+    assert problems == ["ledger identity: its subject key fingerprint was removed (hosts refuse to open it)",
+                        f"{edited}: changed outside the audit chain"]
+    before = snapshot(ledger)
+    with pytest.raises(KeyMismatch, match=r"^ledger identity tampered: its subject key fingerprint removed, but "
+                                          r"the ledger has recorded signing keys"):
+        open_ledger(ledger_url, SUBJECT_KEY, signing_key)
+    assert snapshot(ledger) == before
+    assert ledger.verify() == problems
+
+
+def test_identity_keys_and_heads_cleared_are_refused(ledger_url: str, ledger: Ledger,
+                                                     signing_key: Ed25519PrivateKey) -> None:
+    """The attacker also removes the signing keys and signed heads and moves heads_from past the chain: the
+    row digests on the chain still show proof was kept, so nothing is adopted or re-signed."""
+    erase(ledger)
+    ledger.add_hold([HASH], "litigation hold")
+    with ledger.sessions.begin() as s:
+        s.execute(update(Hold).values(released_at=datetime(2030, 1, 1, tzinfo=UTC), released_by="admin"))
+    forget_keys(ledger)
+    with ledger.sessions.begin() as s:
+        s.execute(text("UPDATE ledger_identity SET heads_from = 1000000"))
+    before = snapshot(ledger)
+    with pytest.raises(KeyMismatch, match=r"^ledger identity tampered: .* has row digests on its audit chain"):
+        open_ledger(ledger_url, SUBJECT_KEY, signing_key)
+    assert snapshot(ledger) == before
+    assert "hold 1: changed outside the audit chain" in ledger.verify()
+
+
+def test_edit_laundered_by_a_later_honest_change_is_named(ledger: Ledger) -> None:
+    """A hold reworded in the table, then released through lethe: the release starts from a row the chain
+    never recorded, and verify says so (the release's digest alone would cover the edit)."""
+    ledger.add_hold([HASH], "litigation hold")
+    with ledger.sessions.begin() as s:
+        s.execute(update(Hold).values(reason="edited"))
+    ledger.release_hold([HASH])
+    problems = ledger.verify()
+    assert len(problems) == 1 and problems[0].startswith("hold 1: changed outside the audit chain (before audit entry")
+
+
+LIMITED_MAP = """
+version: 1
+identifiers: [user_id]
+targets:
+  - {name: photos, kind: memory, store: photos, match: {owner: "{user_id}"}, max_items: 10}
+"""
+
+
+def file_limited(ledger: Ledger) -> tuple[str, str]:
+    datamap = DataMap.parse(LIMITED_MAP)
+    request_id, _, _ = file_request(ledger, datamap, datamap.parse_subject({"user_id": "4711"}))
+    with ledger.sessions() as s:
+        task_id = s.scalars(select(Task.id).filter_by(request_id=request_id, target="photos")).one()
+    return request_id, task_id
+
+
+@pytest.mark.parametrize("column", ["approved_items", "counted_items"])
+def test_task_approval_written_in_the_table(ledger: Ledger, column: str) -> None:
+    """A target with max_items 10 and an approval written into the task's row: the chain holds no approval
+    (what the claim must read), and once 5000 items are deleted verify names the edited task and the
+    completion over the limit."""
+    request_id, task_id = file_limited(ledger)
+    with ledger.sessions.begin() as s:
+        s.execute(update(Task).where(Task.id == task_id).values({column: 1_000_000_000}))
+    with ledger.sessions() as s:
+        task = s.get(Task, task_id)
+        assert task is not None and proof.approved_count(s, task) is None
+    ledger.claim(task_id)
+    ledger.complete(task_id, 5000, 0)
+    with ledger.sessions() as s:
+        assert s.scalar(select(Request.approved_by)) is None
+    problems = ledger.verify()
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"task {task_id}: changed outside the audit chain (before audit entry ")
+    assert re.fullmatch(rf"completion record {request_id}/photos: 5000 items deleted, over max_items 10, with no "
+                        r"approval on the audit chain \(audit entry \d+\)", problems[1])
+
+
+def test_approved_purge_over_max_items_verifies(ledger: Ledger) -> None:
+    """The honest path: the count waits, an admin approves it, the purge runs; the chain's approval is what
+    the claim reads, and verify is clean."""
+    request_id, task_id = file_limited(ledger)
+    assert ledger.claim(task_id) is not None
+    ledger.await_approval(task_id, 5000, 10)
+    ledger.approve(request_id, actor="cli:alice")
+    run = ledger.claim(task_id)
+    assert run is not None and run.approval_covers(5000) and not run.approval_covers(5001)
+    with ledger.sessions() as s:
+        task = s.get(Task, task_id)
+        assert task is not None and proof.approved_count(s, task) == 5000
+    ledger.complete(task_id, 5000, 0)
+    assert ledger.status(request_id)["status"] == "completed"
+    assert ledger.verify() == []
+
+
+def test_rewritten_data_map_is_named(ledger: Ledger) -> None:
+    """A stored map's text replaced by another map (its tasks would run against it): named by its digest."""
+    erase(ledger)
+    with ledger.sessions() as s:
+        digest = s.scalars(select(DataMapSnapshot.digest)).one()
+    with ledger.sessions.begin() as s:
+        s.execute(update(DataMapSnapshot).values(text=LIMITED_MAP))
+    assert ledger.verify() == [f"data map {digest[:12]}: its text was changed (it no longer has this digest)"]
