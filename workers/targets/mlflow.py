@@ -5,8 +5,9 @@ Data map::
 
     - name: face-models
       kind: mlflow
-      tracking_uri: sqlite:///mlruns.db     # or postgresql://…, a file store path, http(s):// (quarantine)
+      tracking_uri: sqlite:///mlruns.db     # or postgresql://…, a file store path, or http(s)://mlflow:5000
       # registry_uri: …                     # when the registry lives elsewhere than the tracking store
+      # backend_store_uri: postgresql://…   # delete through a server: its backend store, to gc the rows
       action: quarantine                     # or delete
       # registered_model: face-attributes    # only this registered model's versions
       after: [profile-photos, face-embeddings]
@@ -41,11 +42,20 @@ Actions (``deleted`` counts the model versions acted on):
   stage is archived (``models:/name/Production`` would still serve it), and the version is tagged
   ``lethe.quarantined=<request id>`` and ``lethe.reason="erasure request <id>: trained on dataset <name>"``.
   A version already quarantined (tag present, no alias, no serving stage) is not acted on again.
-- ``delete`` (what ``mlflow gc`` does for the reached versions, needs direct access to the backend store,
-  so a database or file-store ``tracking_uri``): the source runs are marked deleted, the model versions
-  deleted (the registry keeps a redacted tombstone row so version numbers are not reused), then the logged
-  models (MLflow 3 keeps a model's files under ``<experiment>/models/<id>/``) and the runs are purged: their
-  artifact directories deleted through MLflow's artifact repository and their rows hard-deleted.
+- ``delete``: the source runs are marked deleted, the model versions deleted (the registry keeps a redacted
+  tombstone row so version numbers are not reused), then the logged models (MLflow 3 keeps a model's files
+  under ``<experiment>/models/<id>/``) and the runs are purged: their artifact directories deleted through
+  MLflow's artifact repository, then their rows hard-deleted as ``mlflow gc`` does. With a database or
+  file-store ``tracking_uri`` lethe holds the backend store and does all of it.
+  Through a tracking server (``http(s)://``, ``mlflow server --serve-artifacts``) the REST API deletes the
+  versions, and artifacts (``mlflow-artifacts:/…``) are deleted through the server's artifact proxy
+  (``DELETE /api/2.0/mlflow-artifacts/artifacts/…``), the emptied run/model directory too. The API has no
+  hard delete: the runs and logged models stay soft-deleted (``lifecycle_stage`` deleted: their params,
+  metrics, tags and dataset inputs readable by id and in a deleted-view search) until ``mlflow gc`` runs on
+  the server's backend store. Given ``backend_store_uri`` (that store), lethe runs that gc for the reached
+  runs and logged models itself. A run whose artifact location is a plain path (a server without
+  ``--serve-artifacts`` writing to its own disk) cannot be reached from here: refused before anything is
+  deleted.
   Versions go before any artifact, so no model version ever points at emptied artifacts. A run or logged
   model that still backs a live version outside the selection (another registered model when
   ``registered_model`` is set) is left in place. Matched runs already marked deleted that back no live
@@ -61,11 +71,15 @@ Levels (``self.level``, recorded with the completion record and the certificate)
   gone and their artifact directories are removed from disk (verify checks). ``invisible`` when an
   artifact location is remote (S3, GCS, …): deleted through its API, but object versions or backups there
   are outside MLflow's view. The backend store's own rows (run parameters, metrics) carry no model bytes.
+- ``invisible`` for ``delete`` through a tracking server, with or without ``backend_store_uri``: no version,
+  alias or artifact listing returns the model, but the proxy's destination (the server's disk or bucket)
+  is not lethe's to read, and without ``backend_store_uri`` the run and logged-model rows remain
+  soft-deleted until the server's ``mlflow gc``.
 
 Verify reads the registry back: for ``quarantine`` the residue is every reached version that still has an
 alias or a serving stage or lacks the tag; for ``delete`` the reached versions still live, plus matched
-runs left marked-deleted but not purged, plus files still present in the artifact locations this instance
-purged.
+runs left marked-deleted but not purged (through a server without the backend store: not emptied of
+artifacts), plus files still present in the artifact locations this instance purged.
 
 ``lethe.model.retrain_requested`` is emitted (through ``TaskContext.emit``, announced once the task's
 completion is recorded) once per affected registered model: the model name, its affected versions (the
@@ -80,7 +94,8 @@ MLflow may have started if something imported it earlier. MLflow takes seconds t
 on first use, never when the data map is validated.
 
 Errors: a tracking server that cannot be reached, 429/5xx answers (``INTERNAL_ERROR``,
-``TEMPORARILY_UNAVAILABLE``, …) and database connection failures are RetryableError; a bad URI, a missing
+``TEMPORARILY_UNAVAILABLE``, …), an artifact proxy's 5xx/429 and database connection failures are
+RetryableError; a bad URI, a missing
 SQLite file (it would be created empty, and every subject would verify 0), a missing ``registered_model``
 and any other error are PermanentError. "Does not exist" while deleting is success. Messages name the
 operation and MLflow's error code, never a path, a run id or an identifier.
@@ -90,56 +105,44 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
-from urllib.parse import unquote, urlparse
+from typing import Any, ClassVar, Literal
 
-import requests.exceptions
 from pydantic import Field, field_validator, model_validator
-from sqlalchemy.exc import OperationalError
 
 from orchestrator.identifiers import Subject
-from workers.targets.base import (
-    Heartbeat,
-    PermanentError,
-    RetryableError,
-    TargetConfig,
-    TargetError,
-    TaskContext,
+from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TaskContext
+from workers.targets.mlflow_api import (
+    DATABASE_SCHEMES,
+    PAGE,
+    RETRYABLE_ERRORS,
+    SERVER_SCHEMES,
+    chunks,
+    gone_ok,
+    load_mlflow,
+    local_path,
+    mlflow_client,
+    open_client,
+    pages,
+    quotable,
+    translate,
+    uri_scheme,
 )
+
+__all__ = ["QUARANTINE_TAG", "REASON_TAG", "RETRAIN_EVENT", "SHARD_TAG", "MLflowConfig", "MLflowTarget",
+           "load_mlflow", "mlflow_client"]  # load_mlflow, mlflow_client: the demo builds its registry with them
 
 QUARANTINE_TAG = "lethe.quarantined"
 REASON_TAG = "lethe.reason"
 SHARD_TAG = "lethe.shard"
 RETRAIN_EVENT = "lethe.model.retrain_requested"
 SERVING_STAGES = frozenset({"Production", "Staging"})
-RETRYABLE_CODES = frozenset({
-    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
-    "DEADLINE_EXCEEDED", "ABORTED", "IO_ERROR", "SERVICE_UNDER_MAINTENANCE", "WORKSPACE_TEMPORARILY_UNAVAILABLE",
-})
-GONE_CODE = "RESOURCE_DOES_NOT_EXIST"
-DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres", "mysql", "mssql"})
-SERVER_SCHEMES = frozenset({"http", "https"})
-PAGE = 1000
 RUN_IDS_PER_SEARCH = 100
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for a model version tag value
-URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two characters at least: a drive letter is a path
 MODEL_ID_SOURCE = re.compile(r"^models:/(m-[0-9A-Za-z]+)/?$")
-
-T = TypeVar("T")
-
-
-def _scheme(uri: str) -> str:
-    """The URI scheme without a driver suffix (``postgresql+psycopg`` -> ``postgresql``); '' for a path.
-    ``mlflow-artifacts:/1/…`` (the artifact proxy's URIs, no ``//``) has a scheme too."""
-    found = URI_SCHEME.match(uri)
-    return found.group(1).split("+", 1)[0].lower() if found else ""
 
 
 class MLflowConfig(TargetConfig):
@@ -186,7 +189,7 @@ class MLflowConfig(TargetConfig):
             return None
         if not uri.strip():
             raise ValueError("must not be empty")
-        scheme = _scheme(uri)
+        scheme = uri_scheme(uri)
         if scheme not in DATABASE_SCHEMES | SERVER_SCHEMES | {"", "file"}:
             raise ValueError(
                 f"unsupported MLflow URI scheme {scheme!r} (use a database URI such as sqlite:///mlruns.db, "
@@ -198,82 +201,17 @@ class MLflowConfig(TargetConfig):
     def _backend_store_is_for_delete_through_a_server(self) -> MLflowConfig:
         if self.backend_store_uri is None:
             return self
-        if self.action != "delete" or _scheme(self.tracking_uri) not in SERVER_SCHEMES:
+        if self.action != "delete" or uri_scheme(self.tracking_uri) not in SERVER_SCHEMES:
             raise ValueError("backend_store_uri is for action delete through an http(s) tracking server "
                              "(a database tracking_uri is the backend store already)")
-        if _scheme(self.backend_store_uri) in SERVER_SCHEMES:
+        if uri_scheme(self.backend_store_uri) in SERVER_SCHEMES:
             raise ValueError("backend_store_uri is the tracking server's database URI or file store, "
                              "not an http(s) address")
         return self
 
     @property
     def through_server(self) -> bool:
-        return _scheme(self.tracking_uri) in SERVER_SCHEMES
-
-
-# -- MLflow, imported on first use with telemetry off ----------------------------------------------------
-_load_lock = threading.Lock()
-_clients: dict[tuple[str, str | None], Any] = {}
-
-
-def disable_telemetry() -> None:
-    """Switch MLflow's usage telemetry off for this process (the variables MLflow 3 reads), before import."""
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    os.environ["DO_NOT_TRACK"] = "true"
-
-
-def load_mlflow() -> Any:
-    """Import MLflow with its telemetry off; drop a telemetry client an earlier import may have started."""
-    with _load_lock:
-        disable_telemetry()
-        with warnings.catch_warnings():
-            # MLflow's SQL stores use SQLAlchemy features deprecated in 2.1; they warn once, at import.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import mlflow
-            import mlflow.store.model_registry.sqlalchemy_store
-            import mlflow.store.tracking.sqlalchemy_store
-        from mlflow.telemetry.client import get_telemetry_client, set_telemetry_client
-
-        telemetry = get_telemetry_client()
-        if telemetry is not None:  # MLflow was imported before lethe switched telemetry off
-            try:
-                telemetry._clean_up()
-            finally:
-                set_telemetry_client()  # telemetry is disabled now: this sets the client to None
-        return mlflow
-
-
-def mlflow_client(tracking_uri: str, registry_uri: str | None) -> Any:
-    """One MlflowClient per (tracking, registry) URI per process; MLflow caches its stores per URI too."""
-    load_mlflow()
-    from mlflow import MlflowClient
-
-    with _load_lock:
-        key = (tracking_uri, registry_uri)
-        if key not in _clients:
-            _clients[key] = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-        return _clients[key]
-
-
-def _local_path(uri: str) -> Path | None:
-    """The filesystem path of a local sqlite database or artifact location, None when remote."""
-    scheme = _scheme(uri)
-    if scheme == "":
-        return Path(uri)
-    if scheme == "file":
-        parsed = urlparse(uri)
-        return Path(unquote(parsed.path))
-    return None
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if _scheme(uri) != "sqlite":
-        return None
-    path = uri.split("://", 1)[1]
-    if path.startswith("/"):
-        path = path[1:]  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
-    path = path.split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
+        return uri_scheme(self.tracking_uri) in SERVER_SCHEMES
 
 
 # -- what the selection found ------------------------------------------------------------------------------
@@ -313,13 +251,7 @@ class MLflowTarget:
     kind: ClassVar[str] = "mlflow"
     Config: ClassVar[type[TargetConfig]] = MLflowConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"lineage", "quarantine", "delete", "retrain_events"})
-    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        OperationalError,
-        ConnectionError,
-        TimeoutError,
-    )
+    retryable_errors: ClassVar[tuple[type[BaseException], ...]] = RETRYABLE_ERRORS
     level: str
 
     def __init__(self, config: MLflowConfig, context: TaskContext | None = None):
@@ -379,7 +311,7 @@ class MLflowTarget:
         return list(selection.versions)
 
     def _client(self) -> Any:
-        return _open(self.config.tracking_uri, self.config.registry_uri)
+        return open_client(self.config.tracking_uri, self.config.registry_uri)
 
     def _gc_store(self) -> Any | None:
         """The tracking store that can hard-delete rows as `mlflow gc` does: the tracking store itself for a
@@ -387,7 +319,7 @@ class MLflowTarget:
         if self.config.through_server:
             if self.config.backend_store_uri is None:
                 return None
-            store = _open(self.config.backend_store_uri, None)._tracking_client.store
+            store = open_client(self.config.backend_store_uri, None)._tracking_client.store
         else:
             store = self._client()._tracking_client.store
         if not all(hasattr(store, m) for m in ("_hard_delete_run", "_hard_delete_logged_model")):
@@ -404,19 +336,19 @@ class MLflowTarget:
             return Selection()
         client = self._client()
         if self.config.registered_model is not None:
-            with _translate("GetRegisteredModel"):
+            with translate("GetRegisteredModel"):
                 client.get_registered_model(self.config.registered_model)
         from mlflow.entities import ViewType
 
-        experiment_ids = [e.experiment_id for e in _pages(
+        experiment_ids = [e.experiment_id for e in pages(
             "SearchExperiments", client.search_experiments, view_type=ViewType.ALL, max_results=PAGE)]
         selection = Selection()
         used: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for name, digest in sorted(wanted, key=lambda w: (w[0], w[1] or "")):
             clauses = [f"dataset.{key} = '{value}'" for key, value in (("name", name), ("digest", digest))
-                       if value is not None and _quotable(value)]
-            for chunk in _chunks(experiment_ids, RUN_IDS_PER_SEARCH):
-                for run in _pages("SearchRuns", client.search_runs, chunk, filter_string=" AND ".join(clauses),
+                       if value is not None and quotable(value)]
+            for chunk in chunks(experiment_ids, RUN_IDS_PER_SEARCH):
+                for run in pages("SearchRuns", client.search_runs, chunk, filter_string=" AND ".join(clauses),
                                   run_view_type=ViewType.ALL, max_results=PAGE):
                     for consumed in run.inputs.dataset_inputs:
                         pair = (consumed.dataset.name, consumed.dataset.digest)
@@ -424,14 +356,14 @@ class MLflowTarget:
                             selection.runs[run.info.run_id] = run
                             used[run.info.run_id].add(pair)
         versions: list[Any] = []
-        for chunk in _chunks(sorted(selection.runs), RUN_IDS_PER_SEARCH):
+        for chunk in chunks(sorted(selection.runs), RUN_IDS_PER_SEARCH):
             run_filter = "run_id IN ({})".format(", ".join(f"'{rid}'" for rid in chunk))
-            versions.extend(_pages("SearchModelVersions", client.search_model_versions,
+            versions.extend(pages("SearchModelVersions", client.search_model_versions,
                                    filter_string=run_filter, max_results=PAGE))
         scope = self.config.registered_model
         aliases: dict[str, dict[str, list[str]]] = {}
         for name in sorted({mv.name for mv in versions if scope is None or mv.name == scope}):
-            with _translate("GetRegisteredModel"):
+            with translate("GetRegisteredModel"):
                 registered = client.get_registered_model(name)
             by_version: dict[str, list[str]] = defaultdict(list)
             for alias, version in (registered.aliases or {}).items():
@@ -459,17 +391,17 @@ class MLflowTarget:
         client = self._client()
         request_id = self._context().request_id
         for alias in version.aliases:
-            _gone_ok("DeleteRegisteredModelAlias", client.delete_registered_model_alias, version.name, alias)
+            gone_ok("DeleteRegisteredModelAlias", client.delete_registered_model_alias, version.name, alias)
         if version.stage in SERVING_STAGES:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
-                _gone_ok("TransitionModelVersionStage", client.transition_model_version_stage,
+                gone_ok("TransitionModelVersionStage", client.transition_model_version_stage,
                          version.name, version.version, "Archived")
         names = ", ".join(sorted({name for name, _ in version.datasets}))
         reason = f"erasure request {request_id}: trained on dataset {names}"[:TAG_VALUE_LIMIT]
-        _gone_ok("SetModelVersionTag", client.set_model_version_tag, version.name, version.version,
+        gone_ok("SetModelVersionTag", client.set_model_version_tag, version.name, version.version,
                  QUARANTINE_TAG, request_id)
-        _gone_ok("SetModelVersionTag", client.set_model_version_tag, version.name, version.version,
+        gone_ok("SetModelVersionTag", client.set_model_version_tag, version.name, version.version,
                  REASON_TAG, reason)
 
     # -- delete -----------------------------------------------------------------------------------
@@ -489,10 +421,10 @@ class MLflowTarget:
         # 1. mark the runs deleted: the versions still resolve, their artifacts are untouched
         for run_id in sorted(backing):
             if selection.runs[run_id].info.lifecycle_stage != "deleted":
-                _gone_ok("DeleteRun", client.delete_run, run_id)
+                gone_ok("DeleteRun", client.delete_run, run_id)
         # 2. the versions go before any of their artifacts, so none points at emptied files
         for version in pending:
-            _gone_ok("DeleteModelVersion", client.delete_model_version, version.name, version.version)
+            gone_ok("DeleteModelVersion", client.delete_model_version, version.name, version.version)
             heartbeat()
         # 3. purge, as `mlflow gc`: artifacts first, then the rows (hard-deleted when lethe has the backend
         #    store; through a server alone they stay soft-deleted, lifecycle_stage "deleted")
@@ -503,18 +435,18 @@ class MLflowTarget:
             self._purge_logged_model(client, store, gc, model_id)
             heartbeat()
         for run_id in sorted(to_purge):
-            run = _gone_ok("GetRun", store.get_run, run_id)
+            run = gone_ok("GetRun", store.get_run, run_id)
             if run is not None:
                 self._delete_artifacts(run.info.artifact_uri)
                 if gc is not None:
-                    _gone_ok("HardDeleteRun", gc._hard_delete_run, run_id)
+                    gone_ok("HardDeleteRun", gc._hard_delete_run, run_id)
             heartbeat()
 
     def _check_reachable_artifacts(self, uris: Iterable[str]) -> None:
         """Through a server, a run's artifacts must be reachable from here: a plain path would name the
         server's disk (a server without --serve-artifacts), and deleting it here would delete nothing there.
         Checked before anything is deleted."""
-        if any(_local_path(uri) is not None for uri in uris if uri):
+        if any(local_path(uri) is not None for uri in uris if uri):
             raise PermanentError("MLflow DeleteArtifacts: the artifacts are a path on the tracking server's disk; "
                                  "run the server with --serve-artifacts (mlflow-artifacts:) or use a remote store")
 
@@ -522,42 +454,42 @@ class MLflowTarget:
         """Logged models (MLflow 3) a run produced: live ones, and with the backend store the soft-deleted ones
         too (a server's search leaves those out; lethe deletes their artifacts before marking them)."""
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
-        found = {m.model_id for m in _pages("SearchLoggedModels", client.search_logged_models, [experiment_id],
+        found = {m.model_id for m in pages("SearchLoggedModels", client.search_logged_models, [experiment_id],
                                             filter_string=f"source_run_id = '{run_id}'", max_results=PAGE)}
         if gc is not None and hasattr(gc, "_get_deleted_logged_models"):
-            with _translate("GetDeletedLoggedModels"):
+            with translate("GetDeletedLoggedModels"):
                 deleted = gc._get_deleted_logged_models()
             for model_id in deleted:
-                model = _gone_ok("GetLoggedModel", gc.get_logged_model, model_id, allow_deleted=True)
+                model = gone_ok("GetLoggedModel", gc.get_logged_model, model_id, allow_deleted=True)
                 if model is not None and model.source_run_id == run_id:
                     found.add(model_id)
         return found
 
     def _purge_logged_model(self, client: Any, store: Any, gc: Any | None, model_id: str) -> None:
         # A live version registered from this logged model outside the selection keeps it.
-        users = list(_pages("SearchModelVersions", client.search_model_versions,
+        users = list(pages("SearchModelVersions", client.search_model_versions,
                             filter_string=f"source_path = 'models:/{model_id}'", max_results=PAGE))
         if users:
             return
-        model = _gone_ok("GetLoggedModel", store.get_logged_model, model_id, allow_deleted=True)
+        model = gone_ok("GetLoggedModel", store.get_logged_model, model_id, allow_deleted=True)
         if model is None:
             return
         self._delete_artifacts(model.artifact_location)
         if gc is not None:
-            _gone_ok("HardDeleteLoggedModel", gc._hard_delete_logged_model, model_id)
+            gone_ok("HardDeleteLoggedModel", gc._hard_delete_logged_model, model_id)
         else:  # soft: marked deleted, out of searches, until the server's `mlflow gc`
-            _gone_ok("DeleteLoggedModel", store.delete_logged_model, model_id)
+            gone_ok("DeleteLoggedModel", store.delete_logged_model, model_id)
 
     def _delete_artifacts(self, uri: str | None) -> None:
         if not uri:
             return
 
-        with _translate("DeleteArtifacts"):
+        with translate("DeleteArtifacts"):
             self._repository(uri).delete_artifacts()
         self._purged_locations.append(uri)
         # MLflow's layout: <root>/<run id>/artifacts, <root>/models/<model id>/artifacts; the emptied parent,
         # named by the run or model id, goes too
-        path = _local_path(uri)
+        path = local_path(uri)
         if path is not None:
             parent = path.parent
             if path.name == "artifacts" and parent.is_dir() and not any(parent.iterdir()):
@@ -565,8 +497,8 @@ class MLflowTarget:
             return
         self.level = "invisible"  # deleted through a server's proxy or a remote store: its disk is unseen
         base, _, last = uri.rstrip("/").rpartition("/")
-        if last == "artifacts" and _scheme(uri) == "mlflow-artifacts":
-            with _translate("DeleteArtifacts"):
+        if last == "artifacts" and uri_scheme(uri) == "mlflow-artifacts":
+            with translate("DeleteArtifacts"):
                 parent = self._repository(base)
                 if not parent.list_artifacts():
                     parent.delete_artifacts()
@@ -578,12 +510,12 @@ class MLflowTarget:
                                        registry_uri=self.config.registry_uri)
 
     def _files_left(self, uri: str) -> int:
-        path = _local_path(uri)
+        path = local_path(uri)
         if path is not None:
             if path.is_file():
                 return 1
             return sum(len(files) for _, _, files in os.walk(path)) + (1 if path.is_dir() else 0)
-        with _translate("ListArtifacts"):
+        with translate("ListArtifacts"):
             return len(self._repository(uri).list_artifacts())
 
     # -- events -----------------------------------------------------------------------------------
@@ -609,74 +541,3 @@ class MLflowTarget:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def _open(uri: str, registry_uri: str | None) -> Any:
-    """The client of a tracking store; a SQLite file that is not there is refused (MLflow would create an
-    empty store, and every subject would verify 0)."""
-    path = _sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise PermanentError("MLflow tracking database (sqlite) does not exist")
-    with _translate("connect"):
-        return mlflow_client(uri, registry_uri)
-
-
-def _quotable(value: str) -> bool:
-    """Whether a value can go in an MLflow search filter literal as is (else it is matched in Python)."""
-    return not any(c in value for c in "'\"\\") and value.isprintable()
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def _pages(operation: str, search: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
-    """Every item of a paged MLflow search, one page (``page_token``) at a time."""
-    token: str | None = None
-    while True:
-        with _translate(operation):
-            page = search(*args, page_token=token, **kwargs)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def _gone_ok(operation: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Run an MLflow call; "does not exist" is success (None): deleting what is gone is done."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with _translate(operation, passthrough=MlflowException):
-            return call(*args, **kwargs)
-    except MlflowException as exc:
-        if exc.error_code == GONE_CODE:
-            return None
-        raise _translated(operation, exc) from None
-
-
-@contextmanager
-def _translate(operation: str, passthrough: type[BaseException] | None = None) -> Iterator[None]:
-    """Vendor errors become TargetErrors whose text names the operation and MLflow's code, never a path."""
-    try:
-        yield
-    except TargetError:
-        raise
-    except Exception as exc:
-        if passthrough is not None and isinstance(exc, passthrough):
-            raise
-        raise _translated(operation, exc) from None
-
-
-def _translated(operation: str, exc: BaseException) -> TargetError:
-    code = getattr(exc, "error_code", None)
-    if isinstance(code, str) and code:
-        message = f"MLflow {operation}: {code}"
-        return RetryableError(message) if code in RETRYABLE_CODES else PermanentError(message)
-    status = getattr(getattr(exc, "response", None), "status_code", None)  # the artifact proxy's HTTPError
-    if isinstance(status, int):
-        message = f"MLflow {operation}: HTTP {status}"
-        return RetryableError(message) if status == 429 or status >= 500 else PermanentError(message)
-    message = f"MLflow {operation}: {type(exc).__name__}"
-    if isinstance(exc, MLflowTarget.retryable_errors):
-        return RetryableError(message)
-    return PermanentError(message)

@@ -41,11 +41,9 @@ from workers.targets.mlflow import (
     SHARD_TAG,
     MLflowConfig,
     MLflowTarget,
-    _local_path,
-    _scheme,
-    _translated,
     load_mlflow,
 )
+from workers.targets.mlflow_api import local_path, translated, uri_scheme
 
 pytestmark = pytest.mark.integration
 
@@ -540,10 +538,10 @@ def test_config_refuses_bad_uris_and_a_misplaced_backend_store(fields: dict[str,
 def test_a_uri_is_a_local_path_only_without_a_scheme(uri: str) -> None:
     """Whatever the text, a URI with a scheme (``mlflow-artifacts:/…``, ``s3://…``) is never taken for a local
     path, which lethe would delete on its own disk; the scheme is lowercase with no driver suffix."""
-    scheme = _scheme(uri)
+    scheme = uri_scheme(uri)
     assert scheme == scheme.lower() and "+" not in scheme and ":" not in scheme
     if scheme not in ("", "file"):
-        assert _local_path(uri) is None
+        assert local_path(uri) is None
     if ":" not in uri:
         assert scheme == ""  # a path
 
@@ -554,9 +552,9 @@ def test_a_scheme_without_slashes_is_still_a_scheme(scheme: str, rest: str) -> N
     """``mlflow-artifacts:/1/<run>/artifacts`` (the artifact proxy's form) has a scheme though no ``//``:
     taken for a path, a run's artifacts would be looked for on lethe's own disk."""
     uri = f"{scheme}:{rest}"
-    assert _scheme(uri) == scheme.lower()
-    assert (_local_path(uri) is None) == (scheme.lower() != "file")
-    assert _scheme("mlflow-artifacts:/1/r/artifacts") == "mlflow-artifacts"
+    assert uri_scheme(uri) == scheme.lower()
+    assert (local_path(uri) is None) == (scheme.lower() != "file")
+    assert uri_scheme("mlflow-artifacts:/1/r/artifacts") == "mlflow-artifacts"
 
 
 @pytest.mark.parametrize(("status", "error"), [(503, RetryableError), (429, RetryableError), (404, PermanentError)])
@@ -564,8 +562,8 @@ def test_an_artifact_proxy_answer_is_translated_by_its_status(status: int, error
     """The artifact proxy raises requests' HTTPError: 5xx and 429 retry, anything else fails for good."""
     response = requests.Response()
     response.status_code = status
-    translated = _translated("DeleteArtifacts", requests.HTTPError(response=response))
-    assert type(translated) is error and str(translated) == f"MLflow DeleteArtifacts: HTTP {status}"
+    error_seen = translated("DeleteArtifacts", requests.HTTPError(response=response))
+    assert type(error_seen) is error and str(error_seen) == f"MLflow DeleteArtifacts: HTTP {status}"
 
 
 def test_the_spec_config_validates_and_builds_with_its_context() -> None:
