@@ -20,7 +20,12 @@ from deltalake import DeltaTable, write_deltalake
 
 from orchestrator.identifiers import Subject
 from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
-from workers.targets.base import PermanentError
+from tests.contract.lake import (
+    IntegerColumnContract,
+    StringColumnContract,
+    TableHistoryContract,
+    check_where_is_refused,
+)
 from workers.targets.delta import DeltaConfig, DeltaTarget, predicate
 
 pytestmark = pytest.mark.integration
@@ -84,7 +89,7 @@ class DeltaStore:
         return versions
 
 
-class DeltaContract(TargetContract):
+class DeltaContract(TableHistoryContract, TargetContract):
     integer = False
 
     @pytest.fixture
@@ -94,6 +99,10 @@ class DeltaContract(TargetContract):
     @pytest.fixture
     def target(self, store: DeltaStore) -> DeltaTarget:
         return DeltaTarget(DeltaConfig(name="manifest", kind="delta", uri=store.uri, where={"owner": "{user_id}"}))
+
+    @pytest.fixture
+    def orphan(self, store: DeltaStore) -> Path:
+        return Path(store.uri) / "part-orphan.parquet"
 
     def test_no_version_no_file_and_no_log_entry_keeps_the_subject(
         self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
@@ -120,15 +129,6 @@ class DeltaContract(TargetContract):
                                                          stats.get("maxValues", {}).get("owner"))
         assert target.level == "bytes_reclaimed" and beats.calls >= 4
 
-    def test_only_files_holding_the_subject_are_rewritten(
-        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
-    ) -> None:
-        """File statistics prune the delete: of the 5 files, only the subject's is rewritten (its min/max
-        include 12; the background file's and the look-alikes' exclude it or hold no row of it)."""
-        target.purge(subject(SUBJECT), beats)
-        assert target.files_total == 1 + len(seeded)
-        assert target.files_rewritten == 1
-
     def test_the_log_of_an_earlier_delete_is_cut_too(
         self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
     ) -> None:
@@ -139,39 +139,6 @@ class DeltaContract(TargetContract):
         assert target.purge(subject(SUBJECT), beats) == 0
         assert target._log_residue({"owner": store._owner(SUBJECT)}) == 0
         assert store.rows_in_every_file(SUBJECT) == 0 and target.level == "bytes_reclaimed"
-
-    def test_a_purge_killed_after_the_delete_is_finished_by_the_next(
-        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int]
-    ) -> None:
-        """Killed between delete and vacuum: old versions still read the subject; the resumed purge deletes
-        nothing more, vacuums and cuts the log, and verify then finds nothing."""
-
-        class Killed(BaseException):  # like the SystemExit of a worker shut down mid-purge
-            pass
-
-        def dies(done: int | None = None) -> None:
-            raise Killed
-
-        with pytest.raises(Killed):
-            target.purge(subject(SUBJECT), dies)
-        assert store.remaining(SUBJECT) == 0 and target.verify(subject(SUBJECT)) > 0  # history still has them
-        assert DeltaTarget(target.config).purge(subject(SUBJECT), Beats()) == 0
-        assert target.verify(subject(SUBJECT)) == 0 and store.rows_in_every_file(SUBJECT) == 0
-        assert {uid: store.remaining(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
-
-    def test_an_orphan_file_holding_the_subject_is_removed_once_old(
-        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats, monkeypatch: Any
-    ) -> None:
-        """A file no version references (a failed writer's leftover) that holds the subject counts as residue
-        while it may be a concurrent writer's, and is deleted once older than the grace period."""
-        orphan = Path(store.uri) / "part-orphan.parquet"
-        pq.write_table(pa.table({"owner": pa.array([store._owner(SUBJECT)] * 3, store.owner_type)}), orphan)
-        target.purge(subject(SUBJECT), beats)
-        assert orphan.exists() and target.verify(subject(SUBJECT)) == 3
-        monkeypatch.setattr("workers.targets.delta.ORPHAN_GRACE", -1.0)
-        target.purge(subject(SUBJECT), beats)
-        assert not orphan.exists() and target.verify(subject(SUBJECT)) == 0
-
 
     def test_concurrent_purges_of_one_table_both_finish(
         self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int]
@@ -188,18 +155,8 @@ class DeltaContract(TargetContract):
         assert store.remaining("123") == seeded["123"] and store.remaining("112") == seeded["112"]
 
 
-class TestDeltaStringContract(DeltaContract):
+class TestDeltaStringContract(StringColumnContract, DeltaContract):
     integer = False
-
-    def test_injection_attempts_are_plain_values(
-        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats
-    ) -> None:
-        """Values shaped like SQL are compared as one literal: nothing matches, nothing is deleted."""
-        total = store.total()
-        for value in ("12' OR '1'='1", "12'--", "' OR owner IS NOT NULL OR '", "12\" OR 1=1 --"):
-            hostile = Subject.parse({"user_id": value}, {"user_id": None})
-            assert target.count(hostile) == 0 and target.purge(hostile, beats) == 0
-        assert store.total() == total
 
     def test_a_quote_in_a_value_matches_exactly(self, tmp_path: Path, beats: Beats) -> None:
         """A value holding a quote erases exactly the rows holding it."""
@@ -210,26 +167,14 @@ class TestDeltaStringContract(DeltaContract):
         assert store.remaining("o''brien") == 1 and store.remaining("obrien") == 1
 
 
-class TestDeltaIntegerContract(DeltaContract):
+class TestDeltaIntegerContract(IntegerColumnContract, DeltaContract):
     integer = True
-
-    @pytest.mark.parametrize("value", ["012", "+12", "12.0", "12' OR '1'='1", "99999999999999999999"])
-    def test_unconvertible_values_fail_and_delete_nothing(
-        self, target: DeltaTarget, store: DeltaStore, seeded: dict[str, int], beats: Beats, value: str
-    ) -> None:
-        """An integer column takes canonical decimal integers in range only; anything else fails."""
-        total = store.total()
-        with pytest.raises(PermanentError):
-            target.purge(Subject.parse({"user_id": value}, {"user_id": None}), beats)
-        assert store.total() == total
 
 
 def test_config_is_checked_when_the_map_loads() -> None:
     """No placeholder, a column that is not a plain name, or a remote table are refused."""
-    with pytest.raises(ValueError, match="placeholder"):
-        DeltaConfig(name="x", kind="delta", uri="/tmp/x", where={"owner": "12"})
-    with pytest.raises(ValueError, match="plain column"):
-        DeltaConfig(name="x", kind="delta", uri="/tmp/x", where={'owner" OR 1=1 --': "{user_id}"})
+    check_where_is_refused(lambda where: DeltaConfig(name="x", kind="delta", uri="/tmp/x", where=where),
+                           'owner" OR 1=1 --')
     with pytest.raises(ValueError, match="local"):
         DeltaConfig(name="x", kind="delta", uri="s3://b/t", where={"owner": "{user_id}"})
 

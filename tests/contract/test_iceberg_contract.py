@@ -19,8 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from orchestrator.identifiers import Subject
 from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
+from tests.contract.lake import (
+    IntegerColumnContract,
+    StringColumnContract,
+    TableHistoryContract,
+    check_where_is_refused,
+)
 from workers.targets.base import PermanentError
 from workers.targets.iceberg import IcebergConfig, IcebergTarget
 from workers.targets.selectors import normal_url
@@ -84,7 +89,7 @@ class IcebergStore:
                    for p in (self.location() / "data").rglob("*.parquet"))
 
 
-class IcebergContract(TargetContract):
+class IcebergContract(TableHistoryContract, TargetContract):
     integer = False
 
     @pytest.fixture
@@ -97,6 +102,10 @@ class IcebergContract(TargetContract):
     def target(self, store: IcebergStore) -> IcebergTarget:
         return IcebergTarget(IcebergConfig(name="faces", kind="iceberg", catalog=store.catalog_props,
                                            table="lake.faces", where={"owner": "{user_id}"}))
+
+    @pytest.fixture
+    def orphan(self, store: IcebergStore) -> Path:
+        return store.location() / "data" / "orphan.parquet"
 
     def test_no_snapshot_no_file_and_no_manifest_keeps_the_subject(
         self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
@@ -124,33 +133,6 @@ class IcebergContract(TargetContract):
         assert files_before - {Path(p) for p in left}
         assert target.level == "bytes_reclaimed" and beats.calls >= 4
 
-    def test_only_files_holding_the_subject_are_rewritten(
-        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
-    ) -> None:
-        """Manifest bounds prune the delete: of the 5 data files only the subject's is rewritten."""
-        target.purge(subject(SUBJECT), beats)
-        assert target.files_total == 1 + len(seeded)
-        assert target.files_rewritten == 1
-
-    def test_a_purge_killed_after_the_delete_is_finished_by_the_next(
-        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int]
-    ) -> None:
-        """Killed after the delete: older snapshots still read the subject; the resumed purge deletes nothing
-        more, expires them, and verify then finds nothing."""
-
-        class Killed(BaseException):  # like the SystemExit of a worker shut down mid-purge
-            pass
-
-        def dies(done: int | None = None) -> None:
-            raise Killed
-
-        with pytest.raises(Killed):
-            target.purge(subject(SUBJECT), dies)
-        assert store.remaining(SUBJECT) == 0 and target.verify(subject(SUBJECT)) > 0
-        assert IcebergTarget(target.config).purge(subject(SUBJECT), Beats()) == 0
-        assert target.verify(subject(SUBJECT)) == 0 and store.rows_in_every_file(SUBJECT) == 0
-        assert {uid: store.remaining(uid) for uid in OTHERS} == {uid: seeded[uid] for uid in OTHERS}
-
     def test_a_tagged_snapshot_is_refused_before_anything_is_deleted(
         self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
     ) -> None:
@@ -161,49 +143,18 @@ class IcebergContract(TargetContract):
             target.purge(subject(SUBJECT), beats)
         assert store.remaining(SUBJECT) == seeded[SUBJECT]
 
-    def test_an_orphan_file_holding_the_subject_is_removed_once_old(
-        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats, monkeypatch: Any
-    ) -> None:
-        """A data file no snapshot references that holds the subject is residue, then deleted once old."""
-        orphan = store.location() / "data" / "orphan.parquet"
-        pq.write_table(pa.table({"owner": pa.array([store._owner(SUBJECT)] * 3, store.owner_type)}), orphan)
-        target.purge(subject(SUBJECT), beats)
-        assert orphan.exists() and target.verify(subject(SUBJECT)) == 3
-        monkeypatch.setattr("workers.targets.iceberg.ORPHAN_GRACE", -1.0)
-        target.purge(subject(SUBJECT), beats)
-        assert not orphan.exists() and target.verify(subject(SUBJECT)) == 0
 
-
-class TestIcebergStringContract(IcebergContract):
+class TestIcebergStringContract(StringColumnContract, IcebergContract):
     integer = False
 
-    def test_injection_attempts_are_plain_values(
-        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats
-    ) -> None:
-        """Values shaped like SQL are one literal of an EqualTo: nothing matches, nothing is deleted."""
-        total = store.total()
-        for value in ("12' OR '1'='1", "12'--", "' OR owner IS NOT NULL OR '"):
-            hostile = Subject.parse({"user_id": value}, {"user_id": None})
-            assert target.count(hostile) == 0 and target.purge(hostile, beats) == 0
-        assert store.total() == total
 
-
-class TestIcebergIntegerContract(IcebergContract):
+class TestIcebergIntegerContract(IntegerColumnContract, IcebergContract):
     integer = True
-
-    @pytest.mark.parametrize("value", ["012", "+12", "12.0", "12' OR '1'='1", "99999999999999999999"])
-    def test_unconvertible_values_fail_and_delete_nothing(
-        self, target: IcebergTarget, store: IcebergStore, seeded: dict[str, int], beats: Beats, value: str
-    ) -> None:
-        total = store.total()
-        with pytest.raises(PermanentError):
-            target.purge(Subject.parse({"user_id": value}, {"user_id": None}), beats)
-        assert store.total() == total
 
 
 def test_config_is_checked_when_the_map_loads() -> None:
-    with pytest.raises(ValueError, match="placeholder"):
-        IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a.b", where={"owner": "12"})
+    check_where_is_refused(lambda where: IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"},
+                                                       table="a.b", where=where), "o-wner")
     with pytest.raises(ValueError, match=r"namespace\.name"):
         IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a", where={"o": "{user_id}"})
     with pytest.raises(ValueError, match="uri"):

@@ -22,7 +22,7 @@ A purge, calling the heartbeat after each stage:
    writers still committing against them, which an erasure must end anyway, so it is disabled explicitly.
    The vacuum is the lite kind (files the log removed), never files a concurrent writer has written and not
    yet committed; a file no version references that still holds the subject (a failed writer's leftover)
-   is deleted once it is older than ``ORPHAN_GRACE``, and counted as residue until then.
+   is deleted once it is older than ``lake_common.ORPHAN_GRACE``, and counted as residue until then.
 3. **the log**: a delete's ``commitInfo`` records its predicate verbatim (the subject's value), and every
    ``add`` action records min/max statistics of the subject's file (the value, and other columns of
    their rows). Both survive a vacuum, in the JSON commits. lethe writes a checkpoint of the current version
@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,29 +55,26 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill
 from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TargetError
+from workers.targets.lake_common import Where, remove_orphans, subject_values
 from workers.targets.parquet_files import (
     Location,
     Value,
-    check_where,
     column_problems,
     count_in_file,
     directory_lock,
     local_fs,
     mask,
     remove_empty_partitions,
-    typed_values,
     vendor_errors,
 )
 
-ORPHAN_GRACE = 3600.0  # seconds: an unreferenced file younger than this may be a concurrent writer's
 LOG = "_delta_log"
 
 
 class DeltaConfig(TargetConfig):
     uri: str = Field(min_length=1, description="Directory of the Delta table (local path or file:// URI).")
-    where: dict[str, str] = Field(description="column -> templated value; a row matches when every column equals it.")
+    where: Where
 
     template_fields: ClassVar[tuple[str, ...]] = ("where",)
 
@@ -89,12 +85,6 @@ class DeltaConfig(TargetConfig):
             raise ValueError("uri must be a local Delta table directory (path or file:// URI): the erasure proof "
                              "reads the table's files and log")
         return uri
-
-    @field_validator("where")
-    @classmethod
-    def _where_is_safe(cls, where: dict[str, str]) -> dict[str, str]:
-        check_where(where)
-        return where
 
 
 def quote_column(column: str) -> str:
@@ -189,8 +179,7 @@ class DeltaTarget:
         return self.root / LOG
 
     def _values(self, subject: Subject, table: Any) -> dict[str, Value]:
-        filled = {column: fill(template, subject) for column, template in self.config.where.items()}
-        return typed_values(filled, table.to_pyarrow_dataset().schema)
+        return subject_values(self.config.where, subject, table.to_pyarrow_dataset().schema)
 
     @staticmethod
     def _count_version(table: Any, values: Mapping[str, Value]) -> int:
@@ -245,11 +234,7 @@ class DeltaTarget:
     def _remove_orphans(self, table: Any, values: Mapping[str, Value]) -> None:
         """Delete files no version references that hold the subject, once no writer can still be on them."""
         table.update_incremental()
-        referenced = self._referenced(table)
-        now = time.time()
-        for path, found in self._file_counts(values):
-            if found and path not in referenced and now - os.stat(path).st_mtime > ORPHAN_GRACE:
-                os.unlink(path)
+        remove_orphans(self._file_counts(values), self._referenced(table))
         remove_empty_partitions(self.root, skip=LOG)
 
     @staticmethod

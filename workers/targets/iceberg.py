@@ -25,7 +25,7 @@ A purge, calling the heartbeat after each stage:
    are taken from the expired snapshots themselves, never from a directory listing, so a concurrent writer's
    uncommitted files are never touched.
 4. **orphans**: a data file under the table's location that no snapshot references and that holds the
-   subject (a failed writer's leftover) is deleted once older than ``ORPHAN_GRACE``, residue until then.
+   subject (a failed writer's leftover) is deleted once older than ``lake_common.ORPHAN_GRACE``, residue until then.
 
 ``verify`` counts the subject's rows in the current snapshot, in every other snapshot that can still be
 read (time travel), and in every data file under the table's location the current snapshot does not
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,30 +47,27 @@ from urllib.parse import unquote, urlparse
 from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill
 from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TargetError
+from workers.targets.lake_common import Where, remove_orphans, subject_values
 from workers.targets.parquet_files import (
     Location,
     Value,
-    check_where,
     column_problems,
     count_in_file,
     directory_lock,
     local_fs,
     mask,
     remove_empty_partitions,
-    typed_values,
     vendor_errors,
 )
 
-ORPHAN_GRACE = 3600.0  # seconds: an unreferenced file younger than this may be a concurrent writer's
 TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\.[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 class IcebergConfig(TargetConfig):
     catalog: dict[str, str] = Field(description="pyiceberg SQL catalog properties: uri (SQLAlchemy URL), warehouse.")
     table: str = Field(description="namespace.name of the table.")
-    where: dict[str, str] = Field(description="column -> templated value; a row matches when every column equals it.")
+    where: Where
 
     template_fields: ClassVar[tuple[str, ...]] = ("where",)
 
@@ -90,12 +86,6 @@ class IcebergConfig(TargetConfig):
         if not TABLE.fullmatch(table):
             raise ValueError("table must be namespace.name (letters, digits, _)")
         return table
-
-    @field_validator("where")
-    @classmethod
-    def _where_is_safe(cls, where: dict[str, str]) -> dict[str, str]:
-        check_where(where)
-        return where
 
 
 def _local(uri: str) -> str:
@@ -210,8 +200,7 @@ class IcebergTarget:
             raise PermanentError(f"{self.where}: the catalog has no table {self.config.table}") from None
 
     def _values(self, subject: Subject, table: Any) -> dict[str, Value]:
-        filled = {column: fill(template, subject) for column, template in self.config.where.items()}
-        return typed_values(filled, table.schema().as_arrow())
+        return subject_values(self.config.where, subject, table.schema().as_arrow())
 
     @staticmethod
     def _expression(values: Mapping[str, Value]) -> Any:
@@ -292,11 +281,7 @@ class IcebergTarget:
         return files
 
     def _remove_orphans(self, table: Any, values: Mapping[str, Value]) -> None:
-        referenced = self._data_files(table, table.current_snapshot())
-        now = time.time()
-        for path, found in self._file_counts(table, values):
-            if found and path not in referenced and now - os.stat(path).st_mtime > ORPHAN_GRACE:
-                os.unlink(path)
+        remove_orphans(self._file_counts(table, values), self._data_files(table, table.current_snapshot()))
 
     @staticmethod
     def _bounds_residue(table: Any, values: Mapping[str, Value]) -> int:

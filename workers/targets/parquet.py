@@ -41,16 +41,14 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
-from orchestrator.templates import fill
 from workers.targets.base import Heartbeat, PermanentError, TargetConfig, TargetError
+from workers.targets.lake_common import Where, subject_values
 from workers.targets.parquet_files import (
     Location,
-    check_where,
     column_problems,
     count_in_file,
     partitions_of,
     rewrite_without,
-    typed_values,
     vendor_errors,
 )
 
@@ -59,7 +57,7 @@ class ParquetConfig(TargetConfig):
     uri: str = Field(min_length=1, description="Directory (or file) of Parquet files: a local path or s3:// URI.")
     endpoint_url: str | None = Field(None, description="S3 endpoint; AWS when absent.")
     region: str | None = Field(None, description="S3 region; AWS_DEFAULT_REGION or us-east-1 when absent.")
-    where: dict[str, str] = Field(description="column -> templated value; a row matches when every column equals it.")
+    where: Where
 
     template_fields: ClassVar[tuple[str, ...]] = ("where",)
 
@@ -72,12 +70,6 @@ class ParquetConfig(TargetConfig):
         if scheme == "s3" and not uri[len("s3://"):].split("/", 1)[0]:
             raise ValueError("an s3:// uri names a bucket: s3://bucket/prefix")
         return uri
-
-    @field_validator("where")
-    @classmethod
-    def _where_is_safe(cls, where: dict[str, str]) -> dict[str, str]:
-        check_where(where)
-        return where
 
 
 class ParquetTarget:
@@ -153,8 +145,7 @@ class ParquetTarget:
         location = self._open()
         with location.fs.open_input_file(path) as source:
             schema = pq.read_schema(source)
-        return typed_values({c: fill(t, subject) for c, t in self.config.where.items()}, schema,
-                            partitions_of(location.root, path))
+        return subject_values(self.config.where, subject, schema, partitions_of(location.root, path))
 
     def _holding(self, subject: Subject, heartbeat: Heartbeat | None = None) -> list[tuple[str, int]]:
         """(file, the subject's rows in it) for every data file."""
