@@ -52,7 +52,7 @@ from orchestrator.identifiers import Subject
 from orchestrator.templates import fill, placeholders_in
 from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
 from workers.targets.selectors import check_match, engine, normal_url
-from workers.targets.sql_types import check_bindable, convert
+from workers.targets.sql_types import check_bindable, convert, equals
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 MASK_SCALARS = (str, int, float, bool, type(None))
@@ -273,7 +273,8 @@ class SqlTarget:
 
         table = self.table()
         values: dict[str, str] = fill(self.config.where, subject)
-        return and_(*(table.c[c] == self._convert(table.c[c], v) for c, v in values.items()))
+        return and_(*(equals(table.c[c], self._convert(table.c[c], v), self.engine.dialect.name)
+                      for c, v in values.items()))
 
     def _mask_values(self) -> dict[str, Any]:
         table = self.table()

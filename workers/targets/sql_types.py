@@ -138,3 +138,23 @@ CONVERTERS: Mapping[type, Callable[[Any, Any, str], Any]] = {
     int: _to_int, str: _to_str, bool: _to_bool, Decimal: _to_decimal, float: _to_float, uuid.UUID: _to_uuid,
     date: _to_date, datetime: _to_datetime,
 }
+
+
+def equals(column: Any, value: Any, dialect: str) -> Any:
+    """``column = value`` as the one comparison every statement of a sql target selects rows by (count,
+    purge, verify). A string column compares under its own collation, which may be wider than the subject:
+    MySQL/MariaDB's utf8mb4_general_ci makes ``José`` and ``JOSE `` equal ``jose`` (accents, case, PAD
+    SPACE), a PostgreSQL nondeterministic collation or a SQLite ``COLLATE NOCASE`` column likewise. So the
+    column's own comparison (which its index serves) is ANDed with a binary one: byte-wise collation (the
+    charset's ``_bin`` on MySQL, ``"C"`` on PostgreSQL, ``BINARY`` on SQLite) and, against PAD SPACE, equal
+    lengths on MySQL."""
+    from sqlalchemy import String, and_, func, literal
+
+    if not isinstance(column.type, String) or not isinstance(value, str):
+        return column == value
+    if dialect == "mysql":
+        charset = getattr(column.type, "charset", None) or column.table.kwargs.get("mysql_default charset", "utf8mb4")
+        exact = and_(column.collate(f"{charset}_bin") == value, func.char_length(column) == func.char_length(literal(value)))
+    else:
+        exact = column.collate("C" if dialect == "postgresql" else "BINARY") == value
+    return and_(column == value, exact)
