@@ -154,7 +154,8 @@ def equals(column: Any, value: Any, dialect: str) -> Any:
         return column == value
     if dialect == "mysql":
         charset = getattr(column.type, "charset", None) or column.table.kwargs.get("mysql_default charset", "utf8mb4")
-        exact = and_(column.collate(f"{charset}_bin") == value, func.char_length(column) == func.char_length(literal(value)))
+        exact = and_(column.collate(f"{charset}_bin") == value,
+                     func.char_length(column) == func.char_length(literal(value)))
     else:
         exact = column.collate("C" if dialect == "postgresql" else "BINARY") == value
     return and_(column == value, exact)
