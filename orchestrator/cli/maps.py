@@ -20,16 +20,21 @@ def check_map(
     path: Annotated[Path | None, typer.Argument(
         metavar="PATH", help="Data map YAML (default: LETHE_DATA_MAP, else ./datamap.yaml).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Every declared store needs a target or reason.")] = False,
-    probe: Annotated[bool, typer.Option("--probe", help="Connect to every target that can be probed (sql: reflect "
-                                        "its table, report referencing tables no earlier target erases).")] = False,
+    probe: Annotated[bool, typer.Option("--probe", help="Connect to every target, lookup (keys_query, ids_query) and "
+                                        "identities: resolution and report, one line each, what is missing or "
+                                        "cannot be reached (sql: also referencing tables no earlier "
+                                        "target erases).")] = False,
 ) -> None:
     """Validate a data map and print the plan shape (exit 2 naming what is wrong)."""
     datamap = DataMap.load(path or Settings().data_map)
     problems = datamap.strict_problems() if strict else []
     if probe:  # adapters are imported only here: a plain check-map stays instant
         from workers.targets.base import probe_map
+        from workers.targets.probes import probe_query
 
         problems += [f"target {name!r}: {problem}" for name, problem in probe_map(datamap.targets)]
+        problems += [f"identity {i.name!r}: {problem}" for i in datamap.identities
+                     for problem in probe_query(i.query, "sql")]
     table = Table(title=f"data map {datamap.digest[:12]}: {len(datamap.targets)} targets", title_justify="left")
     for col in ("#", "target", "kind", "after", "needs"):
         table.add_column(col)

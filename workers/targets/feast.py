@@ -218,6 +218,15 @@ class FeastTarget:
         """Load the repo and check the entity, views and stores; raise PermanentError saying what is wrong."""
         self._load()
 
+    def probe(self, earlier: object) -> list[str]:
+        """``check-map --probe``: the repo loads, its feature views exist and are keyed by the entity, and
+        a Redis online store answers PING. A problem raises the TargetError the tasks would."""
+        repo = self._load()
+        if isinstance(repo.online, RedisOnline):
+            with self._translate("probe"):
+                repo.online.client.ping()
+        return []
+
     # -- loading ----------------------------------------------------------------------------------
     def _load(self) -> _Repo:
         if self._repo is None:

@@ -187,6 +187,12 @@ class LanceDBTarget:
                     residue += sum(1 for row in found if selector.owns(row))
         return residue
 
+    def probe(self, earlier: object) -> list[str]:
+        """The database directory and the table exist (``check-map --probe``): the table is opened, not
+        read. A problem raises the TargetError the tasks would."""
+        self._open()
+        return []
+
     # -- stages -------------------------------------------------------------------------------------
     def _open(self) -> Any:
         db = connection(self.config.location)

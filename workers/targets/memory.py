@@ -111,3 +111,7 @@ class MemoryTarget:
 
     def verify(self, subject: Subject) -> int:
         return self.count(subject)
+
+    def probe(self, earlier: object) -> list[str]:
+        """An in-process store is created by its first write and cannot be unreachable: no problem to find."""
+        return []

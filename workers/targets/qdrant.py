@@ -238,6 +238,13 @@ class QdrantTarget:
                                        timeout=self.config.timeout)
             yield client
 
+    def probe(self, earlier: object) -> list[str]:
+        """The server (or local folder) answers and the collection exists (``check-map --probe``): its
+        description is read, not its points. A problem raises the TargetError the tasks would."""
+        with self._session() as client, self._translate("get collection"):
+            client.get_collection(self.config.collection)
+        return []
+
     def _keep_probes(self, vector: Any) -> None:
         if vector is None:
             return

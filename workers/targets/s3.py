@@ -209,6 +209,41 @@ class S3Target:
             )
         return deleted
 
+    # -- probe (check-map --probe) ---------------------------------------------------------------------
+    def probe(self, earlier: object) -> list[str]:
+        """The bucket exists and answers (HeadBucket), and nothing in its settings keeps a purge from
+        deleting versions: MFA Delete (DeleteObjectVersion then needs a token lethe does not have) or an
+        Object Lock default retention (every new version is locked: its erasure waits, held). Three
+        bucket-level calls; nothing is listed."""
+        bucket = self.config.bucket
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if status == 404:
+                return [f"S3 bucket {bucket} does not exist"]
+            if status == 403:
+                return [f"S3 bucket {bucket}: access denied (HeadBucket needs s3:ListBucket)"]
+            return [f"S3 HeadBucket on bucket {bucket}: HTTP {status or exc.response.get('Error', {}).get('Code')}"]
+        except S3Target.retryable_errors as exc:
+            return [f"S3 endpoint cannot be reached for bucket {bucket} ({type(exc).__name__})"]
+        problems: list[str] = []
+        with _translate("GetBucketVersioning", bucket):
+            if self.client.get_bucket_versioning(Bucket=bucket).get("MFADelete") == "Enabled":
+                problems.append(f"S3 bucket {bucket} has MFA Delete enabled: lethe cannot delete its versions")
+        try:
+            lock = self.client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                raise
+        else:
+            default = lock.get("Rule", {}).get("DefaultRetention")
+            if lock.get("ObjectLockEnabled") == "Enabled" and default:
+                span = f"{default.get('Days') or default.get('Years')} {'days' if 'Days' in default else 'years'}"
+                problems.append(f"S3 bucket {bucket} has an Object Lock default retention ({default.get('Mode')}, "
+                                f"{span}): a subject's newer versions wait, held, until it ends")
+        return problems
+
     # -- selection --------------------------------------------------------------------------------
     def _pages(self, subject: Subject) -> Iterator[list[dict[str, str]]]:
         """Every (key, version) the selector matches, delete markers included, one listing page at a time
