@@ -295,6 +295,7 @@ class MLflowTarget:
         elif self._gc_store() is not None:  # the rows should be gone
             runs = len(leftover)
         else:  # soft-deleted rows are expected until the server's `mlflow gc`; their artifacts are not
+            self._check_reachable_artifacts(selection.runs[rid].info.artifact_uri for rid in leftover)
             runs = sum(self._files_left(selection.runs[rid].info.artifact_uri) for rid in leftover)
         files = sum(self._files_left(uri) for uri in self._purged_locations)
         return len(selection.versions) + runs + files

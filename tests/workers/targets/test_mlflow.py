@@ -508,6 +508,11 @@ def test_delete_through_a_server_refuses_artifacts_on_the_servers_own_disk(
     mv = registry.get("faces", version)
     assert mv is not None and mv.aliases == ["champion"]
     assert registry.client.get_run(mv.run_id).info.lifecycle_stage == "active"
+    # nor can it be verified from here: its files on the server's disk are not lethe's to count
+    registry.client.delete_run(mv.run_id)
+    registry.client.delete_model_version("faces", version)
+    with pytest.raises(PermanentError, match="--serve-artifacts"):
+        target.verify(subject())
 
 
 # -- configuration and errors ------------------------------------------------------------------------------
