@@ -32,13 +32,12 @@ from orchestrator import certificates
 from orchestrator.certificates import canonical_json
 from orchestrator.config import Settings
 from orchestrator.identifiers import InvalidIdentifier, Subject
-from orchestrator.ledger.store import stored_idempotency_key
+from orchestrator.ledger import stored_idempotency_key
 from orchestrator.times import to_utc
 
 if TYPE_CHECKING:
     from orchestrator.datamap import DataMap
-    from orchestrator.ledger.store import Ledger
-    from orchestrator.service import Lethe
+    from orchestrator.ledger import Ledger
 
 EXCHANGE = Exchange("lethe.events", type="topic", durable=True)
 ERASURE_REQUESTED = "lethe.erasure.requested"
@@ -143,12 +142,12 @@ def verify_outbound(event: Mapping[str, Any], public_keys: Iterable[Ed25519Publi
     return False
 
 
-def publish_outbox(lethe: Lethe, producer: Producer) -> int:
+def publish_outbox(ledger: Ledger, producer: Producer) -> int:
     """Publish the ledger's pending outbound events, each signed with the ledger's signing key. A broker
     error leaves the rest in the outbox (consumers deduplicate on the event id)."""
     maybe_declare(EXCHANGE, producer.channel)
-    key = lethe.ledger.signing_key
-    return lethe.ledger.publish_outbox(lambda _type, event: send_event(producer, sign_outbound(event, key)))
+    key = ledger.signing_key
+    return ledger.publish_outbox(lambda _type, event: send_event(producer, sign_outbound(event, key)))
 
 
 # -- checks ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,8 +39,9 @@ from orchestrator.events import (
 )
 from orchestrator.identifiers import Subject
 from orchestrator.identities import ResolutionUnavailable
-from orchestrator.ledger.store import Filing, IdempotencyConflict, LedgerError
+from orchestrator.ledger import IdempotencyConflict, LedgerError
 from orchestrator.logs import get_logger
+from orchestrator.service import Submission
 
 if TYPE_CHECKING:
     from orchestrator.datamap import DataMap
@@ -302,23 +303,20 @@ class Intake(ConsumerMixin):
         the acks. The same (source, id) twice in the batch is filed once; twice with different subjects the
         later one is a duplicate without a request, as handle answers an IdempotencyConflict."""
         first: dict[str, _Requested] = {}
-        filings: list[Filing] = []
+        submissions: list[Submission] = []
         for item in items:
             if item.key not in first:
                 first[item.key] = item
-                filings.append(Filing(item.subject, item.key))
-        try:
-            filings = [replace(f, resolution=datamap.resolve(f.subject)) for f in filings]  # before filing
-            filed, dispatches = self.lethe.ledger.file_requests(datamap, filings, dry_run=dry_run, regime=regime,
-                                                                actor=actor)
+                submissions.append(Submission(item.subject, item.key))
+        try:  # the service's one filing path: identities resolved, planned, recorded, dispatched
+            filed = self.lethe.file_many(datamap, submissions, dry_run=dry_run, regime=regime, actor=actor)
         except Exception as exc:  # a refused request, a race on a key, a bug: find which event, one at a time
             if (isinstance(exc, DBAPIError) and ledger_unreachable(exc)) or isinstance(exc, ResolutionUnavailable):
                 raise
             for item in items:
                 self._one(item.message, item.event, datamap)
             return
-        by_key = {filing.idempotency_key: result for filing, result in zip(filings, filed, strict=True)}
-        self.lethe.send(dispatches)
+        by_key = {submission.idempotency_key: result for submission, result in zip(submissions, filed, strict=True)}
         for item in items:
             request_id, created = by_key[item.key]
             if first[item.key] is item:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
 from orchestrator.identities import Resolution
+from orchestrator.ledger import PlannedTask
 
 # Namespace for task ids: uuid5(namespace, "<request id>/<target>") is the same on every host and retry.
 TASK_NAMESPACE = uuid.UUID("6c1e7a0e-0b5e-4c8e-9a57-1e7e1e7e1e7e")
@@ -16,17 +16,6 @@ TASK_NAMESPACE = uuid.UUID("6c1e7a0e-0b5e-4c8e-9a57-1e7e1e7e1e7e")
 
 def task_id(request_id: str, target: str) -> str:
     return str(uuid.uuid5(TASK_NAMESPACE, f"{request_id}/{target}"))
-
-
-@dataclass(frozen=True)
-class PlannedTask:
-    id: str
-    target: str
-    kind: str
-    position: int
-    after: tuple[str, ...]
-    status: str  # "pending", or "skipped" when the request lacks an identifier the selector needs
-    reason: str | None = None
 
 
 def plan(request_id: str, datamap: DataMap, subject: Subject,

@@ -1,6 +1,7 @@
-"""One object for every lethe process (CLI, worker, API): settings, the ledger, and sending work.
+"""One object for every lethe process (CLI, worker, API, intake): settings, the ledger, and sending work.
 
-The CLI files requests through it, workers run tasks through it, and both send dispatches the same way.
+Every door files requests through it, top-down in one place: request -> plan -> record -> dispatch
+(``Lethe.file_many``). Workers reach it only through the narrow ``workers.host.WorkerHost`` interface.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.config import Settings, get_settings
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
-from orchestrator.ledger.store import TERMINAL_REQUEST, Dispatch, Filing, Ledger
+from orchestrator.identities import Resolution
+from orchestrator.ledger import TERMINAL_REQUEST, Dispatch, Filing, Ledger, LedgerError
 from orchestrator.logs import get_logger
+from orchestrator.planner import plan
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -27,6 +32,40 @@ log = get_logger("lethe.service")
 WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
 DISPATCH_BATCH = 256  # task ids per message at most
 FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One erasure request as a door received it: the subject (validated against the map; empty for a dataset
+    erasure), the stored idempotency key, its origin, and the identities' results when the door resolved
+    them already (a bulk submission resolves every subject before it files any)."""
+
+    subject: Subject
+    idempotency_key: str | None = None
+    origin: dict[str, Any] | None = None
+    resolution: Resolution | None = None
+
+
+def plan_filings(datamap: DataMap, submissions: Sequence[Submission], subject_key: bytes, *,
+                 only_targets: Collection[str] | None = None, dataset: str | None = None) -> list[Filing]:
+    """What the ledger records for each submission: a new request id, the identities resolved before
+    anything is filed (docs/decisions.md: their values are fixed before any purge, and a lookup database that
+    does not answer files nothing), and the plan of its tasks."""
+    if dataset is not None and (dataset not in datamap.datasets or any(len(s.subject) for s in submissions)):
+        known = ", ".join(sorted(datamap.datasets)) or "none"
+        raise LedgerError(f"unknown dataset {dataset!r} (the data map declares: {known})")
+    filings = []
+    for submission in submissions:
+        resolution = submission.resolution
+        if resolution is None and dataset is None:
+            resolution = datamap.resolve(submission.subject)
+        request_id = str(uuid.uuid4())
+        tasks = plan(request_id, datamap, submission.subject, only=only_targets, dataset=dataset,
+                     resolution=resolution)
+        filings.append(Filing(request_id, submission.subject, tuple(tasks), submission.idempotency_key,
+                              submission.origin, derived=tuple(resolution.derived(subject_key)) if resolution else (),
+                              derived_values=resolution.sealable() if resolution else {}))
+    return filings
 
 
 class BrokerUnreachable(Exception):
@@ -81,26 +120,19 @@ class Lethe:
             self._map_cache = (stamp, DataMap.load(path))
         return self._map_cache[1]
 
-    # -- requests ---------------------------------------------------------------------------------
+    # -- requests: request -> plan -> record -> dispatch, for every door (CLI, API, intake) ----------
     def submit(self, subject: Mapping[str, object], *, dry_run: bool = False, regime: str = "gdpr",
                idempotency_key: str | None = None, actor: str = "cli", datamap: DataMap | None = None,
                only_targets: list[str] | None = None, origin: dict[str, Any] | None = None,
                dataset: str | None = None, requested_by: str | None = None) -> tuple[str, bool]:
-        """Validate, record, plan and dispatch an erasure request (of a subject, or with ``dataset`` of a
+        """Validate, plan, record and dispatch an erasure request (of a subject, or with ``dataset`` of a
         whole data source declared in the map). Returns (request id, created). ``requested_by``: the API
         token name it is filed under."""
         datamap = datamap or self.load_map()
         parsed = Subject({}) if dataset is not None else datamap.parse_subject(subject)
-        # Identities resolve here, before anything is filed (docs/decisions.md): their values are fixed
-        # before any purge, and a lookup database that does not answer files nothing.
-        resolution = None if dataset is not None else datamap.resolve(parsed)
-        request_id, created, dispatches = self.ledger.file_request(
-            datamap, parsed, dry_run=dry_run, regime=regime, idempotency_key=idempotency_key, actor=actor,
-            only_targets=only_targets, origin=origin, dataset=dataset, requested_by=requested_by,
-            resolution=resolution)
-        not_sent = self.send(dispatches)
-        log.info("request.filed", request_id=request_id, created=created, tasks=len(dispatches),
-                 not_dispatched=not_sent)
+        (request_id, created), = self.file_many(
+            datamap, [Submission(parsed, idempotency_key, origin)], dry_run=dry_run, regime=regime, actor=actor,
+            only_targets=only_targets, dataset=dataset, requested_by=requested_by)
         return request_id, created
 
     def submit_many(self, subjects: Iterable[Mapping[str, object]], *, dry_run: bool = False, regime: str = "gdpr",
@@ -113,18 +145,32 @@ class Lethe:
         datamap = datamap or self.load_map()
         parsed = [datamap.parse_subject(subject) for subject in subjects]
         # Every identity lookup before the first filing too: a lookup that fails or refuses files nothing.
-        filings = [Filing(subject, resolution=datamap.resolve(subject)) for subject in parsed]
+        submissions = [Submission(subject, resolution=datamap.resolve(subject)) for subject in parsed]
         request_ids: list[str] = []
-        for start in range(0, len(filings), FILE_BATCH):
-            filed, dispatches = self.ledger.file_requests(
-                datamap, filings[start:start + FILE_BATCH], dry_run=dry_run,
-                regime=regime, actor=actor)
-            self.send(dispatches)
+        for start in range(0, len(submissions), FILE_BATCH):
+            filed = self.file_many(datamap, submissions[start:start + FILE_BATCH], dry_run=dry_run,
+                                   regime=regime, actor=actor)
             request_ids += [request_id for request_id, _ in filed]
             if on_progress:
                 on_progress(len(request_ids))
         log.info("requests.filed", requests=len(request_ids))
         return request_ids
+
+    def file_many(self, datamap: DataMap, submissions: Sequence[Submission], *, dry_run: bool = False,
+                  regime: str = "gdpr", actor: str = "cli", only_targets: Collection[str] | None = None,
+                  dataset: str | None = None, requested_by: str | None = None) -> list[tuple[str, bool]]:
+        """The one filing path: plan each submission, record them in one ledger transaction, dispatch what
+        is ready. Returns (request id, created) per submission, in order (see ``Ledger.file_requests``)."""
+        filings = plan_filings(datamap, submissions, self.settings.subject_key_bytes, only_targets=only_targets,
+                               dataset=dataset)
+        filed, dispatches = self.ledger.file_requests(datamap.text, filings, dry_run=dry_run, regime=regime,
+                                                      actor=actor, only_targets=only_targets, dataset=dataset,
+                                                      requested_by=requested_by)
+        not_sent = self.send(dispatches)
+        if len(filed) == 1:  # a bulk submission logs once, at its end
+            log.info("request.filed", request_id=filed[0][0], created=filed[0][1], tasks=len(dispatches),
+                     not_dispatched=not_sent)
+        return filed
 
     def retry(self, request_id: str, actor: str = "cli") -> None:
         self.send(self.ledger.retry(request_id, actor=actor))
@@ -167,30 +213,30 @@ class Lethe:
         DISPATCH_BATCH task ids (a bulk erasure releases thousands at once; the worker claims and records
         them in chunks). A failed send is recorded on its tasks (status shows them not dispatched, with
         why) and reconcile sends them again on its next pass. Returns how many tasks were not dispatched."""
-        messages: list[tuple[list[str], str, bool]] = []  # (task ids, kind, continuation)
+        messages: list[tuple[list[str], str]] = []  # (task ids, kind)
         by_kind: dict[str, list[str]] = {}
         for d in dispatches:
             if d.continuation:  # the next slice of one long purge travels alone
-                messages.append(([d.task_id], d.kind, True))
+                messages.append(([d.task_id], d.kind))
             else:
                 by_kind.setdefault(d.kind, []).append(d.task_id)
         for kind, task_ids in by_kind.items():
-            messages += [(task_ids[start:start + DISPATCH_BATCH], kind, False)
+            messages += [(task_ids[start:start + DISPATCH_BATCH], kind)
                          for start in range(0, len(task_ids), DISPATCH_BATCH)]
         failed: dict[str, list[str]] = {}  # why -> task ids
-        for task_ids, kind, continuation in messages:
-            error = self._send(task_ids, kind, countdown, continuation)
+        for task_ids, kind in messages:
+            error = self._send(task_ids, kind, countdown)
             if error:
                 failed.setdefault(error, []).extend(task_ids)
         for error, task_ids in failed.items():
             self.ledger.mark_not_dispatched(task_ids, f"not dispatched: {error}; `lethe reconcile` sends it again")
         return sum(map(len, failed.values()))
 
-    def _send(self, task_ids: list[str], kind: str, countdown: float | None, continuation: bool) -> str | None:
+    def _send(self, task_ids: list[str], kind: str, countdown: float | None) -> str | None:
         """Send one message; returns why the broker did not take it (safe to show), or None."""
         try:
             self.app.send_task("lethe.purge", args=[task_ids], queue=f"purge.{kind}", countdown=countdown,
-                               kwargs={"kind": kind, **({"continuation": True} if continuation else {})})
+                               kwargs={"kind": kind})  # whether a slice continues is the ledger's record
         except Exception as exc:
             log.warning("dispatch.failed", tasks=len(task_ids), error=type(exc).__name__)
             return f"the broker could not be reached ({type(exc).__name__})"
@@ -220,7 +266,7 @@ class Lethe:
         try:
             # A pooled connection (no connect per call); the batch pipelines the Redis commands.
             with self.app.producer_or_acquire() as producer, producer.batch():
-                return publish_outbox(self, producer)  # Ed25519: never the event key
+                return publish_outbox(self.ledger, producer)  # Ed25519: never the event key
         except Exception as exc:
             log.warning("events.publish_failed", error=type(exc).__name__)
             return 0

@@ -41,8 +41,6 @@ def test_a_broken_rule_is_caught(tmp_path: Path) -> None:
     assert "orchestrator.api" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the ledger still plans (store -> planner -> datamap -> "
-                   "workers.targets.base); when this passes, enable `ledger-imports-no-workers` in pyproject.toml")
 def test_ledger_imports_nothing_from_workers() -> None:
     """The ledger, the source of truth, does not depend on the adapters (issue 21 item 1)."""
     graph = grimp.build_graph("orchestrator", "workers")

@@ -13,7 +13,7 @@ from kombu import Exchange, Queue
 from workers.targets.base import known_kinds
 
 if TYPE_CHECKING:
-    from orchestrator.service import Lethe
+    from workers.host import WorkerHost
 
 CONTROL_QUEUE = "lethe.control"
 
@@ -22,8 +22,8 @@ def purge_queues() -> list[str]:
     return [f"purge.{kind}" for kind in sorted(known_kinds())]
 
 
-def create_app(lethe: Lethe) -> Celery:
-    settings = lethe.settings
+def create_app(host: WorkerHost) -> Celery:
+    settings = host.settings
     embedded = settings.broker_url is None
     app = Celery("lethe", broker=settings.broker_url or "memory://localhost//", set_as_current=False)
     exchange = Exchange("lethe.tasks", type="direct", durable=True)
@@ -55,7 +55,7 @@ def create_app(lethe: Lethe) -> Celery:
             "reconcile": {"task": "lethe.reconcile", "schedule": 60.0, "options": {"queue": CONTROL_QUEUE}},
         },
     )
-    app.lethe = lethe
+    app.lethe = host
 
     from workers.tasks import register
 

@@ -6,6 +6,7 @@ retries exhausted, error kept), or a scheduled retry for an error the target mar
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import Counter
@@ -17,12 +18,13 @@ import structlog
 from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError
 
+from orchestrator.datamap import DataMap
 from orchestrator.identities import subjects_for
-from orchestrator.ledger.store import Dispatch, Outcome, TaskRun
+from orchestrator.ledger import Dispatch, Outcome, TaskRun
+from orchestrator.ledger.snapshots import DEFAULT_MAX_ITEMS
 from orchestrator.logs import get_logger, redact_values, scrub
-from orchestrator.service import Lethe
+from workers.host import WorkerHost
 from workers.targets.base import (
-    DEFAULT_MAX_ITEMS,
     Heartbeat,
     HeldError,
     PermanentError,
@@ -52,7 +54,7 @@ class LetheTask(Task):
     max_retries = None  # lethe counts retries itself against settings.task_max_retries
 
     @property
-    def lethe(self) -> Lethe:
+    def lethe(self) -> WorkerHost:
         return self.app.lethe
 
     def retry_later(self, exc: Exception) -> Exception:
@@ -142,14 +144,14 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
     return " ".join(f"{k}={n}" for k, n in sorted(ended.items()) if n)
 
 
-def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
+def _run(self: LetheTask, lethe: WorkerHost, run: TaskRun) -> Outcome | str:
     """Count, purge and verify one claimed task. Returns the verified Outcome to record, or how the task
     stopped otherwise ("awaiting_approval", "continued", "held", "retrying", "failed")."""
     ledger = lethe.ledger
     started = time.monotonic()
     residue: int | None = None
     try:
-        datamap = ledger.data_map(run.data_map_digest)
+        datamap = stored_map(ledger.map_text(run.data_map_digest), run.data_map_digest)
         config = datamap.target(run.target)
         if run.dataset is not None:  # the dataset's literal selector replaces the subject's template
             config = config.model_copy(update=datamap.datasets[run.dataset][run.target])
@@ -211,6 +213,13 @@ def _run(self: LetheTask, lethe: Lethe, run: TaskRun) -> Outcome | str:
     return Outcome(run.task_id, deleted, target.level, tuple(context.events), note)
 
 
+@functools.lru_cache(maxsize=32)
+def stored_map(text: str, digest: str) -> DataMap:
+    """The data map a request was planned from, parsed once per process (a stored map never changes; the
+    ledger checked its text against the digest)."""
+    return DataMap.parse(text, source=f"data map {digest[:12]}")
+
+
 def _retryable_types(kind: str) -> tuple[type[BaseException], ...]:
     try:
         return tuple(target_class(kind).retryable_errors)
@@ -218,7 +227,7 @@ def _retryable_types(kind: str) -> tuple[type[BaseException], ...]:
         return ()
 
 
-def _heartbeat(lethe: Lethe, task_id: str, slice_ends: float | None = None) -> Heartbeat:
+def _heartbeat(lethe: WorkerHost, task_id: str, slice_ends: float | None = None) -> Heartbeat:
     """Renew the task's lease (and record progress) at most every 2 s, however often the target calls;
     the lease needs far less, progress reads better live. For a resumable target, end the slice once its
     time is up (between two pages, where the target calls)."""

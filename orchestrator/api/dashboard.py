@@ -21,7 +21,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from orchestrator.api import queries, scope, sessions
+from orchestrator.api import scope, sessions
 from orchestrator.api.auth import Action, Principal, TokenStore
 from orchestrator.api.broker import BrokerView
 from orchestrator.api.errors import error_for
@@ -29,7 +29,7 @@ from orchestrator.api.metrics import SnapshotCache
 from orchestrator.api.presentation import audit_summary, chart, parse_time, row
 from orchestrator.api.sessions import Session
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import TERMINAL_REQUEST, LedgerError, UnknownRequest
+from orchestrator.ledger import REQUEST_STATUSES, TERMINAL_REQUEST, LedgerError, UnknownRequest, valid_cursor
 from orchestrator.logs import get_logger
 from orchestrator.service import Lethe
 
@@ -183,23 +183,23 @@ def requests_page(request: Request, status: str | None = None, q: str | None = N
     session, principal = auth
     lethe = _lethe(request)
     at = datetime.now(UTC)
-    status = status if status in queries.REQUEST_STATUSES else None
+    status = status if status in REQUEST_STATUSES else None
     q = (q or "").strip()[:36]
     nxt = None
     owner = scope.owner(principal)
     if q:
-        items = queries.statuses(lethe.ledger, queries.ids_with_prefix(lethe.ledger, q, status, PAGE_SIZE, owner))
+        items = lethe.ledger.statuses(lethe.ledger.ids_with_prefix(q, status, PAGE_SIZE, owner))
     else:
-        cursor = cursor if cursor and queries.valid_cursor(cursor) else None
+        cursor = cursor if cursor and valid_cursor(cursor) else None
         page = lethe.ledger.list_requests(status=status, limit=PAGE_SIZE, cursor=cursor, requested_by=owner)
         items, nxt = page["items"], page["next"]
     items = [scope.visible(principal, s) for s in items]
-    waiting = queries.waiting(lethe.ledger, [s["id"] for s in items])
+    waiting = lethe.ledger.waiting([s["id"] for s in items])
     lease = lethe.ledger.lease.total_seconds()
     rows = [row(s, at, waiting.get(s["id"]), lease) for s in items]
     more = f"/?{urlencode({k: v for k, v in {'status': status, 'cursor': nxt}.items() if v})}" if nxt else None
     return render(request, "requests.html", {
-        "title": "Requests", "rows": rows, "status": status or "", "q": q, "statuses": queries.REQUEST_STATUSES,
+        "title": "Requests", "rows": rows, "status": status or "", "q": q, "statuses": REQUEST_STATUSES,
         "more": more, "paged": bool(cursor and not q), "refresh": REFRESH_SECONDS,
         "counts": {"overdue": sum(r["due_class"] == "overdue" for r in rows),
                    "due_soon": sum(r["due_class"] == "due-soon" for r in rows),
@@ -229,7 +229,7 @@ def _request_view(request: Request, session: Session, request_id: str, notice: s
     except UnknownRequest:
         return error_page(request, session, 404, "No request with this id.")
     at = datetime.now(UTC)
-    waiting = queries.waiting(lethe.ledger, [status["id"]]).get(status["id"])
+    waiting = lethe.ledger.waiting([status["id"]]).get(status["id"])
     tasks_by_id = {}
     for t in status["tasks"]:
         tasks_by_id[t["target"]] = t
@@ -319,7 +319,7 @@ def overview_page(request: Request) -> Response:
     lethe = _lethe(request)
     snapshots: SnapshotCache = request.app.state.snapshots
     snap = snapshots.get()
-    ov = queries.overview(lethe.ledger, snap)
+    ov = lethe.ledger.overview(snap)
     targets = sorted(set(ov.failed_now_by_target) | set(ov.failures_by_target))
     broker: BrokerView = request.app.state.broker
     return render(request, "overview.html", {

@@ -19,7 +19,7 @@ from orchestrator.config import ConfigError
 from orchestrator.datamap import DataMapError
 from orchestrator.identifiers import InvalidIdentifier
 from orchestrator.identities import ResolutionUnavailable
-from orchestrator.ledger.store import IdempotencyConflict, InvalidInput, LedgerError, UnknownRequest
+from orchestrator.ledger import IdempotencyConflict, InvalidInput, LedgerError, UnknownRequest
 from orchestrator.logs import get_logger
 
 log = get_logger("lethe.api")

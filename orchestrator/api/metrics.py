@@ -40,8 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator.api import queries
 from orchestrator.api.broker import BrokerView
+from orchestrator.ledger import REQUEST_STATUSES, Snapshot
 from orchestrator.logs import get_logger
 from orchestrator.service import Lethe
 
@@ -65,17 +65,17 @@ def _histogram(values: Iterable[float]) -> tuple[list[tuple[str, float]], float]
 
 
 class SnapshotCache:
-    """``queries.snapshot`` read at most once every ``seconds``; concurrent callers wait for one reading."""
+    """``Ledger.metrics_snapshot`` read at most once every ``seconds``; concurrent callers wait for one reading."""
 
     def __init__(self, lethe: Lethe, seconds: float = SNAPSHOT_SECONDS):
         self.lethe, self.seconds = lethe, seconds
         self._lock = threading.Lock()
-        self._taken: tuple[float, queries.Snapshot] | None = None
+        self._taken: tuple[float, Snapshot] | None = None
 
-    def get(self) -> queries.Snapshot:
+    def get(self) -> Snapshot:
         with self._lock:
             if self._taken is None or time.monotonic() - self._taken[0] >= self.seconds:
-                self._taken = (time.monotonic(), queries.snapshot(self.lethe.ledger))
+                self._taken = (time.monotonic(), self.lethe.ledger.metrics_snapshot())
             return self._taken[1]
 
 
@@ -98,7 +98,7 @@ class LedgerCollector(Collector):
 
         requests = GaugeMetricFamily("lethe_requests", "Erasure requests in the ledger, by status.",
                                      labels=["status"])
-        for status in sorted(set(queries.REQUEST_STATUSES) | set(snap.requests_by_status)):
+        for status in sorted(set(REQUEST_STATUSES) | set(snap.requests_by_status)):
             requests.add_metric([status], snap.requests_by_status.get(status, 0))
         yield requests
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from orchestrator.api import queries
-from orchestrator.ledger.store import DONE_TASK
+from orchestrator.ledger import DONE_TASK, FINISHED, Waiting
+from orchestrator.ledger.aggregates import DUE_SOON
 
 
 # -- formatting --------------------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ def deadline(status: dict[str, Any], at: datetime) -> tuple[str, str]:
     """(text, css class) of the time left to due_at: overdue and due within 3 days are highlighted."""
     due = parse_time(status["due_at"])
     assert due is not None
-    if status["status"] in queries.FINISHED:
+    if status["status"] in FINISHED:
         done = parse_time(status["completed_at"])
         if status["status"] == "completed" and done is not None:
             if done > due:
@@ -42,12 +42,12 @@ def deadline(status: dict[str, Any], at: datetime) -> tuple[str, str]:
     left = (due - at).total_seconds()
     if left < 0:
         return f"overdue by {span(left)}", "overdue"
-    if left < queries.DUE_SOON.total_seconds():
+    if left < DUE_SOON.total_seconds():
         return f"{span(left)} left", "due-soon"
     return f"{span(left)} left", ""
 
 
-def progress(waiting: queries.Waiting | None, at: datetime, lease: float) -> dict[str, Any]:
+def progress(waiting: Waiting | None, at: datetime, lease: float) -> dict[str, Any]:
     """Texts of an unfinished request's last progress and next re-send; ``stalled`` when nothing happened
     for longer than a lease (a healthy task renews its lease well before that)."""
     if waiting is None:
@@ -64,7 +64,7 @@ def progress(waiting: queries.Waiting | None, at: datetime, lease: float) -> dic
             "next_resend_at": waiting.next_resend.isoformat() if waiting.next_resend else ""}
 
 
-def row(status: dict[str, Any], at: datetime, waiting: queries.Waiting | None = None,
+def row(status: dict[str, Any], at: datetime, waiting: Waiting | None = None,
         lease: float = 600.0) -> dict[str, Any]:
     tasks = status["tasks"]
     received = parse_time(status["received_at"])

@@ -10,12 +10,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from orchestrator.api import queries, scope
+from orchestrator.api import scope
 from orchestrator.api.auth import Action, Principal, Role, TokenStore
 from orchestrator.api.errors import ApiError, ErrorBody
 from orchestrator.api.schemas import ErasureRequestIn, HoldIn, HoldRelease, RequestPage, RequestStatus, StatusOut
 from orchestrator.events import request_for_event
-from orchestrator.ledger.store import stored_idempotency_key
+from orchestrator.ledger import stored_idempotency_key, valid_cursor
+from orchestrator.reports import erasure_report
 from orchestrator.service import Lethe
 
 bearer = HTTPBearer(auto_error=False, description="A token from the LETHE_API_TOKENS file.")
@@ -105,7 +106,7 @@ def list_requests(
     cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
 ) -> dict[str, Any]:
     """Requests, newest first, a page at a time (a requester's: those filed under its own token name)."""
-    if cursor is not None and not queries.valid_cursor(cursor):
+    if cursor is not None and not valid_cursor(cursor):
         raise ApiError(400, "bad_cursor", "cursor is not one this API returned")
     page = lethe_of(request).ledger.list_requests(status=status, overdue=overdue, limit=limit, cursor=cursor,
                                                   requested_by=scope.owner(principal))
@@ -176,6 +177,17 @@ def get_certificate(request_id: str, request: Request,
     ledger = lethe_of(request).ledger
     scope.visible(principal, ledger.status(request_id))
     return JSONResponse(ledger.certificate(request_id))
+
+
+@router.get(REQUEST_ID + "/report", response_model=None,
+            responses={200: {"description": "The signed report of what was and was not erased (JSON, "
+                             "`kind: erasure-report`); it verifies as a certificate does"}, **_errors(404)})
+def get_report(request_id: str, request: Request,
+               principal: Annotated[Principal, Depends(require(Action.READ))]) -> JSONResponse:
+    """A signed report of what a request erased and did not, per target, in any status (a failed or partial
+    request has no certificate); 404 for a request another requester filed."""
+    ledger = lethe_of(request).ledger
+    return JSONResponse(erasure_report(scope.visible(principal, ledger.status(request_id)), ledger.signing_key))
 
 
 @router.get("/holds", responses=_errors())

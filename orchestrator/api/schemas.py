@@ -7,11 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from orchestrator.ledger import RequestStatus, TaskStatus  # the one list of statuses
 from orchestrator.times import to_utc
-
-RequestStatus = Literal["received", "planned", "running", "completed", "failed", "cancelled", "on_hold",
-                        "awaiting_approval"]
-TaskStatus = Literal["pending", "running", "completed", "failed", "skipped", "held", "awaiting_approval"]
 
 
 class ErasureRequestIn(BaseModel):

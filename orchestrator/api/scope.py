@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.api.auth import Principal, Role
-from orchestrator.ledger.store import UnknownRequest
+from orchestrator.ledger import UnknownRequest
 
 HOLD_REASON = "legal hold"  # the ledger parks a held subject's tasks with "legal hold: <reason>"
 HIDDEN_HOLD_REASON = "legal hold (its reason is shown to operators and admins)"

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from sqlalchemy import delete
 
 from orchestrator.api.auth import Principal, Role
+from orchestrator.ledger import Ledger
 from orchestrator.ledger.models import RevokedSession
-from orchestrator.ledger.store import Ledger
 
 COOKIE = "lethe_session"
 MAX_AGE = 8 * 3600

@@ -22,7 +22,7 @@ from orchestrator import logs
 from orchestrator.config import ConfigError, Settings
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import DONE_TASK, TERMINAL_TASK, LedgerError
+from orchestrator.ledger import DONE_TASK, TERMINAL_TASK, LedgerError
 from orchestrator.service import Lethe
 from orchestrator.times import InvalidTime
 from workers.targets.base import UnknownTargetKind

@@ -29,7 +29,7 @@ from orchestrator.cli.common import (
     wait_with_progress,
     warn_not_dispatched,
 )
-from orchestrator.ledger.store import REQUEST_STATUSES, UnknownRequest
+from orchestrator.ledger import REQUEST_STATUSES, UnknownRequest
 from orchestrator.service import WAITING_REQUEST
 
 app = Commands()

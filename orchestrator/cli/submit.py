@@ -30,7 +30,7 @@ from orchestrator.cli.common import (
     warn_not_dispatched,
 )
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger.store import TERMINAL_REQUEST, LedgerError, stored_idempotency_key
+from orchestrator.ledger import TERMINAL_REQUEST, LedgerError, stored_idempotency_key
 from orchestrator.service import WAITING_REQUEST, Lethe
 
 app = Commands()

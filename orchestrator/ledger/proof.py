@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import certificates, keys
 from orchestrator.certificates import rfc3339
-from orchestrator.datamap import DataMap, DataMapError
+from orchestrator.ledger import snapshots
 from orchestrator.ledger.models import (
     AuditCheckpoint,
     AuditEntry,
@@ -44,7 +43,6 @@ from orchestrator.ledger.models import (
     Task,
     Tombstone,
 )
-from workers.targets.base import DEFAULT_MAX_ITEMS
 
 GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
 HEAD_EVERY = 100  # a signed head at every entry whose id is a multiple of this: never more unsigned in a row
@@ -335,25 +333,18 @@ def _changed_before(expected: dict[str, str | None], entry: AuditEntry) -> list[
 def _map_problems(s: Session, maps: dict[str, str], over: list[tuple[int, str, str, int]]) -> list[str]:
     """Each stored map must be the text its digest names; and a completion that deleted more than its
     target's max_items must follow an admin's approval on the chain."""
-    problems, texts = [], {}
+    problems, limits = [], {}
     for snap in s.scalars(select(DataMapSnapshot).order_by(DataMapSnapshot.digest)):
-        if hashlib.sha256(snap.text.encode("utf-8")).hexdigest() != snap.digest:
+        if not snapshots.text_matches(snap.text, snap.digest):
             problems.append(f"data map {snap.digest[:12]}: its text was changed (it no longer has this digest)")
         else:
-            texts[snap.digest] = snap.text
-    parsed: dict[str, DataMap | None] = {}
+            limits[snap.digest] = snapshots.max_items(snap.text)
     for entry_id, request_id, target, deleted in over:
         digest = maps.get(request_id) or s.scalar(select(Request.data_map_digest)
                                                    .where(Request.id == request_id)) or ""
-        if digest not in parsed:
-            try:
-                parsed[digest] = DataMap.parse(texts[digest]) if digest in texts else None
-            except DataMapError:
-                parsed[digest] = None
-        datamap = parsed[digest]
-        if datamap is None or target not in {t.name for t in datamap.targets}:
+        if target not in limits.get(digest, {}):
             continue  # the map is missing or changed: named above, or by the request's row
-        limit = datamap.target(target).max_items or DEFAULT_MAX_ITEMS
+        limit = limits[digest][target]
         if deleted > limit:
             problems.append(f"completion record {request_id}/{target}: {deleted} items deleted, over max_items "
                             f"{limit}, with no approval on the audit chain (audit entry {entry_id})")

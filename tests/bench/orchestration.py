@@ -147,7 +147,7 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
                "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
         lethe = Lethe(Settings(broker_url=url, database_url=db, subject_key=KEY, signing_key=signing,
                                data_map=data_map, log_level="WARNING"))
-        lethe.ledger  # noqa: B018 - migrate before the worker starts
+        lethe.migrate()  # before the worker starts
         engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://"))
         with running_process([str(BIN / "lethe"), "worker", "-c", "2", "--loglevel", "WARNING"], env,
                      workdir / "lethe-worker.log") as worker, Watch() as memory:

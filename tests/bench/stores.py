@@ -163,7 +163,7 @@ def bench_intake(broker: str, database_url: str, workdir: Path, events: int) -> 
     create_private_key(signing)
     lethe = Lethe(Settings(broker_url=broker, database_url=database_url, subject_key="be" * 32,
                            signing_key=signing, data_map=data_map, event_key=key.decode()))
-    lethe.ledger  # noqa: B018 - migrate
+    lethe.migrate()
     signed = [make_event(ERASURE_REQUESTED, {"subject": {"user_id": str(i)}}, source="bench", key=key)
               for i in range(events)]
     raw = raw_kombu_roundtrip(broker, [json_bytes(e) for e in signed])

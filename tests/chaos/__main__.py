@@ -233,7 +233,7 @@ def run(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
                "LETHE_EVENT_KEY": EVENT_KEY}
         lethe = Lethe(Settings(broker_url=redis.url, database_url=db_url, subject_key=KEY, signing_key=signing,
                                data_map=data_map, task_lease_seconds=opts.lease, task_max_retries=8))
-        lethe.ledger  # noqa: B018 - migrate before the processes start
+        lethe.migrate()  # before the processes start
         procs = Processes(env, workdir)
         stack.callback(procs.stop_all)
         for i in range(opts.workers):

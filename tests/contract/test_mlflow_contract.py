@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.identifiers import Subject, keyed_hash
-from orchestrator.ledger.store import Ledger
+from orchestrator.ledger import Ledger
 from tests.contract.base import SUBJECT, Beats, ContractStore, TargetContract, subject
 from tests.fixtures.services import MLflowServer
 from tests.workers.targets.test_mlflow import Registry, make_registry, make_server_registry

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from orchestrator.ledger.models import Task
 from orchestrator.service import Lethe
+from tests.fixtures.lethe import file_request
 from workers.targets.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,7 @@ def test_a_message_claiming_continuation_is_still_counted(lethe: Lethe) -> None:
     """A forged message saying continuation=True for a task whose worker died mid-run (status running, never
     handed back) does not skip the count: the task waits for approval and its 5,000 items stay."""
     datamap = lethe.load_map()
-    request_id, _, _ = lethe.ledger.file_request(datamap, datamap.parse_subject({"user_id": "12"}),
+    request_id, _, _ = file_request(lethe.ledger, datamap, datamap.parse_subject({"user_id": "12"}),
                                                  only_targets=["b"])  # filed, never sent: no honest message
     with lethe.ledger.sessions.begin() as s:
         task_id = s.scalars(select(Task.id).where(Task.request_id == request_id)).one()

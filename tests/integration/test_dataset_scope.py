@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.datamap import DataMap, DataMapError
-from orchestrator.ledger.store import LedgerError
+from orchestrator.ledger import LedgerError
 from orchestrator.service import Lethe
 from orchestrator.testing import put_objects, version_keys
 from workers.targets.memory import MemoryStore

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from orchestrator.ledger.models import Task
 from orchestrator.service import Lethe
 from orchestrator.testing import put_objects, version_keys, versions_per_owner
+from tests.fixtures.lethe import file_request
 from workers.targets.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
@@ -173,7 +174,7 @@ def test_reconcile_recovers_a_lost_message(pipeline, running) -> None:
     """A task whose message never reached the broker is re-sent by reconcile after its lease."""
     lethe = running()
     datamap = lethe.load_map()
-    request_id, _, _dispatches = lethe.ledger.file_request(datamap, datamap.parse_subject({"user_id": "123"}))
+    request_id, _, _dispatches = file_request(lethe.ledger, datamap, datamap.parse_subject({"user_id": "123"}))
     time.sleep(0.5)
     assert lethe.ledger.status(request_id)["status"] == "planned"  # nothing was sent
     with lethe.ledger.sessions.begin() as s:

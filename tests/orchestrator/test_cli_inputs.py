@@ -18,7 +18,8 @@ from orchestrator.cli.common import Exit, LineProgress
 from orchestrator.cli.errors import explain
 from orchestrator.config import ConfigError, Settings
 from orchestrator.datamap import DataMap
-from orchestrator.ledger.store import Ledger, LedgerError, UnknownRequest
+from orchestrator.ledger import Ledger, LedgerError, UnknownRequest
+from tests.fixtures.lethe import file_request
 
 IDS = ["aaaa1111-0000-4000-8000-000000000001", "aaaa1111-0000-4000-8000-000000000002",
        "bbbb3333-0000-4000-8000-000000000004"]
@@ -39,7 +40,7 @@ def sqlite_ledger(tmp_path_factory: pytest.TempPathFactory, subject_key: bytes, 
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(next(given_ids)))
     datamap = DataMap.parse(MAP)
     for n in range(len(IDS)):
-        ledger.file_request(datamap, datamap.parse_subject({"user_id": str(n)}))
+        file_request(ledger, datamap, datamap.parse_subject({"user_id": str(n)}))
     monkeypatch.undo()
     yield ledger
     ledger.engine.dispose()

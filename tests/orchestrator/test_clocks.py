@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from orchestrator.datamap import DataMap
+from orchestrator.ledger import Ledger
 from orchestrator.ledger.models import Hold
-from orchestrator.ledger.store import Ledger
 from orchestrator.times import InvalidTime, parse_time, to_utc
-from tests.fixtures.lethe import SUBJECT_KEY
+from tests.fixtures.lethe import SUBJECT_KEY, file_request
 
 MAP = """
 version: 1
@@ -45,7 +45,7 @@ def test_a_hold_until_in_any_offset_is_the_same_instant(ledger: Ledger, offset: 
     with ledger.sessions() as s:
         stored = s.scalars(select(Hold.until).order_by(Hold.id.desc()).limit(1)).one()
     assert stored is not None and stored.utcoffset() == timedelta(0) and stored == until
-    request_id, _, dispatches = ledger.file_request(DATAMAP, parsed)
+    request_id, _, dispatches = file_request(ledger, DATAMAP, parsed)
     assert dispatches == [] and ledger.status(request_id)["status"] == "on_hold"
     assert ledger.resume_expired_holds() == []
 
@@ -123,7 +123,7 @@ def test_a_cursor_past_the_utc_range_is_a_clear_error(ledger: Ledger) -> None:
     """A forged list cursor is an outside time too: past the UTC range it is "bad cursor", not a 500."""
     import base64
 
-    from orchestrator.ledger.store import LedgerError
+    from orchestrator.ledger import LedgerError
 
     raw = b"9999-12-31T23:59:59-14:00|00000000-0000-0000-0000-000000000000"
     with pytest.raises(LedgerError, match="bad cursor"):

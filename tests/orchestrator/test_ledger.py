@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import select, text, update
 
 from orchestrator.datamap import DataMap
+from orchestrator.ledger import IdempotencyConflict, Ledger, LedgerError, UnknownRequest, due_date
 from orchestrator.ledger.models import AuditEntry, CompletionRecord, Request, Task
-from orchestrator.ledger.store import IdempotencyConflict, Ledger, LedgerError, UnknownRequest, due_date
+from tests.fixtures.lethe import file_request
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def datamap() -> DataMap:
 
 
 def file(ledger: Ledger, datamap: DataMap, value: str = RAW, **kw):  # type: ignore[no-untyped-def]
-    return ledger.file_request(datamap, datamap.parse_subject({"user_id": value}), **kw)
+    return file_request(ledger, datamap, datamap.parse_subject({"user_id": value}), **kw)
 
 
 def task_ids(ledger: Ledger, request_id: str) -> dict[str, str]:

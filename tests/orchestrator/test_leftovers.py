@@ -21,8 +21,9 @@ from sqlalchemy import select
 from orchestrator import logs
 from orchestrator.certificates import load_private_key
 from orchestrator.datamap import DataMap
+from orchestrator.ledger import InvalidInput, Ledger, LedgerError
 from orchestrator.ledger.models import AuditEntry, Request, Task
-from orchestrator.ledger.store import InvalidInput, Ledger, LedgerError
+from tests.fixtures.lethe import file_request
 
 MAP = """
 version: 1
@@ -61,7 +62,7 @@ def ledger_files(tmp_path: Path) -> list[Path]:
 def test_sqlite_files_hold_no_sealed_value_after_completion(sqlite_ledger: Ledger, tmp_path: Path) -> None:
     """The sealed identifier is in the ledger while the request runs; once it completed, neither it nor the
     raw value is in the database file, its WAL or its shared-memory file (secure_delete, checkpoint)."""
-    request_id, _, _ = sqlite_ledger.file_request(DATAMAP, subject())
+    request_id, _, _ = file_request(sqlite_ledger, DATAMAP, subject())
     with sqlite_ledger.sessions() as s:
         sealed = s.get(Request, request_id).sealed_subject  # type: ignore[union-attr]
     assert sealed and any(sealed in p.read_bytes() for p in ledger_files(tmp_path))  # the test sees it
@@ -75,7 +76,7 @@ def test_sqlite_files_hold_no_sealed_value_after_completion(sqlite_ledger: Ledge
 
 def test_sqlite_files_are_private(sqlite_ledger: Ledger, tmp_path: Path) -> None:
     """The database and its WAL are created 0600 (the subject key file lies beside them)."""
-    sqlite_ledger.file_request(DATAMAP, subject())
+    file_request(sqlite_ledger, DATAMAP, subject())
     files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ledger_files(tmp_path)}
     assert {"ledger.db", "ledger.db-wal"} <= set(files)
     assert all(mode == 0o600 for name, mode in files.items() if not name.endswith(".lock")), files
@@ -220,7 +221,7 @@ def test_a_hold_reason_naming_the_subject_is_refused(ledger: Ledger, reason: str
 
 @integration
 def test_an_extension_reason_naming_the_subject_is_refused(ledger: Ledger) -> None:
-    request_id, _, _ = ledger.file_request(DATAMAP, subject())
+    request_id, _, _ = file_request(ledger, DATAMAP, subject())
     with pytest.raises(InvalidInput, match="contains the subject's identifier"):
         ledger.extend_deadline(request_id, f"complex request of {EMAIL.upper()}")
     with pytest.raises(LedgerError, match="needs a reason"):
@@ -254,7 +255,7 @@ def test_cli_refuses_reasons_naming_the_subject(tmp_path: Path, signing_key_file
     assert json.loads(run("hold", "list", "--json").stdout)["items"] == []
 
     ledger = Ledger(env["LETHE_DATABASE_URL"], bytes.fromhex(SUBJECT_KEY), load_private_key(signing_key_file))
-    request_id, _, _ = ledger.file_request(DATAMAP, subject())
+    request_id, _, _ = file_request(ledger, DATAMAP, subject())
     ledger.engine.dispose()
     extended = run("extend", request_id, "--reason", f"complex: {quote(EMAIL)}")
     assert extended.returncode == 2 and "Traceback" not in extended.stderr, extended.stderr

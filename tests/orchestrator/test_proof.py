@@ -12,8 +12,9 @@ from sqlalchemy import select, text, update
 
 from orchestrator.certificates import canonical_json, verify
 from orchestrator.datamap import DataMap
+from orchestrator.ledger import Ledger, LedgerError
 from orchestrator.ledger.models import AuditCheckpoint, AuditEntry, Certificate, CompletionRecord, Request
-from orchestrator.ledger.store import Ledger, LedgerError
+from tests.fixtures.lethe import file_request
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ stores:
 def erase(ledger: Ledger, value: str = "4711", dry_run: bool = False) -> str:
     """Run a request through the ledger as workers would, both targets completing."""
     datamap = DataMap.parse(MAP)
-    request_id, _, _ = ledger.file_request(datamap, datamap.parse_subject({"user_id": value}), dry_run=dry_run)
+    request_id, _, _ = file_request(ledger, datamap, datamap.parse_subject({"user_id": value}), dry_run=dry_run)
     for target, deleted in (("photos", 5), ("vectors", 2)):
         with ledger.sessions() as s:
             from orchestrator.ledger.models import Task

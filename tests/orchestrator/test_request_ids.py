@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator.datamap import DataMap
-from orchestrator.ledger.store import Ledger, LedgerError, UnknownRequest
+from orchestrator.ledger import Ledger, LedgerError, UnknownRequest
+from tests.fixtures.lethe import file_request
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def filed(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ledger]:
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(next(given)))
     datamap = DataMap.parse(MAP)
     for n in range(len(IDS)):
-        ledger.file_request(datamap, datamap.parse_subject({"user_id": str(n)}))
+        file_request(ledger, datamap, datamap.parse_subject({"user_id": str(n)}))
     monkeypatch.undo()
     yield ledger
 

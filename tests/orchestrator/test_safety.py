@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import select, text, update
 
 from orchestrator.datamap import DataMap
+from orchestrator.ledger import Ledger, LedgerError
 from orchestrator.ledger.models import Hold, Task
-from orchestrator.ledger.store import Ledger, LedgerError
+from tests.fixtures.lethe import file_request
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def hashes(value: str) -> list[str]:
 
 
 def file(ledger: Ledger, value: str) -> tuple[str, list[str]]:
-    request_id, _, dispatches = ledger.file_request(DATAMAP, DATAMAP.parse_subject({"user_id": value}))
+    request_id, _, dispatches = file_request(ledger, DATAMAP, DATAMAP.parse_subject({"user_id": value}))
     return request_id, [d.task_id for d in dispatches]
 
 

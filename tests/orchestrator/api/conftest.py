@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from orchestrator.api import create_app
-from orchestrator.ledger.store import TERMINAL_REQUEST
+from orchestrator.ledger import TERMINAL_REQUEST
 from orchestrator.service import Lethe
 from orchestrator.testing import put_objects
 from workers.targets.memory import MemoryStore

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from orchestrator.api import sessions
 from orchestrator.api.auth import NAME_PATTERN, Principal, Role
 from orchestrator.api.bodies import MAX_BODY, BodyPolicy
-from orchestrator.ledger.store import stored_idempotency_key
+from orchestrator.ledger import stored_idempotency_key
 
 KEY_TEXT = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=200)
 NAMES = st.from_regex(NAME_PATTERN, fullmatch=True)
