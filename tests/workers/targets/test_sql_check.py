@@ -66,6 +66,26 @@ REFUSED = {
     "not-sql": ("garbage (((", "not valid SQL"),
     "command": ("VACUUM", "must be a SELECT"),
     "server-function": ("SELECT version() FROM t WHERE u = :p", "not allowed"),
+    # the security review's widenings: each returned every row for one subject
+    "derived-table-parameter": ("SELECT id FROM (SELECT id, :email AS email FROM users) t WHERE t.email = :email",
+                                "could select every subject's rows"),
+    "cte-parameter": ("WITH t AS (SELECT id, :email AS email FROM users) SELECT id FROM t WHERE email = :email",
+                      "could select every subject's rows"),
+    "select-alias-in-where": ("SELECT id, :email AS e FROM users WHERE e = :email", "could select every subject's"),
+    "derived-literal": ("SELECT id FROM (SELECT id, 'x' AS email FROM users) t WHERE t.email = :email",
+                        "could select every subject's rows"),
+    "self-equal-join": ("SELECT u.id FROM users u JOIN orders o ON o.id = o.id WHERE u.email = :email",
+                        "column of two tables"),
+    "unqualified-join": ("SELECT u.id FROM users u JOIN orders o ON id = user_id WHERE u.email = :email",
+                         "column of two tables"),
+    "lossy-cast-column": ("SELECT id FROM users WHERE CAST(email AS INTEGER) = :user_id",
+                          "could select every subject's rows"),
+    "parameter-in-select": ("SELECT id, :email FROM users WHERE email = :email", "only as column = :kind"),
+    "parameter-in-in": ("SELECT id FROM users WHERE email = :email AND id IN (:email)", "only as column = :kind"),
+    "executable-comment": ("SELECT id FROM users WHERE email = :email /*! OR 1=1 */", "holds a comment"),
+    "executable-comment-tight": ("SELECT id FROM users WHERE email = :email /*!OR sleep(1)=0*/", "holds a comment"),
+    "mariadb-comment": ("SELECT id FROM users WHERE email = :email /*M! OR 1=1 */", "holds a comment"),
+    "line-comment": ("SELECT id FROM users WHERE email = :email -- mine", "holds a comment"),
 }
 
 
