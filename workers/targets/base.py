@@ -220,16 +220,21 @@ def probe_map(targets: Sequence[TargetConfig]) -> list[tuple[str, str]]:
 
 
 def probe_target(config: TargetConfig, earlier: Sequence[TargetConfig]) -> list[str]:
-    """The problems ``check-map --probe`` reports for one target (see ``Probed``)."""
+    """The problems ``check-map --probe`` reports for one target: its store (``Probed``; MLflow's tracking
+    store from ``probes``) and its read-only lookups (``keys_query``, ``ids_query``)."""
+    from workers.targets import probes
+
     try:
         target = build_target(config)
-        if not isinstance(target, Probed):
-            return []
-        return target.probe(earlier)
+        if isinstance(target, Probed):
+            found = target.probe(earlier)
+        else:
+            found = probes.probe_mlflow(config) if config.kind == "mlflow" else []
     except TargetError as exc:
-        return [str(exc)]
+        found = [str(exc)]
     except Exception as exc:  # an engine's own error text may hold data: keep its type only
-        return [f"cannot probe the store: {type(exc).__name__}"]
+        found = [f"cannot probe the store: {type(exc).__name__}"]
+    return found + probes.probe_queries(config)
 
 
 # kind -> "module:Class". Modules are imported only when a kind is used, so `lethe status` stays instant.
