@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.ci", "tests.fixtures.services", "tests.fixtures.lethe"]
+pytest_plugins = ["tests.fixtures.ci", "tests.fixtures.services", "tests.fixtures.lethe", "tests.fixtures.events"]

@@ -7,38 +7,27 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kombu import Connection, Producer
-from sqlalchemy import func, select
+from kombu import Connection
 
 from orchestrator import deadletters
 from orchestrator.deadletters import DeadLetterNotFound, list_dead_letters, replay, resolve
 from orchestrator.events import (
-    CONTENT_TYPE,
     DEAD_QUEUE,
     ERASURE_REQUESTED,
-    EXCHANGE,
-    declare,
     intake_queue,
     make_event,
     request_for_event,
 )
-from orchestrator.intake import Intake
-from orchestrator.ledger.models import Request
 from orchestrator.service import Lethe
+from tests.fixtures.events import KEY, request_count, running_intake, send, wait_for
 from tests.fixtures.lethe import SUBJECT_KEY
 
 pytestmark = pytest.mark.integration
 
-KEY = b"platform-shared-event-secret"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 LETHE = str(Path(sys.executable).parent / "lethe")
 MAP = """
 version: 1
@@ -48,56 +37,15 @@ targets:
 """
 
 
-@pytest.fixture(params=["redis", "amqp"])
-def broker(request: pytest.FixtureRequest) -> Iterator[str]:
-    url = request.getfixturevalue("redis_broker") if request.param == "redis" else AMQP_URL
-    with Connection(url) as conn:
-        declare(conn)
-        for queue in (intake_queue(), DEAD_QUEUE):
-            queue(conn.default_channel).purge()
-    yield url
-
-
 @pytest.fixture
 def lethe(broker: str, pg_database: str, write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe]) -> Lethe:
     return make_lethe(database_url=pg_database, broker_url=broker, data_map=write_map(MAP.format(email="")),
                       event_key=KEY.decode())
 
 
-@contextmanager
-def running_intake(instance: Lethe, broker: str) -> Iterator[None]:
-    with Connection(broker) as connection:
-        intake = Intake(instance, connection, KEY)
-        thread = threading.Thread(target=intake.run, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            intake.should_stop = True
-            thread.join(10)
-
-
-def send(broker: str, bodies: list[bytes]) -> None:
-    with Connection(broker) as conn:
-        producer = Producer(conn.default_channel)
-        for body in bodies:
-            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
-                             content_encoding="binary")
-
-
 def listed(broker: str) -> list[deadletters.DeadLetter]:
     with Connection(broker) as conn:
         return list_dead_letters(conn)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def dead_bodies(broker: str) -> list[bytes]:
@@ -113,11 +61,6 @@ def dead_bodies(broker: str) -> list[bytes]:
 def dead_count(broker: str) -> int:
     with Connection(broker) as conn:
         return int(DEAD_QUEUE(conn.default_channel).queue_declare().message_count)
-
-
-def request_count(lethe: Lethe) -> int:
-    with lethe.ledger.sessions() as s:
-        return s.scalar(select(func.count()).select_from(Request)) or 0
 
 
 def test_list_shows_reason_time_type_and_source_never_identifiers(lethe: Lethe, broker: str) -> None:

@@ -3,15 +3,12 @@ before are erased again. And every event is traceable to the request it made."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import select
 
 from orchestrator.events import (
     DEAD_QUEUE,
@@ -21,14 +18,13 @@ from orchestrator.events import (
     publish_erasure_request,
     request_for_event,
 )
-from orchestrator.intake import Intake
 from orchestrator.ledger.models import Request
 from orchestrator.service import Lethe
 from orchestrator.testing import put_objects, version_keys
+from tests.fixtures.events import KEY, request_ids, running_intake, wait_for
 
 pytestmark = pytest.mark.integration
 
-KEY = b"platform-shared-event-secret"
 MAP = """
 version: 1
 identifiers: {{user_id: "[0-9]+", email: "[^@]+@[^@]+"}}
@@ -46,30 +42,8 @@ def lethe(s3_endpoint: str, bucket: str, pg_database: str, redis_broker: str, wr
                           data_map=write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket)))
     with Connection(redis_broker) as conn:
         declare(conn)
-    with instance.embedded_worker(), Connection(redis_broker) as connection:
-        intake = Intake(instance, connection, KEY)
-        thread = threading.Thread(target=intake.run, daemon=True)
-        thread.start()
-        try:
-            yield instance
-        finally:
-            intake.should_stop = True
-            thread.join(10)
-
-
-def requests_made(lethe: Lethe) -> list[str]:
-    with lethe.ledger.sessions() as s:
-        return list(s.scalars(select(Request.id).order_by(Request.received_at)))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+    with instance.embedded_worker(), running_intake(instance, redis_broker):
+        yield instance
 
 
 def test_data_written_re_erases_only_identifiers_erased_before(lethe: Lethe, s3_endpoint: str, bucket: str,
@@ -87,7 +61,7 @@ def test_data_written_re_erases_only_identifiers_erased_before(lethe: Lethe, s3_
     photos_id = publish_data_written(redis_broker, both, "photos", source="photo-service", key=KEY)
     mail_id = publish_data_written(redis_broker, both, "mail", source="mail-service", key=KEY)
     never_id = publish_data_written(redis_broker, {"user_id": "7"}, "photos", source="photo-service", key=KEY)
-    follow_ups = wait_for(lambda: [i for i in requests_made(lethe) if i != first] if len(requests_made(lethe)) == 3
+    follow_ups = wait_for(lambda: [i for i in request_ids(lethe) if i != first] if len(request_ids(lethe)) == 3
                           else None)
     for request_id in follow_ups:
         status = lethe.wait(request_id, timeout=60)
@@ -95,7 +69,7 @@ def test_data_written_re_erases_only_identifiers_erased_before(lethe: Lethe, s3_
         # the latest erasure of bob@…: the first request, or the other follow-up if it completed first
         assert lethe.ledger.audit_trail(request_id)[0]["detail"]["follow_up_of"] in {first, *follow_ups} - {request_id}
     time.sleep(1)  # the event for user 7 (never erased) is acknowledged and files nothing
-    assert len(requests_made(lethe)) == 3
+    assert len(request_ids(lethe)) == 3
     assert request_for_event(lethe.ledger, "photo-service", never_id) is None
 
     assert not version_keys(s3_endpoint, bucket, "mail/bob@example.com/")  # erased again

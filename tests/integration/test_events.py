@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Exchange, Producer, Queue
-from sqlalchemy import func, select
+from kombu import Connection, Exchange, Queue
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from orchestrator.certificates import canonical_json
 from orchestrator.events import (
-    CONTENT_TYPE,
     DEAD_QUEUE,
     ERASURE_REQUESTED,
     EXCHANGE,
     check,
-    declare,
     idempotency_key,
     intake_queue,
     make_event,
@@ -33,15 +29,14 @@ from orchestrator.events import (
     signature,
     verify_outbound,
 )
-from orchestrator.intake import Intake, handle
+from orchestrator.intake import handle
 from orchestrator.ledger.models import Request
 from orchestrator.service import Lethe
+from tests.fixtures.events import KEY, drain_dead, request_count, request_ids, running_intake, send, wait_for
 from workers.targets.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
 
-KEY = b"platform-shared-event-secret"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 MAP = """
 version: 1
 identifiers: {user_id: "[0-9]+"}
@@ -49,23 +44,6 @@ targets:
   - {name: photos, kind: memory, store: photos, match: {owner: "{user_id}"}}
   - {name: features, kind: memory, store: features, match: {owner: "{user_id}"}, after: [photos]}
 """
-
-
-@pytest.fixture(params=["redis", "amqp"])
-def broker(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The machine's Redis (a reserved database) and RabbitMQ, with lethe's event queues emptied."""
-    url = request.getfixturevalue("redis_broker") if request.param == "redis" else AMQP_URL
-    if request.param == "amqp":
-        try:
-            with Connection(AMQP_URL, connect_timeout=3) as conn:
-                conn.ensure_connection(max_retries=1)
-        except Exception:
-            pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 (make services starts it)")
-    with Connection(url) as conn:
-        declare(conn)
-        for queue in (intake_queue(), DEAD_QUEUE):
-            queue(conn.default_channel).purge()
-    yield url
 
 
 @pytest.fixture
@@ -77,52 +55,14 @@ def lethe(broker: str, pg_database: str, write_map: Callable[[str], Path],
     for owner in ("12", "123", "77"):
         MemoryStore.add("photos", {"owner": owner}, {"owner": owner})
         MemoryStore.add("features", {"owner": owner})
-    with instance.embedded_worker(), Connection(broker) as connection:
-        intake = Intake(instance, connection, KEY)
-        thread = threading.Thread(target=intake.run, daemon=True)
-        thread.start()
-        try:
-            yield instance
-        finally:
-            intake.should_stop = True
-            thread.join(10)
-
-
-def requests_made(lethe: Lethe) -> list[str]:
-    with lethe.ledger.sessions() as s:
-        return list(s.scalars(select(Request.id)))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
-def dead_letters(broker: str, expected: int, timeout: float = 15) -> list[tuple[bytes, str]]:
-    """Drain the dead-letter queue: (body, reason) pairs."""
-    got: list[tuple[bytes, str]] = []
-    deadline = time.monotonic() + timeout
-    with Connection(broker) as conn:
-        queue = DEAD_QUEUE(conn.default_channel)
-        while len(got) < expected and time.monotonic() < deadline:
-            message = queue.get(no_ack=True)
-            if message is None:
-                time.sleep(0.1)
-                continue
-            body = message.body if isinstance(message.body, bytes) else message.body.encode()
-            got.append((body, message.headers.get("x-lethe-reason")))
-    return got
+    with instance.embedded_worker(), running_intake(instance, broker):
+        yield instance
 
 
 def test_signed_event_files_a_request_that_completes(lethe: Lethe, broker: str) -> None:
     """A signed lethe.erasure.requested event becomes a completed request that erased only its subject."""
     publish_erasure_request(broker, {"user_id": "12"}, source="account-service", key=KEY)
-    request_id = wait_for(lambda: requests_made(lethe))[0]
+    request_id = wait_for(lambda: request_ids(lethe))[0]
     assert lethe.wait(request_id, timeout=30)["status"] == "completed"
     assert sorted(r["owner"] for r in MemoryStore.records("photos")) == ["123", "123", "77", "77"]
     trail = lethe.ledger.audit_trail(request_id)
@@ -137,7 +77,7 @@ def test_redelivered_event_makes_one_request(lethe: Lethe, broker: str) -> None:
         publish(conn, event)
         publish(conn, event)
     time.sleep(2)
-    ids = requests_made(lethe)
+    ids = request_ids(lethe)
     assert len(ids) == 1
     assert lethe.wait(ids[0], timeout=30)["status"] == "completed"
 
@@ -163,16 +103,12 @@ def test_bad_events_go_to_the_dead_queue_with_their_reason(lethe: Lethe, broker:
         "bad-subject-2": json.dumps(traversal).encode(),
         "oversize": json.dumps({**good, "padding": "x" * 70_000}).encode(),
     }
-    with Connection(broker) as conn:
-        producer = Producer(conn.default_channel)
-        for body in bodies.values():  # all on the routing key the intake consumes
-            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
-                             content_encoding="binary")
-    got = dead_letters(broker, len(bodies))
+    send(broker, list(bodies.values()))  # all on the routing key the intake consumes
+    got = drain_dead(broker, len(bodies))
     expected = {body: label.split("-key")[0].removesuffix("-shape").removesuffix("-2")
                 for label, body in bodies.items()}
     assert sorted((body, reason) for body, reason in got) == sorted(expected.items())
-    assert requests_made(lethe) == []
+    assert request_ids(lethe) == []
     assert lethe.ledger.dead_letter_counts() == {"unsigned": 1, "bad-signature": 2, "malformed": 2,
                                                  "unknown-type": 1, "bad-subject": 2, "oversize": 1}
     assert len(MemoryStore.records("photos")) == 6
@@ -216,7 +152,7 @@ def test_data_written_after_erasure_is_erased_again(lethe: Lethe, broker: str) -
     MemoryStore.add("features", {"owner": "12"})
     publish_data_written(broker, {"user_id": "12"}, "features", source="feature-pipeline", key=KEY)
     publish_data_written(broker, {"user_id": "77"}, "features", source="feature-pipeline", key=KEY)
-    follow_up = wait_for(lambda: [i for i in requests_made(lethe) if i != request_id])
+    follow_up = wait_for(lambda: [i for i in request_ids(lethe) if i != request_id])
     assert len(follow_up) == 1
     status = lethe.wait(follow_up[0], timeout=30)
     assert status["status"] == "completed"
@@ -225,24 +161,7 @@ def test_data_written_after_erasure_is_erased_again(lethe: Lethe, broker: str) -
     received = lethe.ledger.audit_trail(follow_up[0])[0]
     assert received["detail"]["follow_up_of"] == request_id
     time.sleep(1)
-    with lethe.ledger.sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Request)) == 2
-
-
-@contextmanager
-def running_intake(instance: Lethe, broker: str, **options: Any) -> Iterator[Intake]:
-    """An Intake consuming in a thread for the life of the block; its connection is closed on exit, so any
-    message it left unacknowledged goes back to the queue."""
-    with Connection(broker) as connection:
-        intake = Intake(instance, connection, KEY, **options)
-        thread = threading.Thread(target=intake.run, daemon=True)
-        thread.start()
-        try:
-            yield intake
-        finally:
-            intake.should_stop = True
-            thread.join(10)
-            assert not thread.is_alive()
+    assert request_count(lethe) == 2
 
 
 def test_one_batch_of_good_forged_and_duplicate_events(broker: str, pg_database: str, write_map: Callable[[str], Path],
@@ -269,11 +188,7 @@ def test_one_batch_of_good_forged_and_duplicate_events(broker: str, pg_database:
     good = [first, second, first, same_id_other_subject, filed_before, same_id_other_source, first]
     bad = {json.dumps(forged).encode(): "bad-signature", json.dumps(unsigned).encode(): "unsigned",
            json.dumps(hostile).encode(): "bad-subject"}
-    with Connection(broker) as conn:
-        producer = Producer(conn.default_channel)
-        for body in [*(json.dumps(e).encode() for e in good[:3]), *bad, *(json.dumps(e).encode() for e in good[3:])]:
-            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
-                             content_encoding="binary")
+    send(broker, [*(json.dumps(e).encode() for e in good[:3]), *bad, *(json.dumps(e).encode() for e in good[3:])])
     calls: list[int] = []
     file_requests = instance.ledger.file_requests
 
@@ -283,10 +198,10 @@ def test_one_batch_of_good_forged_and_duplicate_events(broker: str, pg_database:
 
     monkeypatch.setattr(instance.ledger, "file_requests", counted)
     with instance.embedded_worker(), running_intake(instance, broker, batch_window=2.0):
-        got = dead_letters(broker, len(bad))
+        got = drain_dead(broker, len(bad))
         assert sorted(got) == sorted(bad.items())
-        wait_for(lambda: len(requests_made(instance)) == 4)
-        for request_id in requests_made(instance):
+        wait_for(lambda: len(request_ids(instance)) == 4)
+        for request_id in request_ids(instance):
             assert instance.wait(request_id, timeout=30)["status"] == "completed"  # dispatched
     assert sorted(calls) == [1, 3]  # (svc: e-1, e-2, e-3) and (other-svc: e-1), duplicates left out
     with instance.ledger.sessions() as s:
@@ -328,8 +243,8 @@ def test_a_refused_event_costs_the_batch_nothing_and_a_lost_ledger_requeues_it(
 
     monkeypatch.setattr(instance.ledger, "file_requests", unreachable_once)
     with running_intake(instance, broker, batch_window=0.5):
-        assert dead_letters(broker, 1) == [(canonical_json(refused), "malformed")]
-        wait_for(lambda: len(requests_made(instance)) == 3)
+        assert drain_dead(broker, 1) == [(canonical_json(refused), "malformed")]
+        wait_for(lambda: len(request_ids(instance)) == 3)
     with instance.ledger.sessions() as s:
         keys = list(s.scalars(select(Request.idempotency_key)))
     assert sorted(keys) == sorted(idempotency_key(check(json.dumps(e).encode(), KEY)) for e in [earlier, *others])
@@ -356,9 +271,7 @@ def test_outbound_events_need_no_event_key_and_cannot_be_replayed_as_requests(
         watch(conn.default_channel).delete()
     event = json.loads(message.body)
     assert verify_outbound(event, [instance.ledger.signing_key.public_key()])
-    with Connection(broker) as conn:  # replayed as a request, on the intake's routing key
-        Producer(conn.default_channel).publish(message.body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED,
-                                               content_type=CONTENT_TYPE, content_encoding="binary")
+    send(broker, [message.body])  # replayed as a request, on the intake's routing key
     with running_intake(instance, broker):
-        assert dead_letters(broker, 1) == [(message.body, "bad-signature")]
-    assert requests_made(instance) == [request_id]
+        assert drain_dead(broker, 1) == [(message.body, "bad-signature")]
+    assert request_ids(instance) == [request_id]

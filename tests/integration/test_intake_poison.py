@@ -4,12 +4,10 @@ the intake reads on - the good event behind them is filed."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import DataError
 
 from orchestrator.events import (
@@ -31,15 +29,14 @@ from orchestrator.events import (
     intake_queue,
     make_event,
 )
-from orchestrator.intake import Intake
 from orchestrator.ledger.models import Request
 from orchestrator.service import Lethe
 from tests.chaos.poison import poison_messages, signed_raw, unsigned_request
+from tests.fixtures.events import KEY, drain_dead, request_count, running_intake, send
 from workers.targets.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
 
-KEY = b"platform-shared-event-secret"
 MAP = """
 version: 1
 identifiers: {user_id: "[0-9]+"}
@@ -50,46 +47,6 @@ targets:
 
 def an_event(subject: dict[str, Any]) -> dict[str, Any]:
     return unsigned_request(subject, KEY)
-
-
-def send(broker: str, bodies: list[bytes]) -> None:
-    with Connection(broker) as conn:
-        producer = Producer(conn.default_channel)
-        for body in bodies:
-            producer.publish(body, exchange=EXCHANGE, routing_key=ERASURE_REQUESTED, content_type=CONTENT_TYPE,
-                             content_encoding="binary")
-
-
-def drain_dead(broker: str, expected: int, timeout: float = 20) -> list[tuple[bytes, str]]:
-    got: list[tuple[bytes, str]] = []
-    deadline = time.monotonic() + timeout
-    with Connection(broker) as conn:
-        queue = DEAD_QUEUE(conn.default_channel)
-        while len(got) < expected and time.monotonic() < deadline:
-            message = queue.get(no_ack=True)
-            if message is None:
-                time.sleep(0.05)
-                continue
-            got.append((message.body, message.headers["x-lethe-reason"]))
-    return got
-
-
-def requests_made(lethe: Lethe) -> int:
-    with lethe.ledger.sessions() as s:
-        return s.scalar(select(func.count()).select_from(Request)) or 0
-
-
-@contextmanager
-def running_intake(instance: Lethe, broker: str) -> Iterator[threading.Thread]:
-    with Connection(broker) as connection:
-        intake = Intake(instance, connection, KEY)
-        thread = threading.Thread(target=intake.run, daemon=True)
-        thread.start()
-        try:
-            yield thread
-        finally:
-            intake.should_stop = True
-            thread.join(10)
 
 
 @pytest.fixture
@@ -120,7 +77,7 @@ def test_poison_messages_are_dead_lettered_and_the_good_event_behind_them_is_fil
     with lethe.embedded_worker(), running_intake(lethe, redis_broker) as thread:
         got = drain_dead(redis_broker, len(bodies))
         deadline = time.monotonic() + 30
-        while requests_made(lethe) == 0 and time.monotonic() < deadline:
+        while request_count(lethe) == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert thread.is_alive()  # nothing stopped the intake
         with lethe.ledger.sessions() as s:
@@ -195,10 +152,10 @@ def test_a_ledger_refusing_one_event_dead_letters_it_and_files_the_rest(
     with running_intake(lethe, redis_broker):
         got = drain_dead(redis_broker, 1)
         deadline = time.monotonic() + 20
-        while requests_made(lethe) < 2 and time.monotonic() < deadline:
+        while request_count(lethe) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert got == [(json.dumps(events[1]).encode(), "malformed")]
-    assert requests_made(lethe) == 2
+    assert request_count(lethe) == 2
     with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
 
@@ -218,10 +175,10 @@ def test_a_compressed_body_is_never_inflated(lethe: Lethe, redis_broker: str) ->
     with running_intake(lethe, redis_broker):
         got = drain_dead(redis_broker, 2)
         deadline = time.monotonic() + 20
-        while requests_made(lethe) == 0 and time.monotonic() < deadline:
+        while request_count(lethe) == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert sorted(got) == sorted([(bomb, "malformed"), (b"{}", "unsigned")])
-    assert requests_made(lethe) == 1
+    assert request_count(lethe) == 1
 
 
 def test_bytes_without_kombus_envelope_do_not_stop_the_intake(lethe: Lethe, redis_broker: str) -> None:
@@ -234,7 +191,7 @@ def test_bytes_without_kombus_envelope_do_not_stop_the_intake(lethe: Lethe, redi
                                               key=KEY)).encode()])
     with running_intake(lethe, redis_broker) as thread:
         deadline = time.monotonic() + 20
-        while requests_made(lethe) == 0 and time.monotonic() < deadline:
+        while request_count(lethe) == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert thread.is_alive()
-    assert requests_made(lethe) == 1
+    assert request_count(lethe) == 1
