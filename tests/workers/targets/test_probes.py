@@ -48,3 +48,15 @@ def test_mlflow_probe_finds_a_missing_tracking_store(tmp_path: Path) -> None:
                                            action="quarantine")
     assert probe_target(config, []) == ["MLflow tracking database (sqlite) does not exist"]
     assert not (tmp_path / "none.db").exists()  # the probe creates no empty store
+
+
+def test_feast_probe_loads_the_repo_and_finds_a_missing_feature_view(tmp_path: Path) -> None:
+    from orchestrator.demo_estate import DEMO_VIEWS, build_demo_repo
+
+    repo = build_demo_repo(tmp_path / "repo", ["1", "2"], rows_per_user=1)
+    config = target_class("feast").Config
+    fields = {"name": "f", "kind": "feast", "repo_path": str(repo.path), "entity": "user_id"}
+    assert probe_target(config.model_validate(fields), []) == []
+    missing = probe_target(config.model_validate({**fields, "feature_views": [DEMO_VIEWS[0], "no_such_view"]}), [])
+    assert len(missing) == 1 and "no_such_view" in missing[0], missing
+    assert probe_target(config.model_validate({**fields, "repo_path": str(tmp_path / "none")}), [])
