@@ -23,6 +23,38 @@ from workers.targets.base import PermanentError
 UNCONVERTIBLE = ["012", "+12", "12.0", "1e3", "12' OR '1'='1", "99999999999999999999"]
 # Values shaped like SQL: each is compared as one literal.
 HOSTILE = ("12' OR '1'='1", "12'--", "' OR owner IS NOT NULL OR '", "12\" OR 1=1 --")
+# The seed plan of the tables with history: each subject's rows in one commit, mixed with rows of nobody.
+PER_SUBJECT = {SUBJECT: 40, "123": 25, "1234": 10, "112": 5}
+NOBODY = ("120", "012", "1", "21", "1120", "12 ", "x12")
+
+
+class HistoryStore:
+    """The rows of a table with history: a background commit of nobody's rows at the start, then one commit
+    per seeded subject. A subclass sets up its table before ``__init__`` here and provides ``_append``."""
+
+    def __init__(self, integer: bool) -> None:
+        self.integer = integer
+        self.owner_type = pa.int64() if integer else pa.string()
+        # "012", "12 " and "x12" look like 12 only as text: as integers they are not written at all.
+        self.nobody = [o for o in NOBODY if not integer or (o.isdigit() and not o.startswith("0"))]
+        self._append(self.nobody * 30)
+
+    def _owner(self, text: str) -> Any:
+        return int(text) if self.integer else text
+
+    def _append(self, owners: list[str]) -> None:
+        raise NotImplementedError("a store writes one commit of these owners' rows")
+
+    def rows(self, owners: list[str]) -> dict[str, Any]:
+        return {
+            "owner": pa.array([self._owner(o) for o in owners], self.owner_type),
+            "photo": [f"photos/{o}/{i}.jpg" for i, o in enumerate(owners)],
+            "age": pa.array([18 + i % 60 for i in range(len(owners))], pa.int32()),
+        }
+
+    def seed(self, user_id: str) -> int:
+        self._append([user_id] * PER_SUBJECT[user_id] + self.nobody * 3)
+        return PER_SUBJECT[user_id]
 
 
 class IntegerColumnContract:

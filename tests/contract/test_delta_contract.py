@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,44 +18,19 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from orchestrator.identifiers import Subject
+from tests.contract import lake
 from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
-from tests.contract.lake import (
-    IntegerColumnContract,
-    StringColumnContract,
-    TableHistoryContract,
-    check_where_is_refused,
-)
 from workers.targets.delta import DeltaConfig, DeltaTarget, predicate
 
 pytestmark = pytest.mark.integration
 
-PER_SUBJECT = {SUBJECT: 40, "123": 25, "1234": 10, "112": 5}
-NOBODY = ("120", "012", "1", "21", "1120", "12 ", "x12")
-
-
-class DeltaStore:
+class DeltaStore(lake.HistoryStore):
     def __init__(self, root: Path, integer: bool) -> None:
-        self.uri, self.integer = str(root), integer
-        self.owner_type = pa.int64() if integer else pa.string()
-        # "012", "12 " and "x12" look like 12 only as text: as integers they are not written at all.
-        self.nobody = [o for o in NOBODY if not integer or (o.isdigit() and not o.startswith("0"))]
-        self._append(self.nobody * 30)
-
-    def _owner(self, text: str) -> Any:
-        return int(text) if self.integer else text
+        self.uri = str(root)
+        super().__init__(integer)
 
     def _append(self, owners: list[str]) -> None:
-        n = len(owners)
-        write_deltalake(self.uri, pa.table({
-            "owner": pa.array([self._owner(o) for o in owners], self.owner_type),
-            "photo": [f"photos/{o}/{i}.jpg" for i, o in enumerate(owners)],
-            "age": pa.array([18 + i % 60 for i in range(n)], pa.int32()),
-        }), mode="append")
-
-    def seed(self, user_id: str) -> int:
-        n = PER_SUBJECT[user_id]
-        self._append([user_id] * n + self.nobody * 3)
-        return n
+        write_deltalake(self.uri, pa.table(self.rows(owners)), mode="append")
 
     def owners(self, version: int | None = None) -> pa.ChunkedArray:
         # delta-rs writes rewritten strings as string_view: compare in one type
@@ -89,7 +63,7 @@ class DeltaStore:
         return versions
 
 
-class DeltaContract(TableHistoryContract, TargetContract):
+class DeltaContract(lake.TableHistoryContract, TargetContract):
     integer = False
 
     @pytest.fixture
@@ -155,7 +129,7 @@ class DeltaContract(TableHistoryContract, TargetContract):
         assert store.remaining("123") == seeded["123"] and store.remaining("112") == seeded["112"]
 
 
-class TestDeltaStringContract(StringColumnContract, DeltaContract):
+class TestDeltaStringContract(lake.StringColumnContract, DeltaContract):
     integer = False
 
     def test_a_quote_in_a_value_matches_exactly(self, tmp_path: Path, beats: Beats) -> None:
@@ -167,13 +141,13 @@ class TestDeltaStringContract(StringColumnContract, DeltaContract):
         assert store.remaining("o''brien") == 1 and store.remaining("obrien") == 1
 
 
-class TestDeltaIntegerContract(IntegerColumnContract, DeltaContract):
+class TestDeltaIntegerContract(lake.IntegerColumnContract, DeltaContract):
     integer = True
 
 
 def test_config_is_checked_when_the_map_loads() -> None:
     """No placeholder, a column that is not a plain name, or a remote table are refused."""
-    check_where_is_refused(lambda where: DeltaConfig(name="x", kind="delta", uri="/tmp/x", where=where),
+    lake.check_where_is_refused(lambda where: DeltaConfig(name="x", kind="delta", uri="/tmp/x", where=where),
                            'owner" OR 1=1 --')
     with pytest.raises(ValueError, match="local"):
         DeltaConfig(name="x", kind="delta", uri="s3://b/t", where={"owner": "{user_id}"})

@@ -19,54 +19,31 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
+from tests.contract import lake
 from tests.contract.base import OTHERS, SUBJECT, Beats, TargetContract, subject
-from tests.contract.lake import (
-    IntegerColumnContract,
-    StringColumnContract,
-    TableHistoryContract,
-    check_where_is_refused,
-)
 from workers.targets.base import PermanentError
 from workers.targets.iceberg import IcebergConfig, IcebergTarget
 from workers.targets.selectors import normal_url
 
 pytestmark = pytest.mark.integration
 
-PER_SUBJECT = {SUBJECT: 40, "123": 25, "1234": 10, "112": 5}
-NOBODY = ("120", "012", "1", "21", "1120", "12 ", "x12")
-
-
-class IcebergStore:
+class IcebergStore(lake.HistoryStore):
     def __init__(self, root: Path, integer: bool, catalog_url: str | None = None) -> None:
         root.mkdir(parents=True)
         url = catalog_url or f"sqlite:///{root / 'catalog.db'}"
         self.catalog_props = {"name": "contract", "uri": url, "warehouse": f"file://{root / 'wh'}"}
         self.catalog = SqlCatalog("contract", uri=normal_url(url), warehouse=self.catalog_props["warehouse"])
         self.catalog.create_namespace("lake")
-        self.integer = integer
-        self.owner_type = pa.int64() if integer else pa.string()
-        self.schema = pa.schema([("owner", self.owner_type), ("photo", pa.string()), ("age", pa.int32())])
+        owner_type = pa.int64() if integer else pa.string()
+        self.schema = pa.schema([("owner", owner_type), ("photo", pa.string()), ("age", pa.int32())])
         self.catalog.create_table("lake.faces", schema=self.schema)
-        self.nobody = [o for o in NOBODY if not integer or (o.isdigit() and not o.startswith("0"))]
-        self._append(self.nobody * 30)
+        super().__init__(integer)
 
     def table(self) -> Any:
         return self.catalog.load_table("lake.faces")
 
-    def _owner(self, text: str) -> Any:
-        return int(text) if self.integer else text
-
     def _append(self, owners: list[str]) -> None:
-        n = len(owners)
-        self.table().append(pa.table({
-            "owner": pa.array([self._owner(o) for o in owners], self.owner_type),
-            "photo": [f"photos/{o}/{i}.jpg" for i, o in enumerate(owners)],
-            "age": pa.array([18 + i % 60 for i in range(n)], pa.int32()),
-        }, schema=self.schema))
-
-    def seed(self, user_id: str) -> int:
-        self._append([user_id] * PER_SUBJECT[user_id] + self.nobody * 3)
-        return PER_SUBJECT[user_id]
+        self.table().append(pa.table(self.rows(owners), schema=self.schema))
 
     def _count(self, column: pa.ChunkedArray, user_id: str) -> int:
         return int(pc.sum(pc.equal(column.cast(self.owner_type), pa.scalar(self._owner(user_id), self.owner_type)))
@@ -89,7 +66,7 @@ class IcebergStore:
                    for p in (self.location() / "data").rglob("*.parquet"))
 
 
-class IcebergContract(TableHistoryContract, TargetContract):
+class IcebergContract(lake.TableHistoryContract, TargetContract):
     integer = False
 
     @pytest.fixture
@@ -144,16 +121,16 @@ class IcebergContract(TableHistoryContract, TargetContract):
         assert store.remaining(SUBJECT) == seeded[SUBJECT]
 
 
-class TestIcebergStringContract(StringColumnContract, IcebergContract):
+class TestIcebergStringContract(lake.StringColumnContract, IcebergContract):
     integer = False
 
 
-class TestIcebergIntegerContract(IntegerColumnContract, IcebergContract):
+class TestIcebergIntegerContract(lake.IntegerColumnContract, IcebergContract):
     integer = True
 
 
 def test_config_is_checked_when_the_map_loads() -> None:
-    check_where_is_refused(lambda where: IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"},
+    lake.check_where_is_refused(lambda where: IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"},
                                                        table="a.b", where=where), "o-wner")
     with pytest.raises(ValueError, match=r"namespace\.name"):
         IcebergConfig(name="x", kind="iceberg", catalog={"uri": "sqlite://"}, table="a", where={"o": "{user_id}"})
