@@ -37,7 +37,7 @@ from orchestrator.events import (
     idempotency_key,
     intake_queue,
 )
-from orchestrator.identifiers import Subject
+from orchestrator.identifiers import InvalidIdentifier, Subject
 from orchestrator.identities import ResolutionUnavailable
 from orchestrator.ledger import IdempotencyConflict, LedgerError
 from orchestrator.logs import get_logger
@@ -119,6 +119,8 @@ def verdict(step: Callable[[], T]) -> T | Rejected:
         return rejected
     except ResolutionUnavailable:  # the lookup database, not the message, is at fault: requeue it
         raise
+    except InvalidIdentifier as exc:  # a value no selector may take, or one a lookup refused (never repeated)
+        return Rejected("bad-subject", str(exc)[:200])
     except LedgerError as exc:
         return Rejected("malformed", str(exc)[:200])
     except Exception as exc:  # one message's failure must not stop the intake

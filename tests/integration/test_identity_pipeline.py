@@ -332,7 +332,7 @@ def test_an_event_by_email_is_resolved_and_one_whose_lookup_fails_is_requeued(
     from kombu import Connection
 
     from orchestrator.events import DEAD_QUEUE, declare, intake_queue, publish_erasure_request
-    from tests.integration.test_events import KEY, requests_made, running_intake, wait_for
+    from tests.fixtures.events import KEY, request_ids, running_intake, wait_for
 
     with Connection(redis_broker) as conn:
         declare(conn)
@@ -340,7 +340,7 @@ def test_an_event_by_email_is_resolved_and_one_whose_lookup_fails_is_requeued(
     lethe = make_lethe(broker_url=redis_broker, data_map=write_map(MAP.format(**estate)), event_key=KEY.decode())
     publish_erasure_request(redis_broker, {"email": "carl@example.org"}, source="account-service", key=KEY)
     with lethe.embedded_worker(), running_intake(lethe, redis_broker, batch_window=0.2):
-        request_id = wait_for(lambda: requests_made(lethe))[0]
+        request_id = wait_for(lambda: request_ids(lethe))[0]
         assert lethe.wait(request_id, timeout=90)["status"] == "completed"
     assert snapshot(estate) == without(before, {12})
 
@@ -349,7 +349,7 @@ def test_an_event_by_email_is_resolved_and_one_whose_lookup_fails_is_requeued(
     publish_erasure_request(redis_broker, {"email": "carla@example.org"}, source="account-service", key=KEY)
     with running_intake(down, redis_broker, batch_window=0.2):
         time.sleep(3)
-    assert len(requests_made(down)) == 1  # only the first
+    assert len(request_ids(down)) == 1  # only the first
     with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 1
         assert DEAD_QUEUE(conn.default_channel).queue_declare().message_count == 0
@@ -382,9 +382,10 @@ def test_a_value_the_lookup_database_refuses_is_a_bad_subject_not_an_outage(
     from kombu import Connection
 
     from orchestrator.api import create_app
+    from orchestrator.deadletters import list_dead_letters
     from orchestrator.events import DEAD_QUEUE, declare, intake_queue, publish_erasure_request
     from orchestrator.identities import ResolutionRefused
-    from tests.integration.test_events import KEY, requests_made, running_intake, wait_for
+    from tests.fixtures.events import KEY, request_ids, running_intake, wait_for
     from tests.orchestrator.api.conftest import NAMES, TOKENS, auth
 
     url, schema = app_db
@@ -398,11 +399,12 @@ def test_a_value_the_lookup_database_refuses_is_a_bad_subject_not_an_outage(
     publish_erasure_request(redis_broker, {"user_id": "abc"}, source="account-service", key=KEY)
     publish_erasure_request(redis_broker, {"user_id": "12"}, source="account-service", key=KEY)
     with running_intake(lethe, redis_broker, batch_window=0.5):
-        assert len(wait_for(lambda: requests_made(lethe))) == 1
+        assert len(wait_for(lambda: request_ids(lethe))) == 1
         with Connection(redis_broker) as conn:
             assert wait_for(lambda: DEAD_QUEUE(conn.default_channel).queue_declare().message_count == 1)
     with Connection(redis_broker) as conn:
         assert intake_queue()(conn.default_channel).queue_declare().message_count == 0
+        assert [d.reason for d in list_dead_letters(conn)] == ["bad-subject"]
     tokens = path.parent / "tokens"
     tokens.write_text("".join(f"{TOKENS[r]} {r} {NAMES[r]}\n" for r in TOKENS))
     api = make_lethe(broker_url=redis_broker, data_map=path, api_tokens=tokens)
