@@ -169,6 +169,9 @@ def test_probe_reports_an_unreachable_resolution_and_a_refused_lookup(
     assert "target 'uploads': keys_query: its database refused the statement" in probed.stderr
     assert "no such table: upload" in probed.stderr
     assert "Traceback" not in probed.stderr
+    missing = check_map(tmp_path, full_map(s3_endpoint, bucket, tmp_path / "none.db", dead), "--probe")
+    assert "target 'uploads': keys_query: its SQLite database file does not exist" in missing.stderr
+    assert not (tmp_path / "none.db").exists()  # the probe creates no empty database in its place
 
 
 def test_probe_versioning_settings_that_stop_a_purge(s3_endpoint: str, bucket: str) -> None:

@@ -12,6 +12,7 @@ cannot be reached, that a table or column is missing, that the role may not read
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from workers.targets.base import TargetConfig, TargetError
@@ -26,6 +27,8 @@ def probe_query(query: KeysQuery, what: str) -> list[str]:
     from sqlalchemy import text
 
     probe = text(f"SELECT * FROM ({query.sql}) AS lethe_probe WHERE 1 = 0")  # sql_check passed it
+    if _missing_sqlite_file(query.url):  # connecting would create an empty database in its place
+        return [f"{what}: its SQLite database file does not exist"]
     try:
         with engine(query.url, read_only=True, timeout_seconds=query.timeout_seconds).connect() as conn:
             conn.execute(probe, dict.fromkeys(query.parameters())).close()
@@ -37,6 +40,15 @@ def probe_query(query: KeysQuery, what: str) -> list[str]:
             return [f"{what}: cannot reach its database ({detail})"]
         return [f"{what}: its database refused the statement ({detail})"]
     return []
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    name = parsed.database
+    return parsed.get_backend_name() == "sqlite" and bool(name) and name != ":memory:" \
+        and not name.startswith("file:") and not Path(name).exists()
 
 
 def _refused_statement(origin: BaseException) -> bool:
