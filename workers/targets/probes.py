@@ -46,9 +46,10 @@ def _missing_sqlite_file(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    name = parsed.database
-    return parsed.get_backend_name() == "sqlite" and bool(name) and name != ":memory:" \
-        and not name.startswith("file:") and not Path(name).exists()
+    name = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or name in ("", ":memory:") or name.startswith("file:"):
+        return False
+    return not Path(name).exists()
 
 
 def _refused_statement(origin: BaseException) -> bool:
