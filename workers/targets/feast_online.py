@@ -1,6 +1,6 @@
 """Feast's online stores as lethe erases from them: SQLite (one table per view, secure_delete, WAL
 checkpointed) and Redis (one hash per entity key shared by the entity's views; a view's fields go atomically).
-The Feast target (``workers/targets/feast.py``) builds them from the loaded repo's views (``name``, ``fv``,
+The loaded repo (``workers/targets/feast_repo.py``) builds them from its views (``name``, ``fv``,
 ``online``); its docstring says which level each reaches."""
 
 from __future__ import annotations
