@@ -213,6 +213,7 @@ class LedgerCore:
             "completed_at": rfc3339(request.completed_at),
             "data_map_digest": request.data_map_digest,
             "targets": [target_entry(t) for t in tasks],
+            **({"models": models} if (models := models_acted_on(s, request.id, tasks)) else {}),
             "exemptions": exempt,
             "audit_head": audit_head,
             "issued_at": rfc3339(issued),
@@ -356,3 +357,35 @@ class LedgerCore:
             proof.sign_head(s, self.signing_key, entry.id, entry.hash)
         return entry.hash
 
+
+MODEL_EVENT = "lethe.model.retrain_requested"  # the SPEC's event a target queues per model it acted on
+EVENTS_PER_LOOKUP = 16
+
+
+def models_acted_on(s: Session, request_id: str, tasks: list[Task]) -> list[dict[str, Any]]:
+    """The registered models (name, versions, action) a request quarantined or deleted, for its certificate:
+    the retrain events its targets queued with their completions. Each such event's id is uuid5 of the
+    completion's audit hash and its position (``_emit``), so they are found by the unique event id, a few
+    positions at a time, never by scanning the outbox."""
+    target_of = {t.id: t.target for t in tasks}
+    positions = {h: (target_of.get(task_id or "", ""), 0) for task_id, h in s.execute(select(
+        AuditEntry.task_id, AuditEntry.hash).where(AuditEntry.request_id == request_id,
+                                                   AuditEntry.action == "task.completed"))}
+    found: list[tuple[int, str, int, dict[str, Any]]] = []
+    order = {t.target: n for n, t in enumerate(tasks)}
+    while positions:
+        wanted = {str(uuid.uuid5(EVENT_NAMESPACE, f"{h}/{n}")): (h, n) for h, (_, start) in positions.items()
+                  for n in range(start, start + EVENTS_PER_LOOKUP)}
+        rows = s.execute(select(OutboxEvent.event_id, OutboxEvent.type, OutboxEvent.body)
+                         .where(OutboxEvent.event_id.in_(wanted))).all()
+        hits: dict[str, int] = {}
+        for event_id, event_type, body in rows:
+            h, n = wanted[event_id]
+            hits[h] = hits.get(h, 0) + 1
+            if event_type == MODEL_EVENT:
+                target = positions[h][0]
+                found.append((order.get(target, len(order)), target, n, json.loads(body)["data"]))
+        positions = {h: (target, start + EVENTS_PER_LOOKUP) for h, (target, start) in positions.items()
+                     if hits.get(h) == EVENTS_PER_LOOKUP}  # a full batch: there may be more
+    return [{"target": target, "registered_model": data["registered_model"], "versions": data["versions"],
+             "action": data["action"]} for _, target, _, data in sorted(found, key=lambda f: f[:3])]
