@@ -29,8 +29,7 @@ def check_map(
     datamap = DataMap.load(path or Settings().data_map)
     problems = datamap.strict_problems() if strict else []
     if probe:  # adapters are imported only here: a plain check-map stays instant
-        from workers.targets.base import probe_map
-        from workers.targets.probes import probe_query
+        from workers.targets.probes import probe_map, probe_query
 
         problems += [f"target {name!r}: {problem}" for name, problem in probe_map(datamap.targets)]
         problems += [f"identity {i.name!r}: {problem}" for i in datamap.identities

@@ -202,41 +202,6 @@ class Probed(Protocol):
         ...
 
 
-def probe_map(targets: Sequence[TargetConfig]) -> list[tuple[str, str]]:
-    """(target, problem) for every target of a map, each probed with the targets that complete before it
-    (its ``after``, transitively): what ``lethe check-map --probe`` prints."""
-    by_name = {t.name: t for t in targets}
-    found: list[tuple[str, str]] = []
-    for config in targets:
-        earlier: dict[str, TargetConfig] = {}
-        waiting = list(config.after)
-        while waiting:
-            name = waiting.pop()
-            if name in by_name and name not in earlier:
-                earlier[name] = by_name[name]
-                waiting.extend(by_name[name].after)
-        found += [(config.name, problem) for problem in probe_target(config, list(earlier.values()))]
-    return found
-
-
-def probe_target(config: TargetConfig, earlier: Sequence[TargetConfig]) -> list[str]:
-    """The problems ``check-map --probe`` reports for one target: its store (``Probed``; MLflow's tracking
-    store from ``probes``) and its read-only lookups (``keys_query``, ``ids_query``)."""
-    from workers.targets import probes
-
-    try:
-        target = build_target(config)
-        if isinstance(target, Probed):
-            found = target.probe(earlier)
-        else:
-            found = probes.probe_mlflow(config) if config.kind == "mlflow" else []
-    except TargetError as exc:
-        found = [str(exc)]
-    except Exception as exc:  # an engine's own error text may hold data: keep its type only
-        found = [f"cannot probe the store: {type(exc).__name__}"]
-    return found + probes.probe_queries(config)
-
-
 # kind -> "module:Class". Modules are imported only when a kind is used, so `lethe status` stays instant.
 BUILTIN_TARGETS: dict[str, str] = {
     "s3": "workers.targets.s3:S3Target",

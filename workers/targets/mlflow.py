@@ -107,7 +107,7 @@ operation and MLflow's error code, never a path, a run id or an identifier.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from orchestrator.identifiers import Subject
@@ -116,6 +116,7 @@ from workers.targets.mlflow_actions import REASON_TAG, ModelDeletion, check_reac
 from workers.targets.mlflow_api import RETRYABLE_ERRORS, load_mlflow, mlflow_client, open_client
 from workers.targets.mlflow_config import MLflowConfig
 from workers.targets.mlflow_lineage import QUARANTINE_TAG, SHARD_TAG, ModelVersionRef, Selection, select_versions
+from workers.targets.probes import probe_mlflow
 
 __all__ = ["QUARANTINE_TAG", "REASON_TAG", "RETRAIN_EVENT", "SHARD_TAG", "MLflowConfig", "MLflowTarget",
            "load_mlflow", "mlflow_client"]  # load_mlflow, mlflow_client: the demo builds its registry with them
@@ -140,6 +141,10 @@ class MLflowTarget:
         self._deletion = ModelDeletion(config)
 
     # -- the contract -----------------------------------------------------------------------------
+    def probe(self, earlier: Sequence[TargetConfig]) -> list[str]:
+        """The tracking store answers, and the registered model the map names exists (``base.Probed``)."""
+        return probe_mlflow(self.config)
+
     def count(self, subject: Subject) -> int:
         return len(self._pending(self._select()))
 

@@ -1,6 +1,7 @@
 """What ``lethe check-map --probe`` asks of the stores no adapter method covers: the read-only lookups of a
 map (a target's ``keys_query``/``ids_query``, every ``identities:`` resolution) and the MLflow tracking
-store. Adapters that can check their own store implement ``base.Probed``; ``base.probe_target`` adds these.
+store, and the walk over a map that ``check-map --probe`` prints. Adapters that can check their own store
+implement ``base.Probed``; ``probe_target`` adds the lookups to what they find.
 
 A lookup is probed by running it, never by reading what it returns: the statement is wrapped as
 ``SELECT * FROM (<sql>) AS lethe_probe WHERE 1 = 0`` with every parameter bound to NULL, on the same
@@ -12,10 +13,11 @@ cannot be reached, that a table or column is missing, that the role may not read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workers.targets.base import TargetConfig, TargetError
+from workers.targets.base import Probed, TargetConfig, TargetError, build_target
 from workers.targets.selectors import KeysQuery, engine, unreachable
 
 MAX_MESSAGE = 160  # the database's first line, enough for "no such table: users"
@@ -84,3 +86,33 @@ def probe_mlflow(config: Any) -> list[str]:
     except TargetError as exc:
         return [str(exc)]
     return []
+
+
+def probe_map(targets: Sequence[TargetConfig]) -> list[tuple[str, str]]:
+    """(target, problem) for every target of a map, each probed with the targets that complete before it
+    (its ``after``, transitively): what ``lethe check-map --probe`` prints."""
+    by_name = {t.name: t for t in targets}
+    found: list[tuple[str, str]] = []
+    for config in targets:
+        earlier: dict[str, TargetConfig] = {}
+        waiting = list(config.after)
+        while waiting:
+            name = waiting.pop()
+            if name in by_name and name not in earlier:
+                earlier[name] = by_name[name]
+                waiting.extend(by_name[name].after)
+        found += [(config.name, problem) for problem in probe_target(config, list(earlier.values()))]
+    return found
+
+
+def probe_target(config: TargetConfig, earlier: Sequence[TargetConfig]) -> list[str]:
+    """The problems ``check-map --probe`` reports for one target: its store (``Probed``) and its read-only
+    lookups (``keys_query``, ``ids_query``)."""
+    try:
+        target = build_target(config)
+        found = target.probe(earlier) if isinstance(target, Probed) else []
+    except TargetError as exc:
+        found = [str(exc)]
+    except Exception as exc:  # an engine's own error text may hold data: keep its type only
+        found = [f"cannot probe the store: {type(exc).__name__}"]
+    return found + probe_queries(config)

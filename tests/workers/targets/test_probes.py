@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.targets.base import probe_target, target_class
+from workers.targets.base import target_class
+from workers.targets.probes import probe_target
 
 pytestmark = pytest.mark.integration
 MATCH = {"user_id": "{user_id}"}

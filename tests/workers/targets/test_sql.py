@@ -18,7 +18,8 @@ from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import Subject
 from tests.contract.base import Beats, subject
 from tests.fixtures.services import temporary_mariadb
-from workers.targets.base import PermanentError, SliceExpired, build_target, probe_map, probe_target
+from workers.targets.base import PermanentError, SliceExpired, build_target
+from workers.targets.probes import probe_map, probe_target
 from workers.targets.selectors import dispose_engine
 from workers.targets.sql import SqlConfig, SqlTarget
 from workers.targets.sql_types import convert
