@@ -1,4 +1,4 @@
-"""identity resolution and copies
+"""identity resolution: the derived identifiers of a request
 
 Revision ID: 0009
 Revises: 0008
