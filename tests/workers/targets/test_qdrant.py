@@ -471,7 +471,7 @@ def test_dataset_erasure_uses_the_literal_match(small: SmallStore, tmp_path: Pat
     ({"match": {"a b": "x"}}, "not a plain payload key"),
     ({"match": {"source": True}}, "non-empty string or an integer"),
     ({"match": {"source": 1.5}}, "non-empty string or an integer"),
-    ({"ids_query": {"url": "sqlite://", "sql": "SELECT 1"}}, "{match: {field: value}} only"),
+    ({"ids_query": {"url": "sqlite://", "sql": "SELECT 1"}}, "ids_query is a per-subject lookup"),
     ({"prefix": "sources/"}, "unknown field"),
 ])
 def test_bad_dataset_selectors_are_refused(selector: dict[str, Any], message: str) -> None:
