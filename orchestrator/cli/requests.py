@@ -103,17 +103,23 @@ def _minute(rfc3339: str) -> str:
     return rfc3339[:16].replace("T", " ")
 
 
-@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV))
-def retry(given: RequestId) -> None:
-    """Move a request's failed tasks back to pending and dispatch them (embedded mode: and wait)."""
+def _dispatch_action(given: str, action: str, done: str) -> None:
+    """Run ``Lethe.<action>`` on a request and dispatch what it releases; embedded mode waits for the
+    request, otherwise say what was done and warn about anything the broker did not take."""
     lethe = make_lethe()
     rid = request_id(lethe, given)
     with dispatching(lethe):
-        lethe.retry(rid, actor=actor())
+        getattr(lethe, action)(rid, actor=actor())
         if lethe.settings.embedded:
             raise typer.Exit(exit_code(wait_with_progress(lethe, rid, None)))
-    out.print(f"retrying failed tasks of {rid}")
+    out.print(f"{done} {rid}")
     warn_not_dispatched(lethe.ledger.status(rid))
+
+
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV))
+def retry(given: RequestId) -> None:
+    """Move a request's failed tasks back to pending and dispatch them (embedded mode: and wait)."""
+    _dispatch_action(given, "retry", "retrying failed tasks of")
 
 
 @app.command(epilog=reads(LEDGER_ENV))
@@ -130,14 +136,7 @@ def approve(given: RequestId) -> None:
     """Let a request waiting on max_items (or a dataset request) go ahead (admin).
 
     The approval covers the targets and counts shown; embedded mode waits for the request."""
-    lethe = make_lethe()
-    rid = request_id(lethe, given)
-    with dispatching(lethe):
-        lethe.approve(rid, actor=actor())
-        if lethe.settings.embedded:
-            raise typer.Exit(exit_code(wait_with_progress(lethe, rid, None)))
-    out.print(f"approved {rid}")
-    warn_not_dispatched(lethe.ledger.status(rid))
+    _dispatch_action(given, "approve", "approved")
 
 
 @app.command(epilog=reads(LEDGER_ENV))
