@@ -14,6 +14,9 @@
    (tests/bench/lake.py).
 7. SQL purge: one subject's 100k rows on PostgreSQL in batches of their own transactions, against a bare
    DELETE in one statement (tests/bench/sql.py).
+8. Scale-out: the orchestration workload with 1, 2 and 4 worker processes against bare Celery with as
+   many; how much of Celery's speedup lethe keeps, and how often the audit chain's lock is waited on
+   (tests/bench/scaleout.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -34,7 +37,7 @@ from tests.bench import report, stores
 from tests.bench.orchestration import BROKER, bench_orchestration
 from tests.fixtures.services import temporary_database
 
-FIGURES = ["orchestration", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql"]
+FIGURES = ["orchestration", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql"]
 
 
 def mib(peaks: dict[str, float]) -> str:
@@ -77,6 +80,11 @@ def main() -> None:
         if "orchestration" in only:
             results["orchestration"] = o = bench_orchestration(args.requests, work / "orchestration")
             print_orchestration("orchestration", o)
+        if "scaleout" in only:
+            from tests.bench.scaleout import bench_scaleout, describe
+
+            results["scaleout"] = so = bench_scaleout(args.requests, work / "scaleout")
+            print("\n".join(describe(so)))
         if "s3" in only:
             from tests.bench.s3 import bench_s3
 

@@ -97,12 +97,13 @@ def _memory_of_services(memory: Watch, broker: redis.Redis) -> None:
         memory.watch("postgresql (all backends)", pid, children=True)
 
 
-def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None, url: str = BROKER) -> dict[str, Any]:
-    """Seconds for ``tasks`` no-op Celery tasks, sent at once, through ``celery worker -c 2``."""
+def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None, url: str = BROKER,
+                concurrency: int = 2) -> dict[str, Any]:
+    """Seconds for ``tasks`` no-op Celery tasks, sent at once, through ``celery worker -c <concurrency>``."""
     broker = redis.Redis.from_url(url)
     broker.flushdb()
     env = {**os.environ, "BENCH_BROKER": url, "PYTHONPATH": str(Path.cwd())}
-    args = [str(BIN / "celery"), "-A", "tests.bench.noop", "worker", "-c", "2", "--loglevel", "WARNING",
+    args = [str(BIN / "celery"), "-A", "tests.bench.noop", "worker", "-c", str(concurrency), "--loglevel", "WARNING",
             "--without-mingle", "--without-gossip"]
     with running_process(args, env, workdir / "noop-worker.log") as worker, Watch() as memory:
         from tests.bench.noop import app
@@ -131,8 +132,9 @@ def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None, url
 
 
 def lethe_requests(requests: int, workdir: Path, progress: Progress | None = None,
-                   url: str = BROKER) -> dict[str, Any]:
-    """Seconds for ``requests`` erasure requests x 4 memory targets, filed at once, through ``lethe worker -c 2``."""
+                   url: str = BROKER, concurrency: int = 2, db_prefix: str = "lethe_bench") -> dict[str, Any]:
+    """Seconds for ``requests`` erasure requests x 4 memory targets, filed at once, through ``lethe worker -c
+    <concurrency>`` (on a new database named ``<db_prefix>_…``)."""
     broker = redis.Redis.from_url(url)
     broker.flushdb()
     targets = "\n".join(f'  - {{name: t{i}, kind: memory, store: s{i}, match: {{owner: "{{user_id}}"}}}}'
@@ -142,14 +144,14 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
     signing = workdir / "signing.pem"
     if not signing.exists():
         create_private_key(signing)
-    with temporary_database("lethe_bench") as db:
+    with temporary_database(db_prefix) as db:
         env = {**os.environ, "LETHE_BROKER_URL": url, "LETHE_DATABASE_URL": db, "LETHE_SUBJECT_KEY": KEY,
                "LETHE_SIGNING_KEY": str(signing), "LETHE_DATA_MAP": str(data_map), "LETHE_LOG_LEVEL": "WARNING"}
         lethe = Lethe(Settings(broker_url=url, database_url=db, subject_key=KEY, signing_key=signing,
                                data_map=data_map, log_level="WARNING"))
         lethe.migrate()  # before the worker starts
         engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://"))
-        with running_process([str(BIN / "lethe"), "worker", "-c", "2", "--loglevel", "WARNING"], env,
+        with running_process([str(BIN / "lethe"), "worker", "-c", str(concurrency), "--loglevel", "WARNING"], env,
                      workdir / "lethe-worker.log") as worker, Watch() as memory:
             lethe.wait(lethe.submit({"user_id": "warm-up"})[0], timeout=120, interval=0.05)
             _memory_of_services(memory, broker)

@@ -9,6 +9,7 @@ from typing import Any
 # figure -> (label, ratio key, goal as (comparison, bound), what the ratio means)
 FIGURES: dict[str, tuple[str, str, tuple[str, float] | None, str]] = {
     "orchestration": ("orchestration overhead", "ratio", ("<=", 1.5), "lethe time / bare Celery time"),
+    "scaleout": ("scale-out 1 -> 4 workers", "ratio", None, "lethe speedup / bare Celery speedup"),
     "bulk": ("bulk scale", "ratio", ("<=", 1.5), "lethe time / bare Celery time"),
     "s3_purge": ("S3 purge rate", "rate_ratio", (">=", 0.9), "lethe rate / raw boto3 rate"),
     "flat_memory": ("flat memory", "ratio", ("<=", 1.1), "peak RSS large / small"),
