@@ -56,6 +56,8 @@ def print_orchestration(name: str, o: dict[str, Any]) -> None:
     print(f"  completion p50 {lethe['completion_seconds_p50']:.1f} s, p99 {lethe['completion_seconds_p99']:.1f} s; "
           f"ledger {lethe['ledger_mib']:,.0f} MiB ({lethe['ledger_rows']['audit_log']:,} audit entries), "
           f"verified: {lethe['ledger_verified']}")
+    if lethe.get("dead_tuples"):
+        print(f"  dead tuples at the end: {', '.join(f'{t} {n:,}' for t, n in lethe['dead_tuples'].items())}")
     print(f"  peak MiB, lethe: {mib(lethe['peak_mib'])}; bare Celery: {mib(bare['peak_mib'])}")
     print(f"  CPU s, lethe: {seconds(lethe['cpu_seconds'])}; bare Celery: {seconds(bare['cpu_seconds'])}")
 

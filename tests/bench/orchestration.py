@@ -183,6 +183,9 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
             ledger_bytes = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
             rows = {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
                     for table in ("requests", "tasks", "completion_records", "audit_log", "certificates", "outbox")}
+            # Dead row versions left by the run's updates (autovacuum may have reclaimed some meanwhile).
+            dead = {name: int(n) for name, n in conn.execute(text(
+                "SELECT relname, n_dead_tup FROM pg_stat_user_tables WHERE n_dead_tup > 0 ORDER BY relname"))}
             problems = lethe.ledger.verify()
         engine.dispose()
         lethe.ledger.engine.dispose()
@@ -192,7 +195,7 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
         "requests_per_second": requests / seconds,
         "completion_seconds_p50": statistics.median(latencies) if latencies else None,
         "completion_seconds_p99": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
-        "ledger_mib": round((ledger_bytes or 0) / 2**20, 1), "ledger_rows": rows,
+        "ledger_mib": round((ledger_bytes or 0) / 2**20, 1), "ledger_rows": rows, "dead_tuples": dead,
         "ledger_verified": problems == [], "ledger_problems": problems[:3],
         "peak_mib": {k: round(v, 1) for k, v in memory.peaks.items()}, "cpu_seconds": memory.cpu_seconds(),
     }
