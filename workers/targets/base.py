@@ -167,12 +167,20 @@ class Target(Protocol):
     def count(self, subject: Subject) -> int:
         """How many items a purge of ``subject`` would remove now. Deletes and changes nothing: the
         pipeline calls it for dry runs and for the blast-radius check (``max_items``) before a purge, so it
-        must count exactly what ``purge`` would act on. Safe to call any number of times."""
+        must count exactly what ``purge`` would act on. Safe to call any number of times.
+
+        The pipeline runs count, purge and verify of one task on one instance, so count may keep what it
+        read (bounded, e.g. by ``max_items``) for a later ``purge`` of the same subject on that instance to
+        act on instead of reading again (S3 keeps its listing). What it keeps must be only items the
+        selector matched, used at most once; anything written after the count is then verify's residue,
+        and the task is retried, never certified."""
         ...
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
         """Remove every item the selector built from ``subject`` matches; return how many this call
         removed. Never removes an item the selector did not match (subject ``12`` never touches ``123``).
+        After a ``count`` of the same subject on the same instance it may remove what that count kept, and
+        no more (see ``count``).
 
         Idempotent: purging what is already gone succeeds and returns 0, so a redelivered task is harmless.
         Calls ``heartbeat(done)`` at least once per page or batch of work with the items removed so far, so a
@@ -184,8 +192,8 @@ class Target(Protocol):
 
     def verify(self, subject: Subject) -> int:
         """Read the store back and return the residue: how many of the subject's items remain (0 after a
-        complete purge). Reads only; the pipeline records a purge as complete only when this returns 0, and
-        retries the task when it does not."""
+        complete purge). Reads only, and always afresh (never from what count kept); the pipeline records a
+        purge as complete only when this returns 0, and retries the task when it does not."""
         ...
 
 

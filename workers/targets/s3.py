@@ -7,23 +7,33 @@ Selectors, one of:
 - ``keys_query: {url, sql}``: exact keys looked up in the application's database; the SQL's ``:kind``
   parameters are bound from the request's identifiers (never formatted into the text).
 
-A purge is one pass over the listing (``ListObjectVersions``, page by page) deleting in batches of up to
-1,000 entries (``DeleteObjects``): as many calls as a hand-written boto3 loop, and memory stays flat (at
-most two pages) however many objects a subject has. A page is deleted only once the next page has been
-listed, so a listing never continues from a version that is already gone (moto answers that with an
+The map's entry (``S3Config``) and the shared client (``s3_client``) live in ``s3_config.py``.
+
+A task lists a subject once to erase it, and once more to verify. Its blast-radius count lists every
+version (``ListObjectVersions``, page by page) and keeps the listing, up to ``max_items`` versions; the purge
+that follows on the same instance deletes exactly those versions in batches of up to 1,000
+(``DeleteObjects``) without listing again, and verify lists afresh: anything written after the count is
+residue, and the task is retried (counted, purged and verified again), never certified. A kept listing
+holds only (key, version) pairs the selector matched when count listed them, and is used only by a purge of
+the very same subject: it can be late, never wider than the selector (a version id names one version; on
+an unversioned bucket ``null`` names whatever that same key holds).
+
+A purge with no kept listing (a count over ``max_items`` that an admin approved, a later slice of a sliced
+purge) streams: one pass over the listing, as many calls as a hand-written boto3 loop, and memory stays
+flat (at most two pages) however many objects a subject has. A page is deleted only once the next page has
+been listed, so a listing never continues from a version that is already gone (moto answers that with an
 empty page, which would end the purge early and leave residue).
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from botocore.exceptions import (
     ClientError,
@@ -32,7 +42,6 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from pydantic import Field, field_validator, model_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
@@ -42,9 +51,8 @@ from workers.targets.base import (
     PermanentError,
     RetryableError,
     TargetConfig,
-    require_placeholder,
 )
-from workers.targets.selectors import KeysQuery
+from workers.targets.s3_config import S3Config, s3_client
 
 BATCH = 1000  # DeleteObjects' limit
 RETRYABLE_CODES = frozenset(
@@ -53,86 +61,9 @@ RETRYABLE_CODES = frozenset(
 )
 GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
 KEY_RETRIES = 5  # rounds of re-sending per-key retryable errors inside one DeleteObjects batch
-
-
-class S3Config(TargetConfig):
-    bucket: str = Field(min_length=3, description="Bucket holding the subject's objects.")
-    endpoint_url: str | None = Field(None, description="S3 endpoint; AWS when absent.")
-    region: str | None = Field(None, description="Region name for the client.")
-    prefix: str | None = Field(None, description="Templated key prefix ending at '/'.")
-    keys_query: KeysQuery | None = Field(None, description="Exact keys from the application's database.")
-
-    template_fields: ClassVar[tuple[str, ...]] = ("prefix",)
-    query_fields: ClassVar[tuple[str, ...]] = ("keys_query",)
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_is_safe(cls, prefix: str | None) -> str | None:
-        if prefix is None:
-            return None
-        require_placeholder("prefix", prefix)
-        if not prefix.endswith("/"):
-            raise ValueError("prefix must end at a separator '/', so subject 12 never matches 123")
-        return prefix
-
-    @model_validator(mode="after")
-    def _one_selector(self) -> S3Config:
-        if (self.prefix is None) == (self.keys_query is None):
-            raise ValueError("give exactly one of prefix or keys_query")
-        return self
-
-    def check_dataset_selector(self, selector: dict[str, Any]) -> None:
-        super().check_dataset_selector(selector)
-        prefix = selector.get("prefix")
-        if prefix is not None and (not isinstance(prefix, str) or len(prefix) < 2 or not prefix.endswith("/")):
-            raise ValueError("a dataset prefix must be a non-trivial path ending at '/'")
-
-
-
-_clients: dict[tuple[str | None, str | None], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _parse_timestamp(value: Any) -> datetime:
-    """botocore's timestamp parser, minus dateutil for S3's ISO 8601 (``2024-05-01T12:00:00.000Z``): every
-    version in a listing carries a LastModified, and dateutil took a quarter of a purge's time parsing
-    them. The same aware datetimes; anything else (RFC 822 headers, epochs) goes to botocore's parser."""
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is not None:
-                return parsed
-    from botocore.utils import parse_timestamp
-
-    return parse_timestamp(value)
-
-
-def s3_client(endpoint_url: str | None, region: str | None) -> Any:
-    """One client per endpoint per process: clients are thread-safe, creating them is not cheap."""
-    import boto3
-    import botocore.session
-    from botocore.config import Config
-
-    with _clients_lock:
-        key = (endpoint_url, region)
-        if key not in _clients:
-            session = botocore.session.get_session()
-            session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-            _clients[key] = boto3.session.Session(botocore_session=session).client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region or "us-east-1",
-                config=Config(
-                    retries={"max_attempts": 8, "mode": "standard"},
-                    connect_timeout=10,
-                    read_timeout=60,
-                    max_pool_connections=20,
-                ),
-            )
-        return _clients[key]
+# Versions one count keeps for its task's purge: max_items, and never more than the default blast radius
+# (orchestrator.ledger.snapshots.DEFAULT_MAX_ITEMS): ~200 bytes each, so ~20 MB at most.
+REMEMBER_MAX = 100_000
 
 
 class S3Target:
@@ -152,13 +83,34 @@ class S3Target:
         self.config = config
         self.client = s3_client(config.endpoint_url, config.region)
         self._denied: list[dict[str, str]] = []  # versions refused with AccessDenied: checked for Object Lock
+        # What count listed, per subject, for the purge that follows on this instance (one task): at most
+        # max_items versions in all (a larger count waits for an admin, and its approved purge streams).
+        self._listed: dict[tuple[tuple[str, str], ...], list[tuple[str, str]]] = {}
+        self._room = min(config.max_items or REMEMBER_MAX, REMEMBER_MAX)
 
     # -- the contract -----------------------------------------------------------------------------
     def count(self, subject: Subject) -> int:
-        return sum(len(page) for page in self._pages(subject))
+        """Lists the subject's versions (exactly: an admin is shown this number and approves up to it) and
+        keeps the listing for this instance's purge of the same subject, if it fits in what is left of
+        max_items."""
+        key = _listing_key(subject)
+        self._listed.pop(key, None)
+        room = self._room - sum(len(kept) for kept in self._listed.values())
+        listed: list[tuple[str, str]] | None = []
+        total = 0
+        for page in self._pages(subject):
+            total += len(page)
+            if listed is not None and total > room:
+                listed = None  # over the limit: counted on, not kept
+            elif listed is not None:
+                listed += [(entry["Key"], entry["VersionId"]) for entry in page]
+        if listed is not None:
+            self._listed[key] = listed
+        return total
 
     def verify(self, subject: Subject) -> int:
-        return self.count(subject)
+        """Lists afresh, always: what count kept is never taken as the store's word."""
+        return sum(len(page) for page in self._pages(subject))
 
     def _object_lock(self, entries: list[dict[str, str]]) -> str | None:
         """Why S3 refuses to delete these versions, if it is Object Lock: a legal hold or a retention."""
@@ -180,9 +132,35 @@ class S3Target:
         return None
 
     def purge(self, subject: Subject, heartbeat: Heartbeat) -> int:
+        """Deletes what this instance's count listed for the subject, if it kept the listing (listing again
+        only in verify), or else streams: one pass over a fresh listing."""
         self._denied = []
-        deleted = 0
         refused: Counter[str] = Counter()
+        listed = self._listed.pop(_listing_key(subject), None)  # used once: a retry or a later slice lists
+        if listed is None:
+            deleted = self._purge_listing(subject, heartbeat, refused)
+        else:
+            deleted = 0
+            for start in range(0, len(listed), BATCH):
+                batch = [{"Key": key, "VersionId": version} for key, version in listed[start:start + BATCH]]
+                deleted += self._delete(batch, refused)
+                heartbeat(deleted)  # once per batch; a slice may end here (the next one lists afresh)
+            if not listed:
+                heartbeat(0)
+        if refused.get("AccessDenied"):
+            lock = self._object_lock(self._denied)
+            if lock:
+                raise HeldError(f"S3 Object Lock keeps {refused['AccessDenied']} version(s) on bucket "
+                                f"{self.config.bucket}: {lock}")
+        if refused:
+            codes = ", ".join(f"{code} x{n}" for code, n in sorted(refused.items()))
+            raise PermanentError(
+                f"S3 DeleteObjects on bucket {self.config.bucket} refused some versions: {codes}"
+            )
+        return deleted
+
+    def _purge_listing(self, subject: Subject, heartbeat: Heartbeat, refused: Counter[str]) -> int:
+        deleted = 0
         # Listed, not yet deleted. The newest page stays here until the next page is listed: that listing
         # continues from the newest page's last version, which must still exist (see the module docstring).
         # One pass lists every version once, so a version S3 refused is never offered again.
@@ -197,16 +175,6 @@ class S3Target:
             deleted += self._delete(pending[:BATCH], refused)
             del pending[:BATCH]
         heartbeat(deleted)
-        if refused.get("AccessDenied"):
-            lock = self._object_lock(self._denied)
-            if lock:
-                raise HeldError(f"S3 Object Lock keeps {refused['AccessDenied']} version(s) on bucket "
-                                f"{self.config.bucket}: {lock}")
-        if refused:
-            codes = ", ".join(f"{code} x{n}" for code, n in sorted(refused.items()))
-            raise PermanentError(
-                f"S3 DeleteObjects on bucket {self.config.bucket} refused some versions: {codes}"
-            )
         return deleted
 
     # -- probe (check-map --probe) ---------------------------------------------------------------------
@@ -318,6 +286,11 @@ class S3Target:
             if round_ < KEY_RETRIES:
                 time.sleep(min(8.0, 0.2 * 2**round_) * (0.5 + random.random()))
         raise RetryableError(f"S3 DeleteObjects on bucket {self.config.bucket}: keys still throttled")
+
+
+def _listing_key(subject: Subject) -> tuple[tuple[str, str], ...]:
+    """The subject a kept listing belongs to: only a purge of the very same values deletes from it."""
+    return tuple(sorted(subject.items()))
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from orchestrator.identifiers import Subject
 from orchestrator.testing import make_bucket, put_objects, version_keys, versions_per_owner
 from workers.targets import s3 as s3_module
+from workers.targets import s3_config
 from workers.targets.base import HeldError, PermanentError, RetryableError, SliceExpired
 from workers.targets.s3 import BATCH, KEY_RETRIES, S3Config, S3Target
 from workers.targets.selectors import KeysQuery, dispose_engine
@@ -427,7 +428,7 @@ def test_timestamps_parse_as_botocore_parses_them(value: str) -> None:
     """The shared client parses S3's ISO 8601 without dateutil, to the same instant; the rest as botocore."""
     from botocore.utils import parse_timestamp
 
-    parsed, expected = s3_module._parse_timestamp(value), parse_timestamp(value)
+    parsed, expected = s3_config._parse_timestamp(value), parse_timestamp(value)
     assert parsed == expected and parsed.utcoffset() == expected.utcoffset()  # naive only where botocore's is
 
 
