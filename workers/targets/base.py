@@ -210,6 +210,36 @@ class Probed(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ScanPage:
+    """One page of a scan: the distinct identifier values found (raw, not yet validated), how many store
+    entries were read for them (object versions, rows), and where the next page starts (None: the end).
+    ``next`` is the store's own position and may hold an identifier: keep it in memory only."""
+
+    values: list[str]
+    read: int
+    next: object | None
+
+
+@runtime_checkable
+class Scanned(Protocol):
+    """An adapter that can list the identifier values present in its store: ``lethe replay`` re-erases the
+    tombstoned ones after a restore, the resurrection watch samples them (workers/targets/scans.py)."""
+
+    def unscannable(self) -> str | None:
+        """Why this target's configured selector cannot be scanned (one line, saying what to do instead),
+        or None when it can. Reads nothing: decided from the configuration (a lookup query, a selector of
+        several identifier kinds)."""
+        ...
+
+    def scan(self, after: object | None, limit: int) -> ScanPage:
+        """Up to ``limit`` store entries from position ``after`` (None: the start), as the distinct values of
+        the selector's one placeholder they hold: exactly the values whose filled selector matches them (a
+        key under ``users/123/`` gives ``123``, never ``12``). Reads only; errors as for the Target methods;
+        a value that is not a valid identifier is returned as stored (the caller validates and counts it)."""
+        ...
+
+
 # kind -> "module:Class". Modules are imported only when a kind is used, so `lethe status` stays instant.
 BUILTIN_TARGETS: dict[str, str] = {
     "s3": "workers.targets.s3:S3Target",

@@ -66,7 +66,8 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from orchestrator.identifiers import Subject
-from workers.targets.base import Heartbeat, PermanentError, TargetConfig
+from workers.targets import scans
+from workers.targets.base import Heartbeat, PermanentError, ScanPage, TargetConfig
 from workers.targets.lancedb_config import LanceDBConfig, local_path
 from workers.targets.lancedb_errors import translate
 from workers.targets.lancedb_predicates import Selector, subject_selector
@@ -194,6 +195,16 @@ class LanceDBTarget:
         return []
 
     # -- stages -------------------------------------------------------------------------------------
+    # -- scan (lethe replay, the resurrection watch: base.Scanned) --------------------------------
+    def unscannable(self) -> str | None:
+        return scans.match_unscannable(self.config, self.config.match, "rows")
+
+    def scan(self, after: object | None, limit: int) -> ScanPage:
+        column, reverse = scans.scanned_field(self.config, self.config.match, "rows")
+        table = self._open()
+        with self._translate("scan"):
+            return scans.scan_lance(self._dataset(table), column, reverse, after, limit)
+
     def _open(self) -> Any:
         db = connection(self.config.location)
         with self._translate("open"):

@@ -18,7 +18,8 @@ from pydantic import Field, field_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
-from workers.targets.base import Heartbeat, RetryableError, TargetConfig, require_placeholder
+from workers.targets import scans
+from workers.targets.base import Heartbeat, RetryableError, ScanPage, TargetConfig, require_placeholder
 
 
 class MemoryStore:
@@ -115,3 +116,10 @@ class MemoryTarget:
     def probe(self, earlier: object) -> list[str]:
         """An in-process store is created by its first write and cannot be unreachable: no problem to find."""
         return []
+
+    def unscannable(self) -> str | None:
+        return scans.match_unscannable(self.config, self.config.match, "records")
+
+    def scan(self, after: object | None, limit: int) -> ScanPage:
+        field, reverse = scans.scanned_field(self.config, self.config.match, "records")
+        return scans.scan_records(MemoryStore.records(self.config.store), field, reverse, after, limit)

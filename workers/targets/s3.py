@@ -45,11 +45,13 @@ from botocore.exceptions import (
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill
+from workers.targets import scans
 from workers.targets.base import (
     Heartbeat,
     HeldError,
     PermanentError,
     RetryableError,
+    ScanPage,
     TargetConfig,
 )
 from workers.targets.s3_config import S3Config, s3_client
@@ -211,6 +213,18 @@ class S3Target:
                 problems.append(f"S3 bucket {bucket} has an Object Lock default retention ({default.get('Mode')}, "
                                 f"{span}): a subject's newer versions wait, held, until it ends")
         return problems
+
+    # -- scan (lethe replay, the resurrection watch: base.Scanned) --------------------------------
+    def unscannable(self) -> str | None:
+        if self.config.prefix is None:
+            return (f"target {self.config.name} finds its keys with keys_query, so its bucket cannot be scanned "
+                    "for subjects; re-file the restored subjects with `lethe submit` or a data_written event")
+        return scans.unscannable_kinds(self.config)
+
+    def scan(self, after: object | None, limit: int) -> ScanPage:
+        assert self.config.prefix is not None
+        with _translate("ListObjectVersions", self.config.bucket):
+            return scans.scan_s3(self.client, self.config.bucket, scans.Reverse(self.config.prefix), after, limit)
 
     # -- selection --------------------------------------------------------------------------------
     def _pages(self, subject: Subject) -> Iterator[list[dict[str, str]]]:

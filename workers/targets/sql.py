@@ -50,7 +50,8 @@ from pydantic import Field, field_validator, model_validator
 
 from orchestrator.identifiers import Subject
 from orchestrator.templates import fill, placeholders_in
-from workers.targets.base import Heartbeat, PermanentError, RetryableError, TargetConfig
+from workers.targets import scans
+from workers.targets.base import Heartbeat, PermanentError, RetryableError, ScanPage, TargetConfig
 from workers.targets.selectors import check_match, engine, normal_url
 from workers.targets.sql_types import check_bindable, convert, equals
 
@@ -245,6 +246,16 @@ class SqlTarget:
                     problems.append(f"{where} references {self.config.table} by foreign key {label} and no "
                                     "target ordered before this one erases it: the delete will be refused")
         return problems
+
+    # -- scan (lethe replay, the resurrection watch: base.Scanned) --------------------------------
+    def unscannable(self) -> str | None:
+        return scans.match_unscannable(self.config, self.config.where, "rows")
+
+    def scan(self, after: object | None, limit: int) -> ScanPage:
+        column, reverse = scans.scanned_field(self.config, self.config.where, "rows")
+        table = self.table()
+        with self._errors("scan"):
+            return scans.scan_sql(self.engine, table, column, reverse, after, limit)
 
     # -- statements -------------------------------------------------------------------------------
     def table(self) -> Any:
