@@ -3,13 +3,15 @@
 Loading validates everything that can be checked without touching a store: identifier kinds and their
 patterns, each target's configuration (by its adapter's Config model), placeholders, ``after`` ordering
 (unknown names and cycles refused), datasets and declared stores. Targets come back in a topological order.
+Each entry of a target's ``replicas:`` becomes a target of its own (orchestrator/copies.py), validated like
+any other: it waits for what its primary waits for, and whatever waits for the primary waits for it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from orchestrator.copies import replica_entries
 from orchestrator.identifiers import InvalidIdentifier, Subject
 from orchestrator.identities import Identity, Resolution, parse_identities, resolve
 from orchestrator.templates import TemplateError
@@ -98,6 +101,32 @@ class DataMap:
                 return t
         raise KeyError(name)
 
+    def replicas_of(self, name: str) -> tuple[str, ...]:
+        """The names of the replicas the target ``name`` declares, in map order."""
+        return tuple(t.name for t in self.targets if t.replica_of == name)
+
+    def with_replicas(self, names: Collection[str]) -> set[str]:
+        """``names`` and the replicas of each: a follow-up erasure of a primary reaches its copies too."""
+        return set(names) | {t.name for t in self.targets if t.replica_of in names}
+
+    def retention_problem(self, tombstone_days: int) -> str | None:
+        """Why this map cannot run with tombstones kept ``tombstone_days``, or None: a backup kept longer
+        could be restored after the tombstones saying what to erase again are gone."""
+        longest = max((t for t in self.targets if t.backups), default=None,
+                      key=lambda t: t.backups.retention_days if t.backups else 0)
+        if longest is None or longest.backups is None or longest.backups.retention_days <= tombstone_days:
+            return None
+        return (f"target {longest.name!r}: backups retention_days {longest.backups.retention_days} exceeds "
+                f"LETHE_TOMBSTONE_DAYS ({tombstone_days}): a restore of that backup could not be erased again "
+                "once the tombstones are gone; raise LETHE_TOMBSTONE_DAYS or shorten the retention")
+
+    def check_retention(self, tombstone_days: int, source: str = "data map") -> DataMap:
+        """This map, or DataMapError naming the target whose backups outlive the tombstones."""
+        problem = self.retention_problem(tombstone_days)
+        if problem:
+            raise DataMapError([problem], source)
+        return self
+
     def parse_subject(self, raw: Mapping[str, object]) -> Subject:
         """Validate a request's identifiers against this map's declared kinds and patterns."""
         return Subject.parse(raw, self.identifiers)
@@ -155,29 +184,57 @@ def _parse_targets(
         if "kind" not in item:
             errors.append(f"{label}: kind is required (one of: {', '.join(sorted(known_kinds()))})")
             continue
-        try:
-            cls = target_class(str(item.get("kind")))
-            config: TargetConfig = cls.Config.model_validate(item)
-            needed = config.required_identifiers()
-        except UnknownTargetKind as exc:
-            errors.append(f"{label}: {exc}")
+        if "replica_of" in item:
+            errors.append(f"{label}: replica_of is not written by hand: declare the copy under its primary's "
+                          "replicas: and lethe records which primary it mirrors")
             continue
-        except ValidationError as exc:
-            for e in exc.errors():
-                where = ".".join(str(p) for p in e["loc"]) or "config"
-                errors.append(f"{label}: {where}: {e['msg']}")
-            continue
-        except (TemplateError, InvalidIdentifier) as exc:
-            errors.append(f"{label}: {exc}")
-            continue
-        if config.name in seen:
-            errors.append(f"{label}: duplicate target name")
-        seen.add(config.name)
-        undeclared = needed - set(identifiers)
-        if undeclared:
-            errors.append(f"{label}: placeholders use undeclared identifiers: {', '.join(sorted(undeclared))}")
-        targets.append(config)
-    return targets
+        primary = {k: v for k, v in item.items() if k != "replicas"}
+        for entry_label, entry in [(label, primary), *replica_entries(item, errors)]:
+            config = _validated(entry_label, entry, identifiers, errors)
+            if config is None:
+                continue
+            if config.name in seen:
+                errors.append(f"{entry_label}: duplicate target name")
+            seen.add(config.name)
+            targets.append(config)
+    return _after_replicas(targets)
+
+
+def _validated(label: str, item: dict[str, Any], identifiers: Mapping[str, Any],
+               errors: list[str]) -> TargetConfig | None:
+    """One target entry checked by its adapter's Config model, or None with its problems in ``errors``."""
+    try:
+        cls = target_class(str(item.get("kind")))
+        config: TargetConfig = cls.Config.model_validate(item)
+        needed = config.required_identifiers()
+    except UnknownTargetKind as exc:
+        errors.append(f"{label}: {exc}")
+        return None
+    except ValidationError as exc:
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "config"
+            errors.append(f"{label}: {where}: {e['msg']}")
+        return None
+    except (TemplateError, InvalidIdentifier) as exc:
+        errors.append(f"{label}: {exc}")
+        return None
+    undeclared = needed - set(identifiers)
+    if undeclared:
+        errors.append(f"{label}: placeholders use undeclared identifiers: {', '.join(sorted(undeclared))}")
+    return config
+
+
+def _after_replicas(targets: list[TargetConfig]) -> list[TargetConfig]:
+    """A target waiting for a primary waits for its replicas too: a model deleted after the photos it was
+    trained on must not go before the replica's copies of them."""
+    replicas: dict[str, list[str]] = {}
+    for t in targets:
+        if t.replica_of is not None:
+            replicas.setdefault(t.replica_of, []).append(t.name)
+    if not replicas:
+        return targets
+    return [t.model_copy(update={"after": tuple(dict.fromkeys(
+        [*t.after, *(r for dep in t.after for r in replicas.get(dep, ()) if r != t.name)]))}) for t in targets]
 
 
 def _order(targets: list[TargetConfig], errors: list[str]) -> tuple[TargetConfig, ...]:
@@ -220,7 +277,11 @@ def _parse_datasets(raw: Any, targets: dict[str, TargetConfig],
                     targets[target_name].check_dataset_selector(selector)
                 except (ValueError, TemplateError) as exc:
                     errors.append(f"dataset {ds_name!r}: selector for {target_name!r}: {exc}")
-        result[str(ds_name)] = per_target
+        # A dataset erased from a primary is erased from its replicas too (their copies of the same source),
+        # unless the dataset names the replica itself.
+        result[str(ds_name)] = {**{replica.name: selector for name, selector in per_target.items()
+                                   if name in targets for replica in targets.values() if replica.replica_of == name},
+                                **per_target}
     return result
 
 

@@ -21,12 +21,15 @@ def task_id(request_id: str, target: str) -> str:
 def plan(request_id: str, datamap: DataMap, subject: Subject,
          only: Collection[str] | None = None, dataset: str | None = None,
          resolution: Resolution | None = None) -> list[PlannedTask]:
-    """One task per target, or per target named in ``only`` (a follow-up erasure of some targets) or in the
-    dataset's selectors (a dataset erasure); ``after`` then only waits for targets that are planned too.
+    """One task per target, or per target named in ``only`` (a follow-up erasure of some targets, with their
+    replicas) or in the dataset's selectors (a dataset erasure); ``after`` then only waits for targets that
+    are planned too.
     A kind the ``resolution`` found counts as carried; one it looked for and did not find skips its targets
     with the resolution named."""
     if dataset is not None:
         only = set(datamap.datasets[dataset])
+    elif only is not None:
+        only = datamap.with_replicas(only)  # data written to a primary again is in its replicas too
     resolution = resolution or Resolution()
     carried = set(subject) | resolution.found()
     tasks = []

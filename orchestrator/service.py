@@ -109,7 +109,8 @@ class Lethe:
         return self._app
 
     def load_map(self, path: Path | str | None = None) -> DataMap:
-        """The data map, parsed again only when the file changed (the intake reads it for every event)."""
+        """The data map, parsed again only when the file changed (the intake reads it for every event); refused
+        when a target's backups outlive the tombstones (``DataMap.check_retention``)."""
         path = Path(path or self.settings.data_map)
         try:
             stat = path.stat()
@@ -117,7 +118,7 @@ class Lethe:
         except OSError:
             return DataMap.load(path)  # raises a clear DataMapError
         if self._map_cache is None or self._map_cache[0] != stamp:
-            self._map_cache = (stamp, DataMap.load(path))
+            self._map_cache = (stamp, DataMap.load(path).check_retention(self.settings.tombstone_days, str(path)))
         return self._map_cache[1]
 
     # -- requests: request -> plan -> record -> dispatch, for every door (CLI, API, intake) ----------

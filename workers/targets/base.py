@@ -78,6 +78,16 @@ class PermanentError(TargetError):
     """Misconfiguration, missing permission, an unconvertible value: the task fails and keeps the error."""
 
 
+class Backups(BaseModel):
+    """A target's ``backups:``: copies of the store lethe cannot reach (AWS Backup, snapshots), which age out.
+    Certificates date ``gone_by`` by them; the map is refused when they outlive the tombstones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retention_days: int = Field(ge=1, strict=True, description="Days a backup keeps what the store held.")
+    note: str | None = Field(None, max_length=500, description="What the backups are, for the reader.")
+
+
 class TargetConfig(BaseModel):
     """Fields every target has in the data map; each adapter extends it with its own."""
 
@@ -89,6 +99,9 @@ class TargetConfig(BaseModel):
     max_items: int | None = Field(
         None, ge=1, description="Blast radius: a purge that would remove more waits for an admin."
     )
+    backups: Backups | None = Field(None, description="Copies lethe cannot reach, and how long they keep data.")
+    # Set by the map for each entry of a target's ``replicas:`` (orchestrator/copies.py); never written by hand.
+    replica_of: str | None = Field(None, description="The primary target this replica mirrors.")
 
     # Fields whose strings may hold {identifier} placeholders; only these are ever filled.
     template_fields: ClassVar[tuple[str, ...]] = ()
