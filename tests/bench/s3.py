@@ -1,19 +1,32 @@
-"""S3 purge rate: the S3 target against a raw boto3 loop, on moto's S3 server over HTTP.
+"""S3 erasure rate: the S3 target's whole task against a raw boto3 loop, on moto's S3 server over HTTP.
 
 ``python -m tests.bench.s3 --objects 3000`` prints the figures; ``make bench`` imports ``bench_s3``.
 
-One subject's ``objects`` versions (one per key, under ``users/42/``) are purged by the raw loop and by
-``S3Target.purge``, each on its own freshly seeded, identical bucket, ``rounds`` times in a rotating order;
-the medians are compared. Both use the same boto3 client (lethe's, same config); a third run of the raw
-loop on a stock boto3 client shows what lethe's client settings save. Wall-clock seconds give the rate
-ratio; ``rate_ratio_cpu`` compares the process's CPU seconds (client and moto's threads), steadier on a
-busy machine.
+One subject's ``objects`` versions (one per key, under ``users/42/``) are erased by the raw loop and by what
+a worker runs for one S3 task (workers/tasks.py ``_run``: ``count``, ``purge`` and ``verify`` on one
+``S3Target``), each on its own freshly seeded, identical bucket, ``rounds`` times in a rotating order; the
+medians are compared. Two task paths:
 
-The raw loop is ListObjectVersions pages + one DeleteObjects per page (up to 1,000 keys), with no checks:
-the lower bound on the work. It deletes a page once the next page has been listed: a loop that deletes a
-page and then asks for the next one continues from a version it deleted, which moto answers with an empty
-page (it leaves everything after the first page behind, and so looks three times faster than it is).
-Both runs must leave no residue, or the bench fails.
+- **normal** (a request not approved in advance, ``objects`` within ``max_items``): the count keeps its
+  listing, the purge deletes from it, verify lists once more. ``rate_ratio`` is this path's.
+- **approved** (``max_items`` below ``objects``: an admin approved the count): the count keeps nothing and
+  the purge streams its own listing, so the versions are listed twice.
+
+All use the same boto3 client (lethe's, same config); a run of the raw loop on a stock boto3 client shows
+what lethe's client settings save. Wall-clock seconds give the rate ratios; ``rate_ratio_cpu`` compares the
+process's CPU seconds (client and moto's threads), steadier on a busy machine. S3 calls are counted per
+operation (every HTTP request, retries included) and per 1,000 versions.
+
+The raw loop is ListObjectVersions pages + one DeleteObjects per page (up to 1,000 keys), with no count and
+no verify: the lower bound on the work. It deletes a page once the next page has been listed: a loop that
+deletes a page and then asks for the next one continues from a version it deleted, which moto answers with
+an empty page (it leaves everything after the first page behind, and so looks three times faster than it
+is). Every run must leave no residue, or the bench fails.
+
+**Small request, big bucket**: the fixed cost of a ``small``-object request on a bucket holding
+``bystanders`` other objects (moto scans the whole bucket on every listing, so listings are what a small
+request pays for): the normal task, the same task without a kept listing (the count, then a purge that lists
+again: how every task ran before the count kept its listing), and the raw loop, on the same bucket.
 
 Seeding goes straight into moto's backend (the server runs in this process): puts over HTTP run at
 ~160/s, which would make a 10,000-object bench take minutes per bucket. Only the timed runs use HTTP.
@@ -22,6 +35,7 @@ Seeding goes straight into moto's backend (the server runs in this process): put
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -42,6 +56,7 @@ NOTE = (
     "on real S3 a purge is bound by DeleteObjects at 1,000 keys per call and ~3,500 DELETE/s per "
     "prefix, i.e. ~3.5 DeleteObjects calls/s per prefix; calls_per_1000 (lethe and raw) is what projects."
 )
+SUBJECT = Subject({"user_id": "42"})
 
 
 class Run(NamedTuple):
@@ -50,14 +65,14 @@ class Run(NamedTuple):
     requests: dict[str, int]
 
 
-def _seed(bucket: str, objects: int) -> None:
+def _seed(bucket: str, objects: int, prefix: str = PREFIX) -> None:
     """``objects`` versions, one per key, written by moto's backend directly (identical to HTTP puts)."""
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
     for i in range(objects):
-        backend.put_object(bucket, f"{PREFIX}obj-{i:06d}", f"v{i}".encode())
+        backend.put_object(bucket, f"{prefix}obj-{i:06d}", f"v{i}".encode())
 
 
 def _residue(client: Any, bucket: str) -> int:
@@ -81,8 +96,46 @@ def raw_purge(client: Any, bucket: str) -> int:
     return deleted
 
 
-def bench_s3(objects: int, rounds: int = 5) -> dict[str, Any]:
-    """Medians of ``rounds`` raw and lethe purges of ``objects`` versions each, and their S3 requests."""
+def task(endpoint: str, bucket: str, max_items: int | None = None, keep: bool = True) -> int:
+    """What a worker runs for one S3 task of the subject: count, purge, verify, on one instance (as
+    workers/tasks.py ``_run``). ``keep=False`` purges on a second instance, which has no kept listing."""
+    def target() -> S3Target:
+        return S3Target(S3Config(name="bench", kind="s3", endpoint_url=endpoint, bucket=bucket,
+                                 prefix="users/{user_id}/", max_items=max_items))
+
+    counting = target()
+    counted = counting.count(SUBJECT)
+    purging = counting if keep else target()
+    deleted = purging.purge(SUBJECT, lambda done=None: None)
+    residue = purging.verify(SUBJECT)
+    assert deleted == counted and residue == 0, (counted, deleted, residue)
+    return deleted
+
+
+class Meter:
+    """Times a run (wall and process CPU) and counts the S3 requests the clients send meanwhile."""
+
+    def __init__(self, *clients: Any) -> None:
+        self.sent: Counter[str] = Counter()
+        for client in clients:
+            client.meta.events.register("before-send.s3", self._on_send)
+
+    def _on_send(self, event_name: str, **_: Any) -> None:  # every HTTP request, retries included
+        self.sent[event_name.rsplit(".", 1)[-1]] += 1
+
+    def run(self, work: Callable[[], int], expected: int) -> Run:
+        gc.collect()
+        self.sent.clear()
+        wall, cpu = time.perf_counter(), time.process_time()  # CPU: client and moto, one process
+        done = work()
+        run = Run(time.perf_counter() - wall, time.process_time() - cpu, dict(self.sent))
+        assert done == expected, (done, expected)
+        return run
+
+
+def bench_s3(objects: int, rounds: int = 5, bystanders: int = 18_000, small: int = 10) -> dict[str, Any]:
+    """Medians of ``rounds`` raw, normal and approved erasures of ``objects`` versions each, their S3
+    requests, and a ``small``-object request's fixed cost on a bucket of ``bystanders`` other objects."""
     import boto3
 
     os.environ.update(FAKE_AWS_ENV)
@@ -90,49 +143,34 @@ def bench_s3(objects: int, rounds: int = 5) -> dict[str, Any]:
         client = s3_client(endpoint, None)
         # boto3's defaults (its own session, dateutil timestamps): what the shared client saves, for the record.
         stock = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        sent: Counter[str] = Counter()
-
-        def on_send(event_name: str, **_: Any) -> None:  # every HTTP request, retries included
-            sent[event_name.rsplit(".", 1)[-1]] += 1
-
-        for c in (client, stock):
-            c.meta.events.register("before-send.s3", on_send)
-        subject = Subject({"user_id": "42"})
-
-        def target(bucket: str) -> S3Target:
-            return S3Target(S3Config(name="bench", kind="s3", endpoint_url=endpoint, bucket=bucket,
-                                     prefix="users/{user_id}/"))
-
-        purges: dict[str, Callable[[str], int]] = {
+        meter = Meter(client, stock)
+        erasures: dict[str, Callable[[str], int]] = {
             "raw": lambda bucket: raw_purge(client, bucket),
-            "lethe": lambda bucket: target(bucket).purge(subject, lambda done=None: None),
+            "normal": lambda bucket: task(endpoint, bucket),
+            "approved": lambda bucket: task(endpoint, bucket, max_items=max(1, objects - 1)),
             "raw_stock_client": lambda bucket: raw_purge(stock, bucket),
         }
-        runs: dict[str, list[Run]] = {kind: [] for kind in (*purges, "count")}
-
-        def run(kind: str, bucket: str, work: Callable[[str], int]) -> None:
-            gc.collect()
-            sent.clear()
-            wall, cpu = time.perf_counter(), time.process_time()  # CPU: client and moto, one process
-            done = work(bucket)
-            runs[kind].append(Run(time.perf_counter() - wall, time.process_time() - cpu, dict(sent)))
-            assert done == objects, (kind, done)
-
+        runs: dict[str, list[Run]] = {kind: [] for kind in erasures}
         for n in range(rounds):
-            kinds = list(purges)
+            kinds = list(erasures)
             kinds = kinds[n % len(kinds):] + kinds[:n % len(kinds)]  # rotate: none always runs first
             for kind in kinds:
                 bucket = f"bench-{n}-{kind.replace('_', '-')}"
                 make_bucket(endpoint, bucket)
                 _seed(bucket, objects)
-                run(kind, bucket, purges[kind])
+                runs[kind].append(meter.run(functools.partial(erasures[kind], bucket), objects))
                 assert _residue(client, bucket) == 0, f"{kind} left residue"
                 client.delete_bucket(Bucket=bucket)  # empty now: moto's memory stays flat across rounds
 
-        # The blast-radius count the worker runs before an unapproved purge: once, on its own.
-        make_bucket(endpoint, "bench-count")
-        _seed("bench-count", objects)
-        run("count", "bench-count", lambda bucket: target(bucket).count(subject))
+        # A small request on a big bucket: each way erases the same subject, re-seeded, beside the same crowd.
+        make_bucket(endpoint, "bench-small")
+        _seed("bench-small", bystanders, prefix="crowd/")
+        fixed: dict[str, Run] = {}
+        for kind, work in {"normal": lambda: task(endpoint, "bench-small"),
+                           "listed_twice": lambda: task(endpoint, "bench-small", keep=False),
+                           "raw": lambda: raw_purge(client, "bench-small")}.items():
+            _seed("bench-small", small)
+            fixed[kind] = meter.run(work, small)
 
     def median(kind: str, field: str = "seconds") -> float:
         return statistics.median(getattr(r, field) for r in runs[kind])
@@ -142,45 +180,69 @@ def bench_s3(objects: int, rounds: int = 5) -> dict[str, Any]:
                                      for r in runs[kind])
         return requests * 1000 / objects
 
-    raw_seconds, lethe_seconds = median("raw"), median("lethe")
+    raw, normal, approved = median("raw"), median("normal"), median("approved")
     return {
         "objects": objects,
         "rounds": rounds,
-        "raw_seconds": raw_seconds,
-        "lethe_seconds": lethe_seconds,
-        "rate_ratio": raw_seconds / lethe_seconds,
-        "rate_ratio_cpu": median("raw", "cpu_seconds") / median("lethe", "cpu_seconds"),
-        "calls_per_1000": per_1000("lethe"),
+        "raw_seconds": raw,
+        "lethe_seconds": normal,
+        "approved_seconds": approved,
+        "rate_ratio": raw / normal,
+        "approved_rate_ratio": raw / approved,
+        "rate_ratio_cpu": median("raw", "cpu_seconds") / median("normal", "cpu_seconds"),
+        "approved_rate_ratio_cpu": median("raw", "cpu_seconds") / median("approved", "cpu_seconds"),
+        "calls_per_1000": per_1000("normal"),
+        "approved_calls_per_1000": per_1000("approved"),
         "raw_calls_per_1000": per_1000("raw"),
-        "deletes_per_1000": per_1000("lethe", "DeleteObjects"),
-        "lethe_requests": runs["lethe"][-1].requests,
+        "deletes_per_1000": per_1000("normal", "DeleteObjects"),
+        "lethe_requests": runs["normal"][-1].requests,
+        "approved_requests": runs["approved"][-1].requests,
         "raw_requests": runs["raw"][-1].requests,
-        "lethe_objects_per_second": objects / lethe_seconds,
-        "raw_objects_per_second": objects / raw_seconds,
+        "lethe_objects_per_second": objects / normal,
+        "raw_objects_per_second": objects / raw,
         "raw_stock_client_seconds": median("raw_stock_client"),
-        "count_seconds": median("count"),
-        "count_calls_per_1000": per_1000("count"),
         "seconds_all": {kind: [round(r.seconds, 3) for r in runs[kind]] for kind in runs},
+        "small_request": {
+            "objects": small,
+            "bystanders": bystanders,
+            **{f"{kind}_seconds": run.seconds for kind, run in fixed.items()},
+            **{f"{kind}_requests": run.requests for kind, run in fixed.items()},
+            "ratio": fixed["normal"].seconds / fixed["raw"].seconds,
+            "listed_twice_ratio": fixed["listed_twice"].seconds / fixed["raw"].seconds,
+        },
         "note": NOTE,
     }
+
+
+def summary(s3: dict[str, Any]) -> list[str]:
+    """The figures as ``make bench`` and ``python -m tests.bench.s3`` print them."""
+    small = s3["small_request"]
+    calls = lambda requests: sum(requests.values())  # noqa: E731
+    return [
+        f"s3 erasure: {s3['objects']:,} versions, median of {s3['rounds']}: raw boto3 {s3['raw_seconds']:.2f} s; "
+        f"normal task (count, purge from its listing, verify) {s3['lethe_seconds']:.2f} s -> rate "
+        f"{s3['rate_ratio']:.2f}x of raw (goal >= 0.9x; CPU {s3['rate_ratio_cpu']:.2f}x), "
+        f"{s3['calls_per_1000']:.2f} S3 calls per 1,000 versions (goal <= 2.1; raw {s3['raw_calls_per_1000']:.2f})",
+        f"  approved task (count, streamed purge, verify) {s3['approved_seconds']:.2f} s -> "
+        f"{s3['approved_rate_ratio']:.2f}x of raw, {s3['approved_calls_per_1000']:.2f} calls per 1,000",
+        f"  small request: {small['objects']} objects on a bucket of {small['bystanders']:,} others: normal task "
+        f"{small['normal_seconds']:.2f} s ({calls(small['normal_requests'])} calls), listed twice "
+        f"{small['listed_twice_seconds']:.2f} s ({calls(small['listed_twice_requests'])} calls), raw loop "
+        f"{small['raw_seconds']:.2f} s ({calls(small['raw_requests'])} calls) -> {small['ratio']:.2f}x raw "
+        f"(was {small['listed_twice_ratio']:.2f}x)",
+        f"  {s3['note']}",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.s3", description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bystanders", type=int, default=18_000, help="other objects in the small request's bucket")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    s3 = bench_s3(args.objects, args.rounds)
-    if args.json:
-        print(json.dumps(s3, indent=2))
-        return
-    print(f"s3 purge: {s3['objects']} versions, median of {s3['rounds']}: raw boto3 {s3['raw_seconds']:.2f} s, "
-          f"lethe {s3['lethe_seconds']:.2f} s -> rate {s3['rate_ratio']:.2f}x of raw (goal >= 0.9x); "
-          f"S3 calls per 1,000 objects: lethe {s3['calls_per_1000']:.2f} (goal <= 3), raw "
-          f"{s3['raw_calls_per_1000']:.2f}; blast-radius count {s3['count_seconds']:.2f} s, "
-          f"{s3['count_calls_per_1000']:.2f} calls per 1,000")
-    print(f"  {s3['note']}")
+    s3 = bench_s3(args.objects, args.rounds, args.bystanders)
+    print(json.dumps(s3, indent=2) if args.json else "\n".join(summary(s3)))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,22 @@ def test_orchestration_runs_lethe_and_bare_celery_end_to_end(redis_broker: str, 
     assert {"redis-server", "worker (main + pool)", "postgresql (all backends)"} <= set(lethe["peak_mib"])
 
 
-def test_s3_purge_rate_compares_two_complete_purges() -> None:
-    """The raw loop and the S3 target each erase every version; calls are counted for both."""
-    result = bench_s3(120, rounds=1)
-    assert result["objects"] == 120 and result["rate_ratio"] > 0
-    assert result["calls_per_1000"] > 0 and result["raw_calls_per_1000"] > 0
+def test_s3_erasure_figures_count_one_listing_per_normal_task() -> None:
+    """The raw loop and both task paths erase every version. A normal task makes the raw loop's calls plus
+    one verify listing (2 + 1,000/n per 1,000 versions: <= 2.1 from 10,000 on); an approved one lists twice.
+    The small request on a crowded bucket lists twice (count, verify), once less than before."""
+    result = bench_s3(2000, rounds=1, bystanders=300, small=10)
+    pages = 2
+    assert result["raw_requests"] == {"ListObjectVersions": pages, "DeleteObjects": pages}
+    assert result["lethe_requests"] == {"ListObjectVersions": pages + 1, "DeleteObjects": pages}
+    assert result["approved_requests"] == {"ListObjectVersions": 2 * pages + 1, "DeleteObjects": pages}
+    assert result["calls_per_1000"] == 2 + 1000 / 2000
+    assert result["rate_ratio"] > 0 and result["approved_rate_ratio"] > 0
+    small = result["small_request"]
+    assert small["normal_requests"] == {"ListObjectVersions": 2, "DeleteObjects": 1}
+    assert small["listed_twice_requests"] == {"ListObjectVersions": 3, "DeleteObjects": 1}
+    assert small["raw_requests"] == {"ListObjectVersions": 1, "DeleteObjects": 1}
+    assert small["ratio"] > 0
 
 
 def test_intake_files_every_signed_event(redis_broker: str, pg_database: str, tmp_path: Path) -> None:
