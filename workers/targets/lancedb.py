@@ -26,18 +26,27 @@ A purge goes through these stages, calling the heartbeat after each:
 
 1. refuse if a tagged version or a branch holds the subject's rows: cleanup keeps tagged versions and
    branches, so they would keep the rows (the tag is the user's; lethe never removes it);
-2. read the subject's rows with their vectors (kept for ``verify``'s nearest-neighbour check);
-3. delete by the predicate (the count LanceDB reports is ``deleted``);
-4. compact with deletions materialised (every fragment holding a deleted row is rewritten);
+2. read, in one selector scan, how many live rows each predicate matches, the subject's vectors (kept for
+   ``verify``'s nearest-neighbour check) and which fragments hold them (lancedb_fragments);
+3. delete by the predicate (the count LanceDB reports is ``deleted``; a predicate matching nothing is not
+   sent, since a delete matching nothing would still commit a version recording it);
+4. compact only the fragments that held the subject, plus any holding bytes the selector scan cannot read
+   (soft-deleted rows, dropped columns: they may be the subject's), with deletions materialised; every
+   other fragment is excluded from the plan, so its files are left as they are and it is never merged
+   with its neighbours: the rewrite is priced by where the subject's rows sit, not by the table;
 5. remove every older version (``cleanup_old_versions(older_than=0)``), so no version still holds them;
    files of unfinished transactions are left alone here (another writer may be committing them);
-6. scan every file under the table's directory. LanceDB writes a delete's predicate, identifier included,
+6. scan the files under the table's directory (all but the data files of fragments left as they are, see
+   below). LanceDB writes a delete's predicate, identifier included,
    verbatim into that version's transaction file and manifest; when the delete is the latest version
    (compaction had nothing to rewrite, e.g. the subject's rows filled whole fragments) cleanup cannot
    remove it. A hit is fixed by committing a no-op version (removing a config key that does not exist)
    and cleaning up again, unverified files included; a hit that survives fails the task.
 
-The scan looks for three things. The predicate texts the purge sent are only ever written by a delete:
+The scan reads every file except the data files of the fragments the purge left as they are: their rows
+were all live, the selector scan read each of them without a match, they store no dropped column, and
+Lance data files are immutable, so those files are the ones already read (lancedb_fragments). The scan
+looks for three things. The predicate texts the purge sent are only ever written by a delete:
 found in any file, the erasure is incomplete. The quoted literals (``'12'``) and the raw identifier (each
 filled string ``match`` value of at least ``MIN_RAW_SCAN`` bytes; shorter strings occur by chance in any
 binary file, and integers are stored in binary) may also sit inside other rows: a hit in the current
@@ -48,14 +57,17 @@ contains it, e.g. ``jo@x.org`` inside ``mojo@x.org``); anywhere else it means th
 subject's rows among the nearest neighbours of each of its own vectors (up to ``MAX_PROBES`` per column).
 
 ``level`` is ``bytes_reclaimed`` when the scan is clean and no fragment of the current version still
-carries a deletion vector (so no deleted row's bytes remain in a data file), else ``invisible``.
+carries a deletion vector: every fragment that held one of the subject's rows (or any soft-deleted row)
+was rewritten without it, no version but the current one remains, and no file read by the scan holds the
+predicate or an unexplained identifier. Otherwise it is ``invisible``.
 
-Every purge compacts the table and removes all its older versions (time travel ends at the purge): that is
-what makes the erasure physical. Only local databases are supported, since the proof reads the files.
+Every purge rewrites the fragments that held the subject and removes all the table's older versions (time
+travel ends at the purge): that is what makes the erasure physical. Only local databases are supported,
+since the proof reads the files.
 
 Where each part lives: the map entry in lancedb_config, the predicates and the ``Selector`` in
-lancedb_predicates, the byte scan in lancedb_scan, the error translation in lancedb_errors; this module is
-the target and its stages.
+lancedb_predicates, where the subject's rows sit in lancedb_fragments, the byte scan in lancedb_scan, the
+error translation in lancedb_errors; this module is the target and its stages.
 """
 
 from __future__ import annotations
@@ -70,10 +82,10 @@ from workers.targets import scans
 from workers.targets.base import Heartbeat, PermanentError, ScanPage, TargetConfig
 from workers.targets.lancedb_config import LanceDBConfig, local_path
 from workers.targets.lancedb_errors import translate
+from workers.targets.lancedb_fragments import Holdings, read_holdings
 from workers.targets.lancedb_predicates import Selector, subject_selector
 from workers.targets.lancedb_scan import files_holding
 
-MAX_PROBES = 1000  # of the subject's vectors per vector column, searched for by verify()
 NEIGHBOURS = 10  # results per nearest-neighbour probe
 FILLER_CONFIG_KEY = "lethe.erasure"  # removed (it never exists) to commit a version without a predicate
 
@@ -114,6 +126,8 @@ class LanceDBTarget:
         # used to verify the subject they were read for.
         self.probes: dict[str, list[list[float]]] = {}
         self._probes_for: tuple[tuple[str, str], ...] | None = None
+        self.fragments_rewritten = 0  # by the last purge (those that held the subject), of fragments_total
+        self.fragments_total = 0
 
     # -- the contract -------------------------------------------------------------------------------
     def count(self, subject: Subject) -> int:
@@ -128,32 +142,32 @@ class LanceDBTarget:
         self._refuse_pinned(table, selector, during=False)
         heartbeat()
 
-        probes = self._read_vectors(table, selector)
-        if self._probes_for != _key(subject) or probes:  # a repeated purge finds nothing: keep the first read
-            self.probes, self._probes_for = probes, _key(subject)
+        held = self._read(table, selector)
+        if self._probes_for != _key(subject) or held.probes:  # a repeated purge finds nothing: keep the first read
+            self.probes, self._probes_for = held.probes, _key(subject)
         heartbeat()
 
         deleted = 0
-        for predicate in selector.predicates:
-            with self._translate("delete"):
-                # A delete matching nothing would still commit a version recording the predicate.
-                if int(table.count_rows(predicate)):
+        for predicate, live in zip(selector.predicates, held.live, strict=True):
+            if live:  # a delete matching nothing would still commit a version recording the predicate
+                with self._translate("delete"):
                     deleted += int(table.delete(predicate).num_deleted_rows)
             heartbeat()
 
-        self._compact(table)
+        self.fragments_rewritten, self.fragments_total = len(held.rewrite), held.fragments
+        self._compact(table, held.rewrite)
         heartbeat()
         self._cleanup(table, delete_unverified=False)
         heartbeat()
 
-        hits = self._scan(table, selector)
+        hits = self._scan(table, selector, held.clean_files)
         heartbeat()
         if hits:
             # Usually the delete is still the latest version (nothing to compact): a version without a
             # predicate on top lets cleanup take it; unverified leftovers go too.
             self._commit_filler(table)
             self._cleanup(table, delete_unverified=True)
-            hits = self._scan(table, selector)
+            hits = self._scan(table, selector, held.clean_files)
             heartbeat()
         if hits:
             kinds = ", ".join(sorted(set(hits)))
@@ -238,30 +252,22 @@ class LanceDBTarget:
                 "created during the purge and holds the subject's rows; delete it, then retry"
             )
 
-    def _read_vectors(self, table: Any, selector: Selector) -> dict[str, list[list[float]]]:
-        import pyarrow.types as pat
-
+    def _read(self, table: Any, selector: Selector) -> Holdings:
         with self._translate("read"):
-            schema = table.schema
-            columns = [f.name for f in schema
-                       if pat.is_fixed_size_list(f.type) and pat.is_floating(f.type.value_type)]
-            probes: dict[str, list[list[float]]] = {c: [] for c in columns}
-            if not columns:
-                return {}
-            dataset = self._dataset(table)
-            for predicate in selector.predicates:
-                rows = dataset.to_table(columns=columns, filter=predicate)
-                for column in columns:
-                    room = MAX_PROBES - len(probes[column])
-                    if room > 0:
-                        probes[column].extend(v for v in rows.column(column).to_pylist()[:room] if v is not None)
-        return {c: v for c, v in probes.items() if v}
+            return read_holdings(self._dataset(table), selector)
 
-    def _compact(self, table: Any) -> None:
+    def _compact(self, table: Any, rewrite: set[int]) -> None:
+        """Rewrite the fragments in ``rewrite`` without their deleted rows; every other fragment (one
+        committed since the read included) is excluded from the plan, so it is neither rewritten nor merged."""
         with self._translate("compact"):
+            dataset = self._dataset(table)
+            fragments = [f.fragment_id for f in dataset.get_fragments()]
+            others = [f for f in fragments if f not in rewrite]
+            if len(others) == len(fragments):
+                return  # the subject held no fragment (any more): nothing to rewrite
             # Any deleted row makes its fragment a candidate (threshold above 0: 0 means the default 10%).
-            self._dataset(table).optimize.compact_files(
-                materialize_deletions=True, materialize_deletions_threshold=1e-12
+            dataset.optimize.compact_files(
+                materialize_deletions=True, materialize_deletions_threshold=1e-12, excluded_fragment_ids=others
             )
 
     def _cleanup(self, table: Any, delete_unverified: bool) -> None:
@@ -279,9 +285,9 @@ class LanceDBTarget:
         with self._translate("inspect"):
             return any(f.metadata.deletion_file is not None for f in self._dataset(table).get_fragments())
 
-    def _scan(self, table: Any, selector: Selector) -> list[str]:
+    def _scan(self, table: Any, selector: Selector, clean_files: frozenset[str]) -> list[str]:
         with self._translate("scan"):
-            return files_holding(table, self._dataset(table), selector)
+            return files_holding(table, self._dataset(table), selector, skip=clean_files)
 
     def _selector(self, subject: Subject, table: Any) -> Selector:
         with self._translate("schema"):

@@ -1,6 +1,7 @@
 """The byte scan that ends a LanceDB purge: every file under the table's directory is searched for what
 the purge's selector wrote or matched (the lancedb module's stage 6 and "The scan looks for three things").
 
+The data files of fragments the purge left as they are may be skipped (the caller says which: lancedb_fragments).
 The predicate texts are only ever written by a delete, so a hit anywhere means the erasure is incomplete.
 The quoted literals and raw identifiers may also sit inside other rows: a hit in the current version's data
 or index files counts only when no live row's string column contains the value.
@@ -20,9 +21,11 @@ from workers.targets.lancedb_predicates import Selector, quote_column
 SCAN_CHUNK = 64 * 1024 * 1024
 
 
-def files_holding(table: Any, dataset: Any, selector: Selector) -> list[str]:
+def files_holding(table: Any, dataset: Any, selector: Selector, skip: frozenset[str] = frozenset()) -> list[str]:
     """The kind of each file under the table's directory still holding the identifier (see the module
-    docstring): manifest, transaction file, data file, index file, deletion file, branch file, other."""
+    docstring): manifest, transaction file, data file, index file, deletion file, branch file, other.
+    ``skip``: data files (paths relative to the table) already read row by row without a match, left out
+    when the current version still reads them as data files (lancedb_fragments says which)."""
     exact = [p.encode() for p in selector.predicates]  # only ever written by a delete: a hit anywhere
     values = list(dict.fromkeys(selector.literals + selector.raw))  # may also sit inside other rows
     needles = exact + values
@@ -35,6 +38,8 @@ def files_holding(table: Any, dataset: Any, selector: Selector) -> list[str]:
     explained: dict[bytes, bool] = {}
     for path in _files(root):
         relative = path.relative_to(root).as_posix()
+        if relative in skip and tracked.get(relative) == "data file":
+            continue
         found = _find(path, needles)
         if not found:
             continue

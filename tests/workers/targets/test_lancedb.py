@@ -147,6 +147,75 @@ def test_purge_leaves_no_version_and_no_byte_of_the_subject(estate: Estate) -> N
     assert target.verify(subject()) == 0
 
 
+def test_only_the_fragments_that_held_the_subject_are_rewritten(tmp_path: Path) -> None:
+    """Fragments without USER's rows keep their data files byte for byte (no merge with their small
+    neighbours); USER is in no remaining version and no file; every other row is intact."""
+    import lance
+
+    estate = Estate(tmp_path / "vectors")
+    others = [f"user-{k}" for k in range(30)]
+    estate.add([others[i % 30] for i in range(3000)])
+    estate.add(mixed(USER, 100, others))
+    estate.add([others[i % 30] for i in range(2000)])
+    estate.add(mixed(USER, 50, others))
+    estate.add([others[i % 30] for i in range(600)])
+
+    def data_files() -> dict[int, dict[str, bytes]]:
+        dataset = lance.dataset(str(estate.table_dir))
+        return {f.fragment_id: {d.path: (estate.table_dir / "data" / d.path).read_bytes() for d in f.metadata.files}
+                for f in dataset.get_fragments()}
+
+    before_files, before_rows = data_files(), estate.rows()
+    assert len(before_files) == 5
+    untouched = {0: before_files[0], 2: before_files[2], 4: before_files[4]}
+    target = target_for(estate)
+    assert target.purge(subject(), Beats()) == 150
+    assert (target.fragments_rewritten, target.fragments_total) == (2, 5)
+    after_files = data_files()
+    assert {i: after_files.get(i) for i in untouched} == untouched  # same fragments, same files, same bytes
+    assert len(after_files) == 5 and not set(after_files) & {1, 3}  # the two that held USER were rewritten
+    assert estate.versions() == [estate.db.open_table("faces").version]
+    assert all(estate.count(USER, v) == 0 for v in estate.versions())
+    assert estate.files_holding(USER.encode()) == []
+    kept = before_rows.filter(pc.not_equal(before_rows.column("owner"), USER))
+    assert estate.rows().sort_by("id").equals(kept.sort_by("id"))
+    assert target.level == "bytes_reclaimed" and target.verify(subject()) == 0
+
+
+def test_a_fragment_with_soft_deleted_rows_is_rewritten_too(tmp_path: Path) -> None:
+    """An earlier delete's rows are still in their data file: that fragment is rewritten, since they might
+    be USER's (here they are: the application deleted half of them), and none of USER's bytes stay."""
+    estate = Estate(tmp_path / "vectors")
+    estate.add(mixed(USER, 40, ["user-1", "user-2"]))
+    estate.add(["user-3"] * 500)
+    estate.db.open_table("faces").delete(f"owner = '{USER}' AND id < 'item-100'")  # the application's delete
+    target = target_for(estate)
+    assert 0 < target.purge(subject(), Beats()) < 40
+    assert (target.fragments_rewritten, target.fragments_total) == (1, 2)
+    assert estate.files_holding(USER.encode()) == [] and target.level == "bytes_reclaimed"
+    assert estate.count("user-3") == 500
+
+
+def test_a_fragment_keeping_a_dropped_column_naming_the_subject_is_rewritten(tmp_path: Path) -> None:
+    """Dropping a column leaves its bytes in the data files, where the selector scan cannot read them: a
+    fragment storing a dropped column is rewritten too, so USER's identifier there leaves the disk."""
+    import lance
+
+    estate = Estate(tmp_path / "vectors")
+    estate.db.drop_table("faces")
+    table = estate.db.create_table("faces", schema=estate.schema.append(pa.field("referrer", pa.string())))
+    for owners, referrer in ((mixed(USER, 20, ["user-1"]), "none"), (["user-2"] * 300, USER)):
+        batch = estate.batch(owners)
+        table.add(batch.append_column("referrer", pa.array([referrer] * len(owners))))
+    lance.dataset(str(estate.table_dir)).drop_columns(["referrer"])
+    estate.add(["user-3"] * 200)  # written after the drop: no dropped column in its file
+    target = target_for(estate)
+    assert target.purge(subject(), Beats()) == 20
+    assert (target.fragments_rewritten, target.fragments_total) == (2, 3)
+    assert estate.files_holding(USER.encode()) == [] and target.level == "bytes_reclaimed"
+    assert estate.count("user-2") == 300 and estate.count("user-3") == 200
+
+
 def test_other_rows_and_their_neighbours_are_unchanged(estate: Estate) -> None:
     """Other owners' rows stay byte-identical and exact nearest-neighbour results only lose USER's rows."""
     before = estate.rows()
@@ -204,7 +273,7 @@ def test_skipped_compaction_is_caught_by_the_scan_or_lowers_the_level(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Deleted rows left in a live data file fail a distinctive identifier and mark a short one invisible."""
-    monkeypatch.setattr(LanceDBTarget, "_compact", lambda self, table: None)
+    monkeypatch.setattr(LanceDBTarget, "_compact", lambda self, table, rewrite: None)
     estate = Estate(tmp_path / "vectors")
     estate.add(mixed(USER, 50, ["user-1", "user-2"]) + mixed("ab", 50, ["user-3"]))
     with pytest.raises(PermanentError, match=r"erasure incomplete.*data file"):
