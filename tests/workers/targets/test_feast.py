@@ -278,23 +278,23 @@ def test_offline_rewrite_streams_by_row_group(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.integration
 def test_offline_rewrite_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A write failing halfway leaves the original file byte-for-byte and no temp file; success replaces it."""
-    import pyarrow.parquet as pq
+    from workers.targets import parquet_splice
 
     repo = build_demo_repo(tmp_path / "repo", USERS, rows_per_user=2, row_group_size=4)
     for path in repo.files.values():
         os.chmod(path, 0o640)
     files = {path: (path.read_bytes(), path.stat().st_ino) for path in repo.files.values()}
     listing = sorted(os.listdir(repo.path / "data"))
-    real_write = pq.ParquetWriter.write_table
+    real_moved = parquet_splice._moved  # called once per row group written to the new file
     calls: list[int] = []
 
-    def failing_write(self: Any, table: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(table.num_rows)
+    def failing_write(group: Any, *args: Any) -> Any:
+        calls.append(1)
         if len(calls) == 7:  # past the subject's row group (the 6th) of the first file rewritten
             raise OSError(errno.EIO, "disk went away")
-        real_write(self, table, *args, **kwargs)
+        return real_moved(group, *args)
 
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing_write)
+    monkeypatch.setattr(parquet_splice, "_moved", failing_write)
     target = feast_target(repo.path)
     with pytest.raises(RetryableError, match="EIO") as info:
         target.purge(subject(SUBJECT), Beats())
