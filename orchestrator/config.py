@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     record_retention_days: int = Field(
         730, ge=1, description="How long completed request records are kept (CCPA asks 24 months)."
     )
+    watch_items: int = Field(
+        1000, ge=0, description="Resurrection watch: store entries (object versions, rows) each `lethe reconcile` "
+        "pass reads per scannable target, rolling through the store; 0 turns the watch off.",
+    )
     log_level: str = Field("INFO", description="Log level of lethe's structlog JSON logs.")
 
     @field_validator("broker_url")

@@ -1,7 +1,9 @@
 """Platform events on the wire (SPEC "Events"): signed CloudEvents on the durable topic exchange lethe.events.
 
 In: ``lethe.erasure.requested`` files a request; ``lethe.subject.data_written`` files a follow-up erasure
-of one target for the identifiers of a subject erased within the tombstone period. ``check`` decides, for
+of one target for the identifiers of a subject erased within the tombstone period;
+``lethe.store.restored`` re-erases, from one restored target, every subject erased since its copy was
+taken (orchestrator.replay). ``check`` decides, for
 any bytes at all, whether a message is an authentic event lethe consumes or which dead-letter reason it
 gets: size, strict UTF-8 JSON of bounded depth, HMAC-SHA256 signature (constant time), CloudEvents shape,
 type, and ``time`` inside the replay window. The consumer that files them is ``orchestrator.intake``; bad
@@ -42,7 +44,8 @@ if TYPE_CHECKING:
 EXCHANGE = Exchange("lethe.events", type="topic", durable=True)
 ERASURE_REQUESTED = "lethe.erasure.requested"
 DATA_WRITTEN = "lethe.subject.data_written"
-CONSUMED_TYPES = (ERASURE_REQUESTED, DATA_WRITTEN)
+STORE_RESTORED = "lethe.store.restored"
+CONSUMED_TYPES = (ERASURE_REQUESTED, DATA_WRITTEN, STORE_RESTORED)
 INTAKE_QUEUE = "lethe.intake"
 DEAD_EXCHANGE = Exchange("lethe.events.dead", type="direct", durable=True)
 DEAD_QUEUE = Queue("lethe.events.dead", DEAD_EXCHANGE, routing_key="lethe.events.dead", durable=True)
@@ -122,6 +125,18 @@ def publish_data_written(broker_url: str, subject: Mapping[str, str], target: st
     return str(event["id"])
 
 
+def publish_store_restored(broker_url: str, target: str, restored_from: datetime, *, source: str, key: bytes,
+                           event_id: str | None = None) -> str:
+    """For platform services: ``target`` (a data-map target name) was restored from a copy taken at
+    ``restored_from``; lethe re-erases from it every subject erased since."""
+    at = to_utc(restored_from).isoformat().replace("+00:00", "Z")
+    event = make_event(STORE_RESTORED, {"target": target, "restored_from": at}, source=source, key=key,
+                       event_id=event_id)
+    with Connection(broker_url) as conn:
+        publish(conn, event)
+    return str(event["id"])
+
+
 # -- outbound signing (Ed25519 signing key) ----------------------------------------------------------------
 def sign_outbound(event: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """lethe's own event signed with its Ed25519 key: extension ``signingkeyid`` (``key_id`` of the public
@@ -181,6 +196,13 @@ class ErasureRequestedData(SubjectData):
 
 class DataWrittenData(SubjectData):
     target: str = Field(min_length=1, max_length=64)
+
+
+class StoreRestoredData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, max_length=64)
+    restored_from: str = Field(min_length=1, max_length=64)  # RFC 3339 with an offset: when the copy was taken
 
 
 D = TypeVar("D", bound=SubjectData)
@@ -322,3 +344,18 @@ def checked_data(event: CloudEvent, model: type[D], datamap: DataMap) -> tuple[D
         raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
     except InvalidIdentifier as exc:
         raise Rejected("bad-subject", str(exc)) from None
+
+
+def restored_data(event: CloudEvent, datamap: DataMap) -> tuple[str, datetime]:
+    """A ``lethe.store.restored`` event's target (one of the map's) and ``restored_from`` (UTC). Raises
+    Rejected ``malformed`` for an unknown target or a time that is no RFC 3339 date-time with an offset."""
+    try:
+        data = StoreRestoredData.model_validate(event.data)
+    except ValidationError as exc:
+        raise Rejected("malformed", f"{len(exc.errors())} invalid data field(s)") from None
+    if data.target not in {t.name for t in datamap.targets}:
+        raise Rejected("malformed", "data.target names no target of the data map")
+    try:
+        return data.target, event_time(data.restored_from)
+    except ValueError as exc:
+        raise Rejected("malformed", f"data.restored_from: {exc}") from None

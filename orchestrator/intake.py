@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from orchestrator import deadletters
 from orchestrator.events import (
     ERASURE_REQUESTED,
+    STORE_RESTORED,
     CloudEvent,
     DataWrittenData,
     ErasureRequestedData,
@@ -36,7 +37,9 @@ from orchestrator.events import (
     event_actor,
     idempotency_key,
     intake_queue,
+    restored_data,
 )
+from orchestrator.followups import file_follow_ups, follow_up
 from orchestrator.identifiers import InvalidIdentifier, Subject
 from orchestrator.identities import ResolutionUnavailable
 from orchestrator.ledger import IdempotencyConflict, LedgerError
@@ -54,7 +57,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # "filed", "duplicate", "ignored"
+    action: str  # "filed", "duplicate", "ignored", "replaying" (a restored store's replay was sent)
     request_id: str | None = None
 
 
@@ -68,19 +71,38 @@ def handle(lethe: Lethe, event: CloudEvent, datamap: DataMap | None = None) -> O
             request_id, created = lethe.submit(dict(subject), dry_run=data.dry_run, regime=data.regime, actor=actor,
                                                idempotency_key=idempotency_key(event), datamap=datamap)
             return Outcome("filed" if created else "duplicate", request_id)
+        if event.type == STORE_RESTORED:
+            return replay_restored(lethe, event, datamap)
         written, subject = checked_data(event, DataWrittenData, datamap)
         if written.target not in {t.name for t in datamap.targets}:
             raise Rejected("malformed", "data.target names no target of the data map")
         erased, follows = tombstoned_part(lethe, subject)
         if not erased:
             return Outcome("ignored")  # no identifier of this subject was erased: nothing to do
-        request_id, created = lethe.submit(
-            dict(erased), actor=actor, idempotency_key=idempotency_key(event), datamap=datamap,
-            only_targets=[written.target],
-            origin={"follow_up_of": follows, "reason": f"data written to {written.target} after erasure"})
+        (request_id, created), = file_follow_ups(lethe, datamap, written.target, [
+            follow_up(erased, follows, f"data written to {written.target} after erasure", idempotency_key(event))],
+            actor=actor)
         return Outcome("filed" if created else "duplicate", request_id)
     except IdempotencyConflict:
         return Outcome("duplicate")  # same (source, id) with another body: never a second request
+
+
+def replay_restored(lethe: Lethe, event: CloudEvent, datamap: DataMap) -> Outcome:
+    """A ``lethe.store.restored`` event: its replay goes to a ``lethe.replay`` task on the control queue, as
+    a scan of a big store must not hold up the intake. A target that cannot be scanned is dead-lettered
+    ``malformed`` with the reason. A redelivered event sends the replay again, which files nothing twice:
+    each follow-up's idempotency key is derived from (target, restored_from, subject hash)."""
+    from orchestrator.replay import ReplayError, scanner
+    from workers.app import CONTROL_QUEUE
+
+    target, restored_from = restored_data(event, datamap)
+    try:
+        scanner(datamap, target)
+    except ReplayError as exc:
+        raise Rejected("malformed", str(exc)[:200]) from None
+    lethe.app.send_task("lethe.replay", args=[target, restored_from.isoformat(), event_actor(event)],
+                        queue=CONTROL_QUEUE)
+    return Outcome("replaying")
 
 
 def tombstoned_part(lethe: Lethe, subject: Subject) -> tuple[Subject, str | None]:

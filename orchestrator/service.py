@@ -209,6 +209,12 @@ class Lethe:
         self.ledger.sign_head()  # at most one reconcile period of audit entries is ever unsigned
         return len(dispatches) - not_sent
 
+    def replay(self, target: str, since: str, actor: str) -> dict[str, Any]:
+        """The ``lethe.replay`` task: re-erase from one restored target (``orchestrator.replay``)."""
+        from orchestrator.replay import replay_task
+
+        return replay_task(self, target, since, actor)
+
     def send(self, dispatches: list[Dispatch], countdown: float | None = None) -> int:
         """Hand tasks to the broker, after the ledger committed them: one message per kind carries up to
         DISPATCH_BATCH task ids (a bulk erasure releases thousands at once; the worker claims and records

@@ -6,7 +6,7 @@ service can build the worker's app without an import circle (service -> workers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from orchestrator.config import Settings
@@ -34,4 +34,9 @@ class WorkerHost(Protocol):
 
     def reconcile(self) -> int:
         """Re-send lost tasks, resume expired holds, prune, sign the head; returns how many were sent."""
+        ...
+
+    def replay(self, target: str, since: str, actor: str) -> dict[str, Any]:
+        """Re-erase from one restored target every subject erased since ``since`` (ISO 8601): the
+        ``lethe.replay`` task a ``lethe.store.restored`` event sends. Returns what it did (counts)."""
         ...

@@ -259,6 +259,11 @@ def reconcile(self: LetheTask) -> int:
     return self.lethe.reconcile()
 
 
+def replay(self: LetheTask, target: str, since: str, actor: str) -> dict[str, Any]:
+    return self.lethe.replay(target, since, actor)
+
+
 def register(app: Celery) -> None:
     app.task(name="lethe.purge", base=LetheTask, bind=True)(purge)
     app.task(name="lethe.reconcile", base=LetheTask, bind=True)(reconcile)
+    app.task(name="lethe.replay", base=LetheTask, bind=True)(replay)

@@ -332,5 +332,6 @@ def overview_page(request: Request) -> Response:
         "failures": [{"target": t, "now": ov.failed_now_by_target.get(t, 0),
                       "events": ov.failures_by_target.get(t, 0)} for t in targets],
         "broker": broker.state(), "dead_letters": sorted(snap.dead_letters_by_reason.items()),
+        "resurrections": sorted(snap.resurrections_by_target.items()),
     }, session)
 

@@ -15,6 +15,8 @@ prefixed ``lethe_``):
 - ``lethe_task_retries_total{kind}``: retryable errors that were retried (counter)
 - ``lethe_operator_retries_total``: operator retries of failed requests (counter)
 - ``lethe_events_dead_lettered_total{reason}``: platform events sent to ``lethe.events.dead``, by reason (counter)
+- ``lethe_resurrections_total{target}``: follow-ups the resurrection watch filed, by the target it found erased
+  data in again (counter, from the ledger's requests; drops when retention prunes them)
 - ``lethe_oldest_open_request_age_seconds``: age of the oldest request not completed or cancelled (gauge)
 - ``lethe_requests_overdue``: requests not completed or cancelled past their legal deadline (gauge); a failed
   request still owes its erasure, so it counts
@@ -50,6 +52,7 @@ DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float
 METRIC_NAMES = (
     "lethe_requests", "lethe_tasks", "lethe_items_erased_total", "lethe_task_duration_seconds",
     "lethe_task_retries_total", "lethe_operator_retries_total", "lethe_events_dead_lettered_total",
+    "lethe_resurrections_total",
     "lethe_oldest_open_request_age_seconds",
     "lethe_requests_overdue", "lethe_requests_due_soon", "lethe_ledger_up", "lethe_tasks_not_dispatched",
 )
@@ -134,6 +137,12 @@ class LedgerCollector(Collector):
         for reason, n in sorted(snap.dead_letters_by_reason.items()):
             dead.add_metric([reason], n)
         yield dead
+
+        resurrections = CounterMetricFamily("lethe_resurrections", "Follow-ups the resurrection watch filed for "
+                                            "erased data found again, by target.", labels=["target"])
+        for target, n in sorted(snap.resurrections_by_target.items()):
+            resurrections.add_metric([target], n)
+        yield resurrections
 
         yield CounterMetricFamily("lethe_operator_retries", "Operator retries of requests with failed tasks.",
                                   value=snap.operator_retries)

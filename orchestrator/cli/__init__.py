@@ -16,7 +16,20 @@ import typer
 from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError  # typer vendors click; no public name for it
 
-from orchestrator.cli import deadletters, demo, holds, keys, lineage, maps, proof, report, requests, services, submit
+from orchestrator.cli import (
+    deadletters,
+    demo,
+    holds,
+    keys,
+    lineage,
+    maps,
+    proof,
+    replay,
+    report,
+    requests,
+    services,
+    submit,
+)
 from orchestrator.cli.common import Commands, Exit, err
 from orchestrator.cli.errors import explain
 
@@ -35,6 +48,7 @@ app.add_typer(lineage.app)
 app.add_typer(demo.app)
 app.add_typer(deadletters.app)
 app.add_typer(report.app)
+app.add_typer(replay.app)
 
 
 def _print_version(value: bool) -> None:

@@ -72,16 +72,24 @@ def intake() -> None:
         Intake(lethe, connection, key).run()
 
 
-@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV, ("LETHE_TASK_LEASE_SECONDS",), RETENTION_ENV))
+@app.command(epilog=reads(LEDGER_ENV, BROKER_ENV, MAP_ENV, ("LETHE_TASK_LEASE_SECONDS", "LETHE_WATCH_ITEMS"),
+                          RETENTION_ENV))
 def reconcile(
     loop: Annotated[float | None, typer.Option(metavar="SECONDS", help="Repeat every SECONDS until "
                                                "interrupted.")] = None,
 ) -> None:
-    """Re-send tasks past their lease or not dispatched; publish events; prune old records."""
+    """Re-send tasks past their lease or not dispatched; publish events; prune old records; and watch for
+    resurrections: read the next LETHE_WATCH_ITEMS entries of each scannable target and file a follow-up
+    for erased data found again."""
+    from orchestrator.watch import Watch
+
     lethe = make_lethe()
+    watch = Watch(lethe)  # its place in each store lives in this process only
     while True:
         sent = lethe.reconcile()
-        out.print(f"re-dispatched {sent} task(s)")
+        found = sum(t.filed for t in watch.run().values())
+        out.print(f"re-dispatched {sent} task(s)" + (f"; filed {found} follow-up(s) for erased data found "
+                                                     "again" if found else ""))
         if loop is None:
             return
         time.sleep(loop)

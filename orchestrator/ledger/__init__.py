@@ -17,6 +17,7 @@ from orchestrator.ledger.common import (
     PARKED_TASK,
     REGIMES,
     REQUEST_STATUSES,
+    RESURRECTION_ACTOR,
     TASK_STATUSES,
     TERMINAL_REQUEST,
     TERMINAL_TASK,
@@ -47,8 +48,8 @@ class Ledger(FilingLedger, TaskLedger, HoldLedger, ReadLedger, AggregateLedger, 
 
 
 __all__ = [
-    "DONE_TASK", "FINISHED", "PARKED_TASK", "REGIMES", "REQUEST_STATUSES", "TASK_STATUSES", "TERMINAL_REQUEST",
-    "TERMINAL_TASK", "Dispatch", "Filing", "IdempotencyConflict", "InvalidInput", "Ledger", "LedgerError",
-    "Outcome", "Overview", "PlannedTask", "RequestStatus", "Snapshot", "TaskRun", "TaskStatus", "UnknownRequest",
-    "Waiting", "due_date", "now", "status_object", "stored_idempotency_key", "valid_cursor",
+    "DONE_TASK", "FINISHED", "PARKED_TASK", "REGIMES", "REQUEST_STATUSES", "RESURRECTION_ACTOR", "TASK_STATUSES",
+    "TERMINAL_REQUEST", "TERMINAL_TASK", "Dispatch", "Filing", "IdempotencyConflict", "InvalidInput", "Ledger",
+    "LedgerError", "Outcome", "Overview", "PlannedTask", "RequestStatus", "Snapshot", "TaskRun", "TaskStatus",
+    "UnknownRequest", "Waiting", "due_date", "now", "status_object", "stored_idempotency_key", "valid_cursor",
 ]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from orchestrator.ledger.common import FINISHED, now
+from orchestrator.ledger.common import FINISHED, RESURRECTION_ACTOR, now
 from orchestrator.ledger.models import AuditEntry, CompletionRecord, Request, Task
 from orchestrator.ledger.outbox import OutboxLedger
 
@@ -34,6 +34,7 @@ class Snapshot:
     durations_by_kind: dict[str, list[float]] = field(default_factory=dict)
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     not_dispatched: int = 0  # tasks the broker refused, waiting for reconcile's next pass
+    resurrections_by_target: dict[str, int] = field(default_factory=dict)  # the watch's follow-ups
 
 
 @dataclass
@@ -96,6 +97,10 @@ class AggregateLedger(OutboxLedger):
                 if started is not None and finished is not None:
                     snap.durations_by_kind.setdefault(kind, []).append(
                         max(0.0, (_aware(finished) - _aware(started)).total_seconds()))
+            watch = RESURRECTION_ACTOR + ":"
+            for actor, n in s.execute(select(Request.actor, func.count()).where(Request.actor.startswith(watch))
+                                      .group_by(Request.actor)):
+                snap.resurrections_by_target[actor.removeprefix(watch)] = n
         snap.dead_letters_by_reason = self.dead_letter_counts()
         return snap
 

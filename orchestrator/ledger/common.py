@@ -69,7 +69,9 @@ AUDIT_LOCK_KEY = 0x1E7E_A0D1  # PostgreSQL advisory lock serialising appends to 
 IDEMPOTENCY_DAYS = 30
 NOTHING_MATCHED = "nothing matched: the target's selector found no item"  # the reason of a task that deleted 0
 IDEMPOTENCY_KEY_MAX = 200  # characters of a caller's key; the stored form adds its namespace and owner
-IDEMPOTENCY_NAMESPACES = frozenset({"api", "cli", "event"})
+IDEMPOTENCY_NAMESPACES = frozenset({"api", "cli", "event", "replay"})  # replay: lethe replay, the watch
+# The actor of the resurrection watch's follow-ups is this plus ":<target>": /metrics counts them by it.
+RESURRECTION_ACTOR = "lethe:resurrection-watch"
 EVENT_NAMESPACE = uuid.UUID("6c1e7a0e-0b5e-4c8e-9a57-00000000e7e7")  # outbound event id = uuid5(audit hash)
 
 

@@ -134,10 +134,15 @@ class ReadLedger(LedgerCore):
     def tombstones_of(self, subject_hashes: Iterable[str], days: int) -> dict[str, str]:
         """Which of these keyed hashes a completed request erased within ``days``: hash -> the id of the
         latest such request, newest first. A data_written event re-erases only these identifiers."""
+        return self.tombstoned_since(subject_hashes, now() - timedelta(days=days))
+
+    def tombstoned_since(self, subject_hashes: Iterable[str], since: datetime) -> dict[str, str]:
+        """Which of these keyed hashes a completed request erased at or after ``since``: hash -> the id of the
+        latest such request, newest first. ``lethe replay`` and the resurrection watch re-erase only these."""
         with self.sessions() as s:
             rows = s.execute(select(Tombstone.subject_hash, Tombstone.request_id).where(
-                Tombstone.subject_hash.in_(list(subject_hashes)), Tombstone.erased_at >= now() - timedelta(days=days),
-            ).order_by(Tombstone.erased_at.desc())).all()
+                Tombstone.subject_hash.in_(list(subject_hashes)), Tombstone.erased_at >= to_utc(since),
+            ).order_by(Tombstone.erased_at.desc(), Tombstone.id.desc())).all()
         latest: dict[str, str] = {}
         for subject_hash, request_id in rows:
             latest.setdefault(subject_hash, request_id)

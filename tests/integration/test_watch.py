@@ -1,0 +1,104 @@
+"""The resurrection watch on a real bucket (moto over HTTP): residue of an erased subject planted in the
+store is found on the pass whose window reaches it, the follow-up erases it, /metrics counts it; a subject
+never erased is never touched. And ``lethe.store.restored`` files the same follow-ups as ``lethe replay``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from kombu import Connection
+
+from orchestrator.api import create_app
+from orchestrator.events import DEAD_QUEUE, STORE_RESTORED, declare, make_event, publish, publish_store_restored
+from orchestrator.service import Lethe
+from orchestrator.testing import put_objects, versions_per_owner
+from orchestrator.watch import Watch
+from tests.fixtures.events import KEY, drain_dead, request_ids, running_intake, wait_for
+
+pytestmark = pytest.mark.integration
+
+MAP = """
+version: 1
+identifiers: {{user_id: "[0-9]+"}}
+targets:
+  - {{name: photos, kind: s3, endpoint_url: "{endpoint}", bucket: {bucket}, prefix: "users/{{user_id}}/"}}
+  - {{name: sessions, kind: memory, store: sessions, match: {{owner: "{{user_id}}"}}}}
+"""
+
+
+def erase(lethe: Lethe, user: str) -> str:
+    request_id, _ = lethe.submit({"user_id": user})
+    assert lethe.wait(request_id, timeout=60)["status"] == "completed"
+    return request_id
+
+
+def test_the_watch_finds_planted_residue_and_files_its_follow_up(
+        s3_endpoint: str, bucket: str, write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe]) -> None:
+    put_objects(s3_endpoint, bucket, [f"users/{u}/p.jpg" for u in ("12", "123", "1234", "7")])
+    lethe = make_lethe(data_map=write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket)))
+    watch = Watch(lethe, items=2)  # users/12, users/123 | users/1234, users/7 | from the start again
+    with lethe.embedded_worker():
+        erased = erase(lethe, "7")
+        put_objects(s3_endpoint, bucket, ["users/7/again.jpg", "users/99/new.jpg"])  # residue; never erased
+        first = watch.run()["photos"]
+        assert (first.scanned, first.tombstoned, first.filed) == (2, 0, 0)  # the window holds 12 and 123
+        second = watch.run()["photos"]
+        assert (second.tombstoned, second.filed) == (1, 1)
+        (follow_up,) = second.requests
+        assert lethe.wait(follow_up, timeout=60)["status"] == "completed"
+        assert lethe.ledger.audit_trail(follow_up)[0]["detail"]["follow_up_of"] == erased
+        owners = versions_per_owner(s3_endpoint, bucket)
+        assert owners["7"] == 0 and all(owners[u] == 1 for u in ("12", "123", "1234", "99"))
+
+        third = watch.run()["photos"]  # back at the start: nothing erased is there
+        assert third.filed == 0
+        put_objects(s3_endpoint, bucket, ["users/7/third.jpg"])  # back again after the follow-up completed
+        found = [watch.run()["photos"].filed for _ in range(3)]
+        assert sum(found) == 1  # a new follow-up: it follows the last one, not the first erasure
+    with TestClient(create_app(lethe)) as client:
+        text = client.get("/metrics").text
+    assert 'lethe_resurrections_total{target="photos"} 2.0' in text
+    assert "sessions" not in [line for line in text.splitlines() if line.startswith("lethe_resurrections")]
+
+
+@pytest.fixture
+def evented(s3_endpoint: str, bucket: str, pg_database: str, redis_broker: str, write_map: Callable[[str], Path],
+            make_lethe: Callable[..., Lethe]) -> Iterator[Lethe]:
+    """A Lethe on Redis + PostgreSQL with a worker (purge and control queues) and the intake running."""
+    instance = make_lethe(database_url=pg_database, broker_url=redis_broker, event_key=KEY.decode(),
+                          data_map=write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket)))
+    with Connection(redis_broker) as conn:
+        declare(conn)
+        DEAD_QUEUE(conn.default_channel).purge()
+    with instance.embedded_worker(), running_intake(instance, redis_broker):
+        yield instance
+
+
+def test_a_restored_event_files_the_follow_ups_a_replay_would(evented: Lethe, s3_endpoint: str, bucket: str,
+                                                              redis_broker: str) -> None:
+    put_objects(s3_endpoint, bucket, [f"users/{u}/p.jpg" for u in ("12", "123", "7")])
+    taken = datetime.now(UTC)
+    erased = erase(evented, "12")
+    put_objects(s3_endpoint, bucket, ["users/12/p.jpg"])  # the restore brings it back
+    publish_store_restored(redis_broker, "photos", taken, source="backup-service", key=KEY, event_id="r-1")
+    follow_up = wait_for(lambda: [r for r in request_ids(evented) if r != erased], timeout=60)[0]
+    assert evented.wait(follow_up, timeout=60)["status"] == "completed"
+    trail = evented.ledger.audit_trail(follow_up)
+    assert trail[0]["detail"]["follow_up_of"] == erased and trail[0]["actor"] == "event:backup-service"
+    owners = versions_per_owner(s3_endpoint, bucket)
+    assert owners["12"] == 0 and owners["123"] == 1 and owners["7"] == 1
+
+    for data in ({"target": "nope", "restored_from": taken.isoformat()},
+                 {"target": "photos", "restored_from": "last tuesday"},
+                 {"target": "photos"}):
+        with Connection(redis_broker) as conn:
+            publish(conn, make_event(STORE_RESTORED, data, source="backup-service", key=KEY))
+    dead = drain_dead(redis_broker, 3)
+    assert [reason for _, reason in dead] == ["malformed"] * 3
+    assert json.loads(dead[0][0])["data"]["target"] == "nope"  # dead-lettered with its body unchanged
+    assert len(request_ids(evented)) == 2
