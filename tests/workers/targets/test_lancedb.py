@@ -302,14 +302,30 @@ def test_verify_reads_every_remaining_version(estate: Estate) -> None:
 
 
 def test_verify_searches_with_the_subjects_vectors(estate: Estate) -> None:
-    """verify() counts the subject's rows that its own vectors find by nearest-neighbour search."""
+    """verify() counts the subject's rows that its own vectors find through a vector index."""
+    from lancedb.index import IvfFlat
+
     target = target_for(estate)
     rows = estate.rows()
     target.probes = {"vector": rows.filter(pc.equal(rows.column("owner"), USER)).column("vector").to_pylist()[:5]}
     target._probes_for = (("user_id", USER),)
     plain = target_for(estate)  # no probes: rows by filter, in every version
+    assert target.verify(subject()) == plain.verify(subject())  # no index: a search reads what the count did
+    estate.db.open_table("faces").create_index("vector", config=IvfFlat(num_partitions=4))  # exact, all probed
     assert target.verify(subject()) >= plain.verify(subject()) + 5
     assert target.verify(subject("user-1")) == plain.verify(subject("user-1"))  # the probes are USER's only
+
+
+def test_a_purge_of_an_indexed_table_leaves_nothing_the_index_finds(estate: Estate) -> None:
+    """With a vector index, the compaction remaps it: USER's own vectors find none of USER's rows."""
+    from lancedb.index import IvfFlat
+
+    estate.db.open_table("faces").create_index("vector", config=IvfFlat(num_partitions=4))
+    target = target_for(estate)
+    assert target.purge(subject(), Beats()) == 500
+    assert len(target.probes["vector"]) == 500
+    assert target.verify(subject()) == 0 and target.level == "bytes_reclaimed"
+    assert estate.files_holding(USER.encode()) == []
 
 
 # -- tags and branches ---------------------------------------------------------------------------------
