@@ -64,7 +64,7 @@ RETRYABLE_CODES = frozenset(
 GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
 KEY_RETRIES = 5  # rounds of re-sending per-key retryable errors inside one DeleteObjects batch
 # Versions one count keeps for its task's purge: max_items, and never more than the default blast radius
-# (orchestrator.ledger.snapshots.DEFAULT_MAX_ITEMS): ~200 bytes each, so ~20 MB at most.
+# (orchestrator.ledger.snapshots.DEFAULT_MAX_ITEMS): ~150 bytes each plus the key, ~20 MB for short keys.
 REMEMBER_MAX = 100_000
 
 
