@@ -37,7 +37,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-CERTIFICATE_VERSION = 1
+# 2: targets carry gone_by (and replica_of for a replica), the request its gone_by. A version-1 certificate
+# has neither and verifies unchanged: the signature covers whatever fields the body holds.
+CERTIFICATE_VERSION = 2
 MAX_CERTIFICATE_BYTES = 1 << 20  # a certificate is a few KB; a bigger file is not one
 
 

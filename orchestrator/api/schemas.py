@@ -55,6 +55,9 @@ class TaskOut(BaseModel):
     residue: int | None
     attempts: int
     error: str | None
+    gone_by: str | None = Field(None, description="When no copy holds the subject any more: this target's "
+                                "verified purge (and its replicas'), plus its backups' retention; null until then.")
+    replica_of: str | None = Field(None, description="The primary target this one is a replica of.")
 
 
 class DerivedOut(BaseModel):
@@ -79,6 +82,8 @@ class StatusOut(BaseModel):
     due_at: str
     completed_at: str | None
     derived: list[DerivedOut] = []
+    gone_by: str | None = Field(None, description="The latest gone_by of the targets a completed request "
+                                "erased; null before it completed, for a dry run, or when nothing was erased.")
     tasks: list[TaskOut]
 
 

@@ -259,10 +259,10 @@ def warn_not_dispatched(status: dict[str, Any]) -> None:
 def print_tasks(status: dict[str, Any], console: Console) -> None:
     table = Table(title=f"request {status['id']}: {status['status']}"
                   + (" (dry run)" if status["dry_run"] else ""), title_justify="left")
-    for col in ("target", "kind", "status", "deleted", "residue", "attempts", "error / reason"):
+    for col in ("target", "kind", "status", "deleted", "residue", "attempts", "gone by", "error / reason"):
         table.add_column(col)
     for t in status["tasks"]:
         table.add_row(t["target"], t["kind"], t["status"], str(t["deleted"] if t["deleted"] is not None else "-"),
                       str(t["residue"] if t["residue"] is not None else "-"), str(t["attempts"]),
-                      escape(t["error"] or t["reason"] or ""))
+                      t.get("gone_by") or "-", escape(t["error"] or t["reason"] or ""))
     console.print(table)

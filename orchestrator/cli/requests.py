@@ -64,7 +64,8 @@ def status(
     if as_json:
         out.print_json(json.dumps(st))
     else:
-        out.print(f"due {st['due_at']}  received {st['received_at']}  completed {st['completed_at'] or '-'}")
+        out.print(f"due {st['due_at']}  received {st['received_at']}  completed {st['completed_at'] or '-'}"
+                  + (f"  gone by {st['gone_by']}" if st.get("gone_by") else ""))
         print_tasks(st, out)
     warn_not_dispatched(st)
     code = exit_code(st)

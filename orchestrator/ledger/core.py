@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import certificates, keys
 from orchestrator.certificates import rfc3339
+from orchestrator.copies import NO_COPY, gone_by
 from orchestrator.identifiers import Subject
 from orchestrator.ledger import proof, snapshots
 from orchestrator.ledger.common import (
@@ -191,15 +192,21 @@ class LedgerCore:
             with s.no_autoflush:  # records are written by INSERT statements, never pending in the session
                 records = {r.target: r for r in s.scalars(
                     select(CompletionRecord).where(CompletionRecord.request_id == request.id))}
-        exempt = snapshots.exemptions(self.map_text(request.data_map_digest, s))
+        map_text = self.map_text(request.data_map_digest, s)
+        exempt = snapshots.exemptions(map_text)
+        copies = snapshots.copies(map_text)
+        gone, request_gone = gone_by([(t.target, r.verified_at if (r := records.get(t.target)) else None)
+                                      for t in tasks], copies)
         issued = now()
 
         def target_entry(t: Task) -> dict[str, Any]:
             r = records.get(t.target)
+            replica_of = copies.get(t.target, NO_COPY).replica_of
             return {"target": t.target, "kind": t.kind, "status": t.status,
                     "deleted": r.deleted if r else 0, "residue": r.residue if r else None,
                     "level": r.level if r else None, "verified_at": rfc3339(r.verified_at) if r else None,
-                    "reason": t.reason}
+                    "reason": t.reason, "gone_by": rfc3339(gone[t.target]),
+                    **({"replica_of": replica_of} if replica_of else {})}
 
         body = {
             "version": certificates.CERTIFICATE_VERSION,
@@ -215,6 +222,7 @@ class LedgerCore:
             "targets": [target_entry(t) for t in tasks],
             **({"models": models} if (models := models_acted_on(s, request.id, tasks)) else {}),
             "exemptions": exempt,
+            "gone_by": rfc3339(request_gone),
             "audit_head": audit_head,
             "issued_at": rfc3339(issued),
             "key_id": certificates.key_id(self.signing_key.public_key()),

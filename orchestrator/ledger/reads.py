@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from orchestrator.certificates import rfc3339
+from orchestrator.copies import NO_COPY, Copy, gone_by
+from orchestrator.ledger import snapshots
 from orchestrator.ledger.common import (
     ID_PREFIX_MIN,
     REQUEST_STATUSES,
@@ -36,7 +40,7 @@ class ReadLedger(LedgerCore):
     def status(self, request_id: str) -> dict[str, Any]:
         with self.sessions() as s:
             request = self._request(s, request_id)
-            return status_object(request, self._tasks(s, request_id))
+            return status_object(request, self._tasks(s, request_id), **self._copies_of(s, [request])[request.id])
 
     def not_dispatched_count(self, request_ids: Sequence[str]) -> int:
         """How many tasks of these requests are on record as not dispatched (a bulk erasure's warning)."""
@@ -109,7 +113,8 @@ class ReadLedger(LedgerCore):
             if page:
                 for t in s.scalars(select(Task).where(Task.request_id.in_(tasks)).order_by(Task.position)):
                     tasks[t.request_id].append(t)
-            items = [status_object(r, tasks[r.id]) for r in page]
+            copies = self._copies_of(s, page)
+            items = [status_object(r, tasks[r.id], **copies[r.id]) for r in page]
             nxt = _encode_cursor(page[-1]) if len(rows) > limit else None
             return {"items": items, "next": nxt}
 
@@ -129,6 +134,22 @@ class ReadLedger(LedgerCore):
         with self.sessions() as s:
             return s.scalar(select(func.count()).select_from(CompletionRecord)
                             .where(CompletionRecord.request_id == request_id)) or 0
+
+    def _copies_of(self, s: Session, requests: Sequence[Request]) -> dict[str, dict[str, Any]]:
+        """Request id -> what its status object needs to date ``gone_by``: when each of its targets was
+        verified (its completion records) and the copies its map declares (None when the stored map cannot
+        be read: then nothing is dated)."""
+        found: dict[str, dict[str, Any]] = {r.id: {"verified": {}, "copies": None} for r in requests}
+        real = [r.id for r in requests if not r.dry_run]
+        for start in range(0, len(real), 10_000):
+            for request_id, target, at in s.execute(select(
+                    CompletionRecord.request_id, CompletionRecord.target, CompletionRecord.verified_at)
+                    .where(CompletionRecord.request_id.in_(real[start:start + 10_000]))):
+                found[request_id]["verified"][target] = at
+        for r in requests:
+            with suppress(LedgerError):  # a map changed in the database after filing: gone_by stays null
+                found[r.id]["copies"] = snapshots.copies(self.map_text(r.data_map_digest, s))
+        return found
 
     # -- events ---------------------------------------------------------------------------------------
     def tombstones_of(self, subject_hashes: Iterable[str], days: int) -> dict[str, str]:
@@ -154,9 +175,16 @@ class ReadLedger(LedgerCore):
             return s.scalar(select(Request.id).where(Request.idempotency_key == stored_key))
 
 
-def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
-    """The SPEC's status object."""
+def status_object(request: Request, tasks: Iterable[Task], verified: Mapping[str, datetime] | None = None,
+                  copies: Mapping[str, Copy] | None = None) -> dict[str, Any]:
+    """The SPEC's status object. ``gone_by`` (orchestrator/copies.py) is dated from the targets' completion
+    records (``verified``) and the map's ``copies``: per target once it and its replicas are erased, for the
+    request once it completed; null without them and for a dry run, which erases nothing."""
     tasks = list(tasks)
+    verified = verified or {}
+    gone, request_gone = gone_by([(t.target, verified.get(t.target)) for t in tasks], copies or {})
+    if copies is None:
+        gone, request_gone = dict.fromkeys(gone), None
     return {
         "id": request.id,
         "scope": request.scope,
@@ -173,6 +201,7 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
         "requested_by": request.requested_by,
         # Tasks whose hand-off to the broker failed: reconcile sends them on its next pass (SPEC).
         "not_dispatched": sum(1 for t in tasks if t.not_dispatched_at is not None),
+        "gone_by": rfc3339(request_gone) if request.status == "completed" else None,
         "tasks": [
             {
                 "target": t.target,
@@ -188,6 +217,8 @@ def status_object(request: Request, tasks: Iterable[Task]) -> dict[str, Any]:
                 if t.progress_done is not None or t.progress_estimated is not None else None,
                 "after": list(t.after),
                 "not_dispatched_at": rfc3339(t.not_dispatched_at),
+                "gone_by": rfc3339(gone[t.target]),
+                "replica_of": (copies or {}).get(t.target, NO_COPY).replica_of,
             }
             for t in tasks
         ],

@@ -5,9 +5,14 @@ and validates maps before anything is filed; the ledger does not plan, so it imp
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import yaml
+
+from orchestrator.copies import Copy, copies_of, replica_entries
 
 DEFAULT_MAX_ITEMS = 100_000  # blast radius of a target without max_items: more waits for an admin
 
@@ -33,6 +38,15 @@ def exemptions(map_text: str) -> list[dict[str, str]]:
 
 
 def max_items(map_text: str) -> dict[str, int]:
-    """Target name -> the most items one purge may delete without an admin's approval."""
-    return {str(t["name"]): int(t.get("max_items") or DEFAULT_MAX_ITEMS) for t in _entries(map_text, "targets")
-            if "name" in t}
+    """Target name -> the most items one purge may delete without an admin's approval (replicas too: each
+    is a target of its own, with its primary's limit unless it overrides it)."""
+    entries = _entries(map_text, "targets")
+    expanded = [*entries, *(replica for t in entries for _, replica in replica_entries(t, []))]
+    return {str(t["name"]): int(t.get("max_items") or DEFAULT_MAX_ITEMS) for t in expanded if "name" in t}
+
+
+@lru_cache(maxsize=64)
+def copies(map_text: str) -> Mapping[str, Copy]:
+    """Target name -> the primary it mirrors and its backups' retention, for dating ``gone_by`` (cached:
+    status reads ask for every request; a stored map never changes)."""
+    return MappingProxyType(copies_of(_entries(map_text, "targets")))

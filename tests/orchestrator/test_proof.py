@@ -55,12 +55,13 @@ def test_certificate_has_the_spec_fields_and_verifies_offline(ledger: Ledger) ->
     request_id = erase(ledger)
     cert = ledger.certificate(request_id)
     assert set(cert) == {"version", "request_id", "scope", "subject_hashes", "regime", "received_at", "due_at",
-                         "completed_at", "data_map_digest", "targets", "exemptions", "audit_head", "issued_at",
-                         "key_id", "signature"}
+                         "completed_at", "data_map_digest", "targets", "exemptions", "gone_by", "audit_head",
+                         "issued_at", "key_id", "signature"}
     assert cert["request_id"] == request_id and cert["scope"] == "subject"
     assert [(t["target"], t["deleted"], t["residue"], t["level"]) for t in cert["targets"]] == [
         ("photos", 5, 0, "bytes_reclaimed"), ("vectors", 2, 0, "bytes_reclaimed")]
-    assert all(t["verified_at"] for t in cert["targets"])
+    assert all(t["verified_at"] and t["gone_by"] == t["verified_at"] for t in cert["targets"])  # no copies declared
+    assert cert["gone_by"] == max(t["verified_at"] for t in cert["targets"])
     assert cert["exemptions"] == [{"store": "billing-archive", "reason": "kept 10 years by tax law (Art. 17(3)(b))"}]
     assert "4711" not in json.dumps(cert)
 
