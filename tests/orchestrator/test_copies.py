@@ -22,7 +22,7 @@ from orchestrator import certificates
 from orchestrator.certificates import CertificateError, canonical_json, verify_certificate
 from orchestrator.copies import Copy, gone_by
 from orchestrator.datamap import DataMap, DataMapError
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import Ledger, snapshots
 from orchestrator.ledger.models import CompletionRecord, Task
 from orchestrator.service import Lethe
 from tests.fixtures.lethe import file_request
@@ -164,6 +164,15 @@ def test_bad_backups_are_named_errors(backups: str, expected: str) -> None:
     assert len(errors) == 1 and errors[0].startswith(f"target 'photos': {expected}"), errors
 
 
+def test_the_ledger_reads_the_same_copies_from_the_stored_text() -> None:
+    """The ledger parses no map: it expands a stored map's replicas with the same rule, for gone_by and for
+    the blast radius verify-ledger checks on every completion (a replica's own, or its primary's)."""
+    datamap = DataMap.parse(MAP)
+    assert snapshots.max_items(MAP) == {"photos": 50, "photos.replica-1": 50, "photos-us": 7, "sessions": 100_000}
+    assert dict(snapshots.copies(MAP)) == {t.name: Copy(t.replica_of, t.backups.retention_days if t.backups else None)
+                                           for t in datamap.targets}
+
+
 def test_a_retention_longer_than_the_tombstones_is_refused() -> None:
     datamap = DataMap.parse(MAP)
     assert datamap.check_retention(35) is datamap
@@ -220,6 +229,8 @@ def test_any_copies_either_load_or_are_refused_with_named_errors(replicas: Any, 
     except DataMapError as exc:
         assert exc.errors and all(isinstance(e, str) and e for e in exc.errors)
         return
+    assert {t.name: (t.replica_of, t.backups.retention_days if t.backups else None) for t in datamap.targets} \
+        == {name: (c.replica_of, c.retention_days) for name, c in snapshots.copies(datamap.text).items()}
     replicas_found = datamap.replicas_of("photos")
     assert len(replicas_found) == (len(replicas) if isinstance(replicas, list) else 0)
     assert all(datamap.target(r).kind == "memory" for r in replicas_found)
