@@ -18,6 +18,10 @@
 8. Scale-out: the orchestration workload with 1, 2 and 4 worker processes against bare Celery with as
    many; how much of Celery's speedup lethe keeps, and how often the audit chain's lock is waited on
    (tests/bench/scaleout.py).
+10. Resurrection watch: one window of 1,000 object versions of an S3 prefix target on moto, with 100k
+   tombstones in the PostgreSQL ledger, against the raw ListObjectVersions call under it; the share of a core
+   an hourly window (1% of 100k tombstones an hour) takes, and the price of one read-back per subject
+   instead (tests/bench/watch.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -38,7 +42,8 @@ from tests.bench import report, stores
 from tests.bench.orchestration import BROKER, bench_orchestration
 from tests.fixtures.services import temporary_database
 
-FIGURES = ["orchestration", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql"]
+FIGURES = ["orchestration", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql",
+           "watch"]
 
 
 def mib(peaks: dict[str, float]) -> str:
@@ -143,6 +148,16 @@ def main() -> None:
                   f"({q['with_verify_ratio']:.2f}x with verify; medians of {q['rounds']} rounds: lethe "
                   f"{', '.join(f'{t:.2f}' for t in q['lethe_seconds_all'])} s, bare "
                   f"{', '.join(f'{t:.2f}' for t in q['bare_seconds_all'])} s)")
+        if "watch" in only:
+            from tests.bench.watch import bench_watch
+
+            results["watch"] = w = bench_watch(tombstones=scaled(100_000))
+            print(f"resurrection watch: a window of {w['identifiers']:,} identifiers (S3 on moto, {w['tombstones']:,} "
+                  f"tombstones on PostgreSQL) {w['window_seconds']:.2f} s in {w['s3_calls_per_window']:.0f} S3 call vs "
+                  f"the raw listing {w['raw_list_seconds']:.2f} s -> {w['ratio']:.2f}x; hourly, "
+                  f"{w['duty_per_hour']:.3%} of a core; one read-back per subject instead: "
+                  f"{w['per_subject_window_seconds']:,.0f} s "
+                  f"({w['per_subject_ratio']:,.0f}x)")
     for path in report.write(results, args.out):
         print(f"written: {path}")
 

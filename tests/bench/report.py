@@ -18,6 +18,7 @@ FIGURES: dict[str, tuple[str, str, tuple[str, float] | None, str]] = {
     "lancedb": ("LanceDB purge", "compaction_cost_ratio", None, "lethe time / bare delete time"),
     "delta": ("Delta purge", "ratio", None, "lethe (vacuum, log cut) time / bare delete time"),
     "sql": ("SQL purge", "ratio", None, "lethe (batches, verify aside) time / one bare DELETE's time"),
+    "watch": ("resurrection watch window", "ratio", None, "1,000-entry window time / raw ListObjectVersions time"),
 }
 
 
