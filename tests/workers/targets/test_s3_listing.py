@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from orchestrator.testing import make_bucket, put_objects, version_keys, versions_per_owner
 from tests.workers.targets.test_s3 import PagedS3, StubS3, stubbed, subject, versions_of
 from workers.targets.base import SliceExpired
 from workers.targets.s3 import BATCH, S3Config, S3Target
+from workers.targets.selectors import KeysQuery, dispose_engine
 
 
 def limited(stub: StubS3, max_items: int) -> S3Target:
@@ -128,6 +130,31 @@ def test_a_kept_purge_ends_its_slice_at_a_batch_and_the_next_slice_lists_afresh(
     assert info.value.done == 1000 and len(stub.versions) == 1500
     assert stubbed(stub).purge(subject(), no_beat) == 1500  # a continuation: no count, a fresh listing
     assert stub.versions == []
+
+
+def test_keys_query_keys_are_listed_once_to_erase_and_once_to_verify(tmp_path: Any) -> None:
+    """Exact keys from the application's database: count lists each key once and keeps the exact key's
+    versions only (``uploads/3.jpg.bak`` is someone else's), the purge lists nothing, verify lists each
+    key again."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    mine = [f"uploads/{n}.jpg" for n in range(5)]
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE uploads (owner_id TEXT, object_key TEXT)"))
+        conn.execute(text("INSERT INTO uploads VALUES (:o, :k)"), [{"o": "12", "k": k} for k in mine])
+    engine.dispose()
+    stub = PagedS3(sorted([*mine, mine[3], "uploads/3.jpg.bak"]))
+    target = S3Target(S3Config(name="uploads", kind="s3", bucket="photos", endpoint_url="http://127.0.0.1:1",
+                               keys_query=KeysQuery(url=url, sql="SELECT object_key FROM uploads "
+                                                                 "WHERE owner_id = :user_id")))
+    target.client = stub
+    try:
+        assert target.count(subject("12")) == 6 and stub.list_calls == mine
+        assert target.purge(subject("12"), no_beat) == 6 and stub.list_calls == mine
+        assert target.verify(subject("12")) == 0 and stub.list_calls == mine + mine
+    finally:
+        dispose_engine(url)
+    assert [v["Key"] for v in stub.versions] == ["uploads/3.jpg.bak"]
 
 
 # -- against moto over HTTP ---------------------------------------------------------------------------
