@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
+from orchestrator.datamap import DataMapError
 from orchestrator.ledger import RESURRECTION_ACTOR
 from orchestrator.logs import get_logger
 from orchestrator.replay import ReplayError, Scanner, Tally, file_page, scanner, tombstoned
@@ -51,8 +52,8 @@ class Watch:
         if key not in self._scanners:
             try:
                 self._scanners[key] = scanner(datamap, name)
-            except ReplayError:
-                self._scanners[key] = None  # not scannable: `lethe replay --target` says why
+            except (ReplayError, LookupError):  # not scannable, or its extra is missing: `lethe replay` says why
+                self._scanners[key] = None
         return self._scanners[key]
 
     def run(self, datamap: DataMap | None = None) -> dict[str, Tally]:
@@ -62,7 +63,12 @@ class Watch:
             return {}
         from orchestrator.replay import default_since
 
-        datamap = datamap or self.lethe.load_map()
+        if datamap is None:
+            try:
+                datamap = self.lethe.load_map()
+            except DataMapError as exc:  # the watch never stops reconcile's own work; the map's owner is told
+                log.warning("watch.no_map", error=str(exc).splitlines()[0][:200])
+                return {}
         since = default_since(self.lethe)
         tallies: dict[str, Tally] = {}
         for config in datamap.targets:

@@ -5,6 +5,9 @@ never erased is never touched. And ``lethe.store.restored`` files the same follo
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,9 +19,10 @@ from kombu import Connection
 from orchestrator.api import create_app
 from orchestrator.events import DEAD_QUEUE, STORE_RESTORED, declare, make_event, publish, publish_store_restored
 from orchestrator.service import Lethe
-from orchestrator.testing import put_objects, versions_per_owner
+from orchestrator.testing import FAKE_AWS_ENV, put_objects, versions_per_owner
 from orchestrator.watch import Watch
 from tests.fixtures.events import KEY, drain_dead, request_ids, running_intake, wait_for
+from tests.fixtures.lethe import SUBJECT_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +106,29 @@ def test_a_restored_event_files_the_follow_ups_a_replay_would(evented: Lethe, s3
     assert [reason for _, reason in dead] == ["malformed"] * 3
     assert json.loads(dead[0][0])["data"]["target"] == "nope"  # dead-lettered with its body unchanged
     assert len(request_ids(evented)) == 2
+
+
+def test_lethe_reconcile_runs_the_watch(s3_endpoint: str, bucket: str, tmp_path: Path,
+                                        write_map: Callable[[str], Path], signing_key_file: Path) -> None:
+    """As an operator runs it: one pass files the follow-up for planted residue and says so; the next pass,
+    with that follow-up still open, files nothing; without a data map reconcile still does its own work."""
+    lethe_cli = str(Path(sys.executable).with_name("lethe"))
+    put_objects(s3_endpoint, bucket, [f"users/{u}/p.jpg" for u in ("12", "123")])
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}, **FAKE_AWS_ENV,
+           "LETHE_DATABASE_URL": f"sqlite:///{tmp_path / 'lethe.db'}", "LETHE_SUBJECT_KEY": SUBJECT_KEY,
+           "LETHE_SIGNING_KEY": str(signing_key_file),
+           "LETHE_DATA_MAP": str(write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket)))}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([lethe_cli, *args], env={**env, **extra}, capture_output=True, text=True, timeout=120)
+
+    assert run("submit", "--subject", "user_id=12", "--wait").returncode == 0
+    put_objects(s3_endpoint, bucket, ["users/12/back.jpg"])
+    first = run("reconcile")
+    assert first.returncode == 0, first.stderr
+    assert "filed 1 follow-up(s) for erased data found again" in first.stdout
+    again = run("reconcile")
+    assert again.returncode == 0 and "follow-up" not in again.stdout
+    no_map = run("reconcile", LETHE_DATA_MAP=str(tmp_path / "missing.yaml"))
+    assert no_map.returncode == 0 and "re-dispatched" in no_map.stdout
+    assert versions_per_owner(s3_endpoint, bucket)["123"] == 1
