@@ -93,7 +93,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 from orchestrator.identifiers import Subject
-from workers.targets.base import Heartbeat, RetryableError, TargetConfig
+from workers.targets import scans
+from workers.targets.base import Heartbeat, RetryableError, ScanPage, TargetConfig
 from workers.targets.qdrant_clients import close_clients, local_lock, qdrant_client, reopen_local
 from workers.targets.qdrant_config import QdrantConfig
 from workers.targets.qdrant_errors import RETRYABLE_ERRORS, translate
@@ -244,6 +245,15 @@ class QdrantTarget:
         with self._session() as client, self._translate("get collection"):
             client.get_collection(self.config.collection)
         return []
+
+    # -- scan (lethe replay, the resurrection watch: base.Scanned) --------------------------------
+    def unscannable(self) -> str | None:
+        return scans.match_unscannable(self.config, self.config.match, "points")
+
+    def scan(self, after: object | None, limit: int) -> ScanPage:
+        field, reverse = scans.scanned_field(self.config, self.config.match, "points")
+        with self._session() as client, self._translate("scroll"):
+            return scans.scan_qdrant(client, self.config.collection, field, reverse, after, limit)
 
     def _keep_probes(self, vector: Any) -> None:
         if vector is None:

@@ -96,7 +96,7 @@ def unscannable_kinds(config: TargetConfig) -> str | None:
 
 def _text(raw: Any) -> str | None:
     """A stored value as the text a request would carry (``12`` for an integer), or None for a null."""
-    if raw is None or isinstance(raw, bytes | bytearray | float):
+    if raw is None or isinstance(raw, bytes | bytearray | float | bool | dict | list):
         return None  # no identifier is stored as bytes or a float: nothing a selector could be filled with
     return str(raw)
 
@@ -155,6 +155,16 @@ def scan_lance(dataset: Any, column: str, reverse: Reverse, after: object | None
     offset = int(after or 0)  # type: ignore[call-overload]
     rows = dataset.to_table(columns=[column], offset=offset, limit=limit).column(column).to_pylist()
     return ScanPage(_distinct(rows, reverse), len(rows), offset + len(rows) if len(rows) == limit else None)
+
+
+# -- Qdrant ----------------------------------------------------------------------------------------------
+def scan_qdrant(client: Any, collection: str, field: str, reverse: Reverse, after: object | None,
+                limit: int) -> ScanPage:
+    """A scroll of ``limit`` points from offset ``after`` (a point id) with only the payload field read."""
+    records, next_offset = client.scroll(collection, limit=limit, offset=after, with_payload=[field],
+                                         with_vectors=False)
+    values = [(record.payload or {}).get(field) for record in records]
+    return ScanPage(_distinct(values, reverse), len(records), next_offset)
 
 
 # -- memory ----------------------------------------------------------------------------------------------

@@ -108,3 +108,27 @@ def test_sql_scan_reads_distinct_values_in_pages(engine_url: str, tmp_path: Path
     first = target.scan(None, 2)
     second = target.scan(first.next, 2)
     assert first.values == ["7", "12"] and second.values == ["123"] and second.next is None
+
+
+def test_qdrant_scan_reads_the_payload_field_in_pages(tmp_path: Path) -> None:
+    from qdrant_client import models
+
+    from workers.targets import qdrant as qdrant_module
+
+    location = str(tmp_path / "qdrant")
+    datamap = _map(tmp_path, f'  - {{name: faces, kind: qdrant, location: "{location}", collection: faces, '
+                             'match: {owner: "{user_id}"}}\n')
+    client = qdrant_module.qdrant_client(location=location)
+    try:
+        client.create_collection("faces", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
+        owners: list[object] = ["12", "123", "12", 7, None, True]
+        client.upsert("faces", [models.PointStruct(id=i + 1, vector=[1.0, float(i)], payload={"owner": owner})
+                                for i, owner in enumerate(owners)])
+        target = build_target(datamap.target("faces"))
+        assert isinstance(target, Scanned) and target.unscannable() is None
+        first = target.scan(None, 4)
+        second = target.scan(first.next, 4)
+        assert first.values == ["12", "123", "7"] and first.read == 4
+        assert second.values == [] and second.read == 2 and second.next is None  # no null or boolean value
+    finally:
+        qdrant_module.close_clients()
