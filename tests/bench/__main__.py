@@ -22,6 +22,8 @@
    tombstones in the PostgreSQL ledger, against the raw ListObjectVersions call under it; the share of a core
    an hourly window (1% of 100k tombstones an hour) takes, and the price of one read-back per subject
    instead (tests/bench/watch.py).
+11. Small-request latency: one request x 4 memory targets, submit to completed (``Lethe.wait``), 200 filed
+   one after another, p50 and p99 against a bare Celery round trip of 4 no-op tasks (tests/bench/latency.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -42,7 +44,7 @@ from tests.bench import report, stores
 from tests.bench.orchestration import BROKER, bench_orchestration
 from tests.fixtures.services import temporary_database
 
-FIGURES = ["orchestration", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql",
+FIGURES = ["orchestration", "latency", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql",
            "watch"]
 
 
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--scale", type=float, default=1.0, help="size of the bulk and large-data runs (0.1 = a tenth)")
     parser.add_argument("--requests", type=int, default=1000, help="requests of the orchestration figure")
+    parser.add_argument("--latency-requests", type=int, default=200, help="requests of the latency figure")
     parser.add_argument("--bulk-requests", type=int, default=100_000, help="requests of the bulk run, before --scale")
     parser.add_argument("--s3-objects", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=2000)
@@ -88,6 +91,16 @@ def main() -> None:
         if "orchestration" in only:
             results["orchestration"] = o = bench_orchestration(args.requests, work / "orchestration")
             print_orchestration("orchestration", o)
+        if "latency" in only:
+            from tests.bench.latency import bench_latency
+
+            results["latency"] = lt = bench_latency(args.latency_requests, work / "latency")
+            bare, lethe = lt["celery_noop"], lt["lethe"]
+            print(f"latency: {lt['requests']} requests x 4 targets one after another, submit to completed: lethe p50 "
+                  f"{lethe['p50_ms']:.0f} ms, p99 {lethe['p99_ms']:.0f} ms; bare Celery (4 tasks) p50 "
+                  f"{bare['p50_ms']:.1f} ms, p99 {bare['p99_ms']:.1f} ms -> {lt['ratio_p50']:.1f}x p50, "
+                  f"{lt['ratio_p99']:.1f}x p99 (the ledger's own received-to-completed: p50 "
+                  f"{lethe['ledger']['p50_ms']:.0f} ms, p99 {lethe['ledger']['p99_ms']:.0f} ms)")
         if "scaleout" in only:
             from tests.bench.scaleout import bench_scaleout, describe
 

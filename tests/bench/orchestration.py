@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from orchestrator.certificates import create_private_key
 from orchestrator.config import Settings
@@ -131,12 +134,13 @@ def bare_celery(tasks: int, workdir: Path, progress: Progress | None = None, url
             "peak_mib": {k: round(v, 1) for k, v in memory.peaks.items()}, "cpu_seconds": memory.cpu_seconds()}
 
 
-def lethe_requests(requests: int, workdir: Path, progress: Progress | None = None,
-                   url: str = BROKER, concurrency: int = 2, db_prefix: str = "lethe_bench") -> dict[str, Any]:
-    """Seconds for ``requests`` erasure requests x 4 memory targets, filed at once, through ``lethe worker -c
-    <concurrency>`` (on a new database named ``<db_prefix>_…``)."""
-    broker = redis.Redis.from_url(url)
-    broker.flushdb()
+@contextmanager
+def running_lethe(workdir: Path, url: str = BROKER, concurrency: int = 2,
+                  db_prefix: str = "lethe_bench") -> Iterator[tuple[Lethe, Engine, subprocess.Popen[bytes]]]:
+    """A migrated ledger on a new database, the 4-memory-target data map and ``lethe worker -c <concurrency>``
+    on the broker at ``url`` (emptied first), warmed up by one completed request; yields the submitting
+    ``Lethe``, an engine on the ledger for the figure's own queries, and the worker's process."""
+    redis.Redis.from_url(url).flushdb()
     targets = "\n".join(f'  - {{name: t{i}, kind: memory, store: s{i}, match: {{owner: "{{user_id}}"}}}}'
                         for i in range(TARGETS))
     data_map = workdir / "bench-map.yaml"
@@ -151,10 +155,23 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
                                data_map=data_map, log_level="WARNING"))
         lethe.migrate()  # before the worker starts
         engine = create_engine(db.replace("postgresql://", "postgresql+psycopg://"))
-        with running_process([str(BIN / "lethe"), "worker", "-c", str(concurrency), "--loglevel", "WARNING"], env,
-                     workdir / "lethe-worker.log") as worker, Watch() as memory:
-            lethe.wait(lethe.submit({"user_id": "warm-up"})[0], timeout=120, interval=0.05)
-            _memory_of_services(memory, broker)
+        try:
+            with running_process([str(BIN / "lethe"), "worker", "-c", str(concurrency), "--loglevel", "WARNING"],
+                                 env, workdir / "lethe-worker.log") as worker:
+                lethe.wait(lethe.submit({"user_id": "warm-up"})[0], timeout=120, interval=0.05)
+                yield lethe, engine, worker
+        finally:
+            engine.dispose()
+            lethe.ledger.engine.dispose()
+
+
+def lethe_requests(requests: int, workdir: Path, progress: Progress | None = None,
+                   url: str = BROKER, concurrency: int = 2, db_prefix: str = "lethe_bench") -> dict[str, Any]:
+    """Seconds for ``requests`` erasure requests x 4 memory targets, filed at once, through ``lethe worker -c
+    <concurrency>`` (on a new database named ``<db_prefix>_…``)."""
+    with running_lethe(workdir, url, concurrency, db_prefix) as (lethe, engine, worker):
+        with Watch() as memory:
+            _memory_of_services(memory, redis.Redis.from_url(url))
             memory.watch("worker (main + pool)", worker.pid, children=True)
             filed_bar = progress.add_task("lethe: filed", total=requests) if progress else None
             done_bar = progress.add_task("lethe: completed", total=requests) if progress else None
@@ -187,8 +204,6 @@ def lethe_requests(requests: int, workdir: Path, progress: Progress | None = Non
             dead = {name: int(n) for name, n in conn.execute(text(
                 "SELECT relname, n_dead_tup FROM pg_stat_user_tables WHERE n_dead_tup > 0 ORDER BY relname"))}
             problems = lethe.ledger.verify()
-        engine.dispose()
-        lethe.ledger.engine.dispose()
     assert failed == 0, f"{failed} requests did not complete"
     return {
         "requests": requests, "tasks": requests * TARGETS, "seconds": seconds,

@@ -10,6 +10,8 @@ from typing import Any
 FIGURES: dict[str, tuple[str, str, tuple[str, float] | None, str]] = {
     "orchestration": ("orchestration overhead", "ratio", ("<=", 1.5), "lethe time / bare Celery time"),
     "scaleout": ("scale-out 1 -> 4 workers", "ratio", None, "lethe speedup / bare Celery speedup"),
+    "latency": ("small-request latency (p50)", "ratio_p50", None,
+                "lethe submit-to-completed / bare Celery 4-task round trip"),
     "bulk": ("bulk scale", "ratio", ("<=", 1.5), "lethe time / bare Celery time"),
     "s3_purge": ("S3 purge rate", "rate_ratio", (">=", 0.9), "lethe rate / raw boto3 rate"),
     "flat_memory": ("flat memory", "ratio", ("<=", 1.1), "peak RSS large / small"),
