@@ -188,11 +188,12 @@ def _parse_targets(
             errors.append(f"{label}: replica_of is not written by hand: declare the copy under its primary's "
                           "replicas: and lethe records which primary it mirrors")
             continue
-        primary = {k: v for k, v in item.items() if k != "replicas"}
-        for entry_label, entry in [(label, primary), *replica_entries(item, errors)]:
-            config = _validated(entry_label, entry, identifiers, errors)
-            if config is None:
-                continue
+        primary = _validated(label, {k: v for k, v in item.items() if k != "replicas"}, identifiers, errors)
+        if primary is None:
+            continue  # its replicas inherit what is wrong with it: one report is enough
+        configs = [(label, primary)] + [(where, config) for where, entry in replica_entries(item, errors)
+                                        if (config := _validated(where, entry, identifiers, errors))]
+        for entry_label, config in configs:
             if config.name in seen:
                 errors.append(f"{entry_label}: duplicate target name")
             seen.add(config.name)

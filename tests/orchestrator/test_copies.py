@@ -138,6 +138,12 @@ def test_a_replica_name_may_not_clash_with_another_target() -> None:
     assert errors == ["target 'photos.replica-1': duplicate target name"]
 
 
+def test_a_bad_primary_is_reported_once_not_again_for_each_replica() -> None:
+    errors = problems(one_target(PHOTOS.replace('{owner: "{user_id}"}', "{owner: everyone}")
+                                 + "  replicas: [{store: a}, {store: b}]\n"))
+    assert len(errors) == 1 and errors[0].startswith("target 'photos': match: Value error"), errors
+
+
 def test_a_long_primary_name_needs_named_replicas() -> None:
     long = "p" * 60
     errors = problems(one_target(PHOTOS.replace("name: photos", f"name: {long}") + "  replicas: [{store: a}]\n"))
