@@ -94,12 +94,13 @@ def scanner(datamap: DataMap, name: str) -> Scanner:
     return Scanner(config, target, kind, datamap.identifiers.get(kind))
 
 
-def tombstoned(lethe: Lethe, scan: Scanner, values: list[str], since: datetime,
-               tally: Tally) -> list[tuple[Subject, str, str]]:
+def tombstoned(lethe: Lethe, scan: Scanner, values: list[str], since: datetime, tally: Tally,
+               seen: set[str] | None = None) -> list[tuple[Subject, str, str]]:
     """(subject, keyed hash, the request that erased it) for each value of one page whose hash has a tombstone
     from ``since`` on: one ledger lookup for the page. Values no request could carry are counted invalid; so
     is a value stored in another spelling than its canonical one (the selector, filled with the canonical
-    value, would not reach it)."""
+    value, would not reach it). ``seen``: hashes met on earlier pages of the same run, skipped (a subject
+    whose objects span two pages is one subject)."""
     key = lethe.settings.subject_key_bytes
     valid: dict[str, str] = {}
     for value in values:
@@ -109,9 +110,15 @@ def tombstoned(lethe: Lethe, scan: Scanner, values: list[str], since: datetime,
             canonical = None
         if canonical != value:
             tally.invalid += 1
+            tally.scanned += 1
             continue
-        valid[keyed_hash(key, scan.kind, value)] = value
-    tally.scanned += len(values)
+        digest = keyed_hash(key, scan.kind, value)
+        if seen is not None:
+            if digest in seen:
+                continue
+            seen.add(digest)
+        valid[digest] = value
+        tally.scanned += 1
     erased = lethe.ledger.tombstoned_since(valid, since) if valid else {}
     tally.tombstoned += len(erased)
     return [(Subject({scan.kind: valid[digest]}), digest, follows) for digest, follows in erased.items()]
@@ -149,8 +156,9 @@ def replay(lethe: Lethe, datamap: DataMap, name: str, since: datetime | None = N
     stamp = since.isoformat()
     tally = Tally()
     reason = f"{name} restored from a copy taken {stamp}"
-    for page in scan.pages():
-        found = tombstoned(lethe, scan, page.values, since, tally)
+    seen: set[str] = set()  # keyed hashes only: a run holds no identifier beyond the page it reads
+    for page in scan.pages(limit=PAGE):
+        found = tombstoned(lethe, scan, page.values, since, tally, seen)
         file_page(lethe, datamap, scan, found, actor=actor, reason=reason, tally=tally,
                   key_parts=lambda digest, follows: (name, stamp, digest, follows))
         if on_page:

@@ -106,21 +106,23 @@ def test_replay_erases_again_what_a_restored_bucket_brought_back(env: dict[str, 
 
 
 def test_replay_twice_files_each_follow_up_once(s3_endpoint: str, bucket: str, tmp_path: Path,
-                                                write_map: Callable[[str], Path],
-                                                make_lethe: Callable[..., Lethe]) -> None:
-    """A rerun while the follow-ups are still open (no worker runs them here) files nothing new."""
+                                                write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun while the follow-ups are still open (no worker runs them here) files nothing new; a subject
+    whose objects span several scan pages is one subject."""
     put_objects(s3_endpoint, bucket, [f"users/{u}/p.jpg" for u in USERS])
     lethe = make_lethe(data_map=app_map(write_map, s3_endpoint, bucket, tmp_path))
     with lethe.embedded_worker():
         erased = [lethe.submit({"user_id": u})[0] for u in ERASED]
         for request_id in erased:
             assert lethe.wait(request_id, timeout=60)["status"] == "completed"
-    put_objects(s3_endpoint, bucket, [f"users/{u}/p.jpg" for u in USERS])  # restored
+    put_objects(s3_endpoint, bucket, [f"users/{u}/{p}.jpg" for u in USERS for p in ("p", "q", "r")])  # restored
+    monkeypatch.setattr("orchestrator.replay.PAGE", 2)  # 15 versions: each subject spans two pages
     datamap = lethe.load_map()
     since = datetime(2000, 1, 1, tzinfo=UTC)
     first = replay(lethe, datamap, "photos", since, actor="test")
     again = replay(lethe, datamap, "photos", since, actor="test")
-    assert (first.tombstoned, first.filed, first.already_filed) == (2, 2, 0)
+    assert (first.scanned, first.tombstoned, first.filed, first.already_filed) == (5, 2, 2, 0)
     assert (again.tombstoned, again.filed, again.already_filed) == (2, 0, 2)
     follows = {lethe.ledger.audit_trail(r)[0]["detail"]["follow_up_of"] for r in first.requests}
     assert follows == set(erased)
