@@ -561,6 +561,15 @@ def test_a_dataset_selector_holding_a_query_is_refused() -> None:
     assert DataMap.parse(map_text(s3, extra=extra)).datasets["ds1"]["photos"] == {"prefix": "sources/ds1/"}
 
 
+@pytest.mark.parametrize("setting", ["name: other", "kind: memory", "after: [b]", "max_items: 100000",
+                                     "backups: {retention_days: 1}", "replica_of: b"])
+def test_a_dataset_selector_cannot_set_the_targets_own_settings(setting: str) -> None:
+    """A dataset names where its data is; it cannot rename the target, reorder it or lift its blast radius."""
+    extra = f"datasets:\n  ds1:\n    a: {{match: {{source: ds1}}, {setting}}}\n"
+    error = one_error(map_text(memory_target("a") + memory_target("b"), extra=extra))
+    assert "is the target's own setting, not a selector" in error and "dataset 'ds1'" in error, error
+
+
 def test_strict_problems_lists_uncovered_stores_only() -> None:
     """strict_problems() names stores with neither a same-named target nor a not_erased reason."""
     dm = DataMap.parse(map_text(memory_target("crm"), extra=textwrap.dedent("""\

@@ -125,6 +125,11 @@ class TargetConfig(BaseModel):
         unknown = set(selector) - set(type(self).model_fields)
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        # name, kind, after, max_items and the copies are the target's own settings, not where its data is:
+        # a dataset that could set them would rename the target, reorder it or lift its blast radius.
+        settings = set(selector) & set(TargetConfig.model_fields)
+        if settings:
+            raise ValueError(f"{', '.join(sorted(settings))} is the target's own setting, not a selector")
         queries = set(selector) & set(self.query_fields)
         if queries:
             raise ValueError(f"{', '.join(sorted(queries))} is a per-subject lookup; a dataset selector is literal")
