@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from tests.fixtures.events import KEY, drain_dead, request_ids, running_intake, 
 from tests.fixtures.lethe import SUBJECT_KEY
 
 pytestmark = pytest.mark.integration
+OPERATOR_TOKEN = "ops-5d1e9b7c3a0f8e6d4b2c"
 
 MAP = """
 version: 1
@@ -42,9 +44,12 @@ def erase(lethe: Lethe, user: str) -> str:
 
 
 def test_the_watch_finds_planted_residue_and_files_its_follow_up(
-        s3_endpoint: str, bucket: str, write_map: Callable[[str], Path], make_lethe: Callable[..., Lethe]) -> None:
+        s3_endpoint: str, bucket: str, tmp_path: Path, write_map: Callable[[str], Path],
+        make_lethe: Callable[..., Lethe]) -> None:
     put_objects(s3_endpoint, bucket, [f"users/{u}/p.jpg" for u in ("12", "123", "1234", "7")])
-    lethe = make_lethe(data_map=write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket)))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{OPERATOR_TOKEN} operator oscar\n")
+    lethe = make_lethe(data_map=write_map(MAP.format(endpoint=s3_endpoint, bucket=bucket)), api_tokens=tokens)
     watch = Watch(lethe, items=2)  # users/12, users/123 | users/1234, users/7 | from the start again
     with lethe.embedded_worker():
         erased = erase(lethe, "7")
@@ -66,7 +71,13 @@ def test_the_watch_finds_planted_residue_and_files_its_follow_up(
         assert sum(found) == 1  # a new follow-up: it follows the last one, not the first erasure
     with TestClient(create_app(lethe)) as client:
         text = client.get("/metrics").text
+        form = client.get("/login").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert csrf is not None
+        client.post("/login", data={"token": OPERATOR_TOKEN, "csrf": csrf.group(1), "next": "/"})
+        overview = client.get("/overview").text
     assert 'lethe_resurrections_total{target="photos"} 2.0' in text
+    assert re.search(r'id="resurrections".*?<td>photos</td><td class="num">2</td>', overview, re.DOTALL)
     assert "sessions" not in [line for line in text.splitlines() if line.startswith("lethe_resurrections")]
 
 
