@@ -2,10 +2,10 @@
 ledger) with 1, 2 and 4 worker processes, against bare Celery with as many processes in the same run.
 
 Adding workers helps lethe only as far as its ledger lets them run side by side, so besides throughput
-the figure samples PostgreSQL every 0.1 s while lethe runs: how often some backend waits for the audit
-chain's advisory lock (the one lock every append takes) and how many PostgreSQL connections the workers
-hold. The figure's ratio is the scaling lethe keeps: its speedup from 1 to the most workers, divided by
-bare Celery's speedup over the same step (1.0: lethe scales as well as Celery does on this machine).
+the figure samples PostgreSQL every 0.1 s while lethe runs: how often the audit chain's advisory lock (the
+one lock every append takes) is held and waited for, and how many PostgreSQL connections the workers hold.
+The figure's ratio is the scaling lethe keeps: its speedup from 1 to the most workers, divided by bare
+Celery's speedup over the same step (1.0: lethe scales as well as Celery does on this machine).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ class LockSampler:
     """Samples pg_locks and pg_stat_activity of the bench's databases (``DB_PREFIX_…``) in a thread."""
 
     QUERY = text(
-        "SELECT (SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-        "        WHERE l.locktype = 'advisory' AND l.classid = :hi AND l.objid = :lo AND NOT l.granted "
-        "        AND d.datname LIKE :like), "
-        "       (SELECT count(*) FROM pg_stat_activity WHERE datname LIKE :like)")
+        "SELECT count(*) FILTER (WHERE l.granted), count(*) FILTER (WHERE NOT l.granted), "
+        "       (SELECT count(*) FROM pg_stat_activity WHERE datname LIKE :like) "
+        "FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.classid = :hi AND l.objid = :lo AND d.datname LIKE :like")
 
     def __init__(self) -> None:
-        self.samples: list[tuple[int, int]] = []
+        self.samples: list[tuple[int, int, int]] = []  # (holding the lock, waiting for it, connections)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_size=1)
@@ -43,8 +43,8 @@ class LockSampler:
         params = {"hi": AUDIT_LOCK_KEY >> 32, "lo": AUDIT_LOCK_KEY & 0xFFFF_FFFF, "like": f"{DB_PREFIX}_%"}
         with self._engine.connect() as conn:
             while not self._stop.wait(SAMPLE_SECONDS):
-                waiting, connections = conn.execute(self.QUERY, params).one()
-                self.samples.append((int(waiting), int(connections)))
+                held, waiting, connections = conn.execute(self.QUERY, params).one()
+                self.samples.append((int(held), int(waiting), int(connections)))
 
     def __enter__(self) -> LockSampler:
         self._thread.start()
@@ -57,10 +57,12 @@ class LockSampler:
 
     def summary(self) -> dict[str, Any]:
         n = len(self.samples) or 1
+        # share_held near 1 means the lock, not the workers, sets the pace: throughput ~ 1 / hold time.
         return {"samples": len(self.samples),
-                "share_waiting": round(sum(1 for w, _ in self.samples if w) / n, 3),
-                "mean_waiters": round(sum(w for w, _ in self.samples) / n, 2),
-                "peak_connections": max((c for _, c in self.samples), default=0)}
+                "share_held": round(sum(1 for h, _, _ in self.samples if h) / n, 3),
+                "share_waiting": round(sum(1 for _, w, _ in self.samples if w) / n, 3),
+                "mean_waiters": round(sum(w for _, w, _ in self.samples) / n, 2),
+                "peak_connections": max((c for _, _, c in self.samples), default=0)}
 
 
 def bench_scaleout(requests: int, workdir: Path, workers: tuple[int, ...] = (1, 2, 4),
@@ -103,8 +105,9 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"  {run['workers']} worker(s): lethe {run['lethe_tasks_per_second']:,.0f} tasks/s "
             f"({run['lethe_requests_per_second']:,.0f} requests/s, x{run['lethe_speedup']:.2f}), bare Celery "
             f"{run['bare_tasks_per_second']:,.0f} tasks/s (x{run['bare_speedup']:.2f}) -> {run['ratio']:.2f}x; "
-            f"chain lock waited on in {lock['share_waiting']:.0%} of samples ({lock['mean_waiters']:.2f} waiting "
-            f"on average), {lock['peak_connections']} PostgreSQL connections at peak; verified: "
+            f"chain lock held in {lock['share_held']:.0%} of samples, waited on in {lock['share_waiting']:.0%} "
+            f"({lock['mean_waiters']:.2f} waiting on average), {lock['peak_connections']} PostgreSQL connections "
+            f"at peak; verified: "
             f"{run['ledger_verified']}")
     return lines
 
