@@ -13,7 +13,9 @@ objects the flat-memory figure needs. This stub speaks just enough S3 over HTTP 
 The bucket holds, per configured subject ``id`` with ``count`` objects, the keys
 ``users/<id>/obj-<n:07d>`` (``n`` < ``count``), each with ``versions`` versions (version ids
 ``v<version>-<n>``, the newest listed first, as S3 does). Deletions are one byte per version in a
-``bytearray`` laid out in listing order, so a listing is a ``find`` for the next live byte. There are no
+``bytearray`` laid out in listing order, so a listing is a ``find`` for the next live byte; the byte counts
+how many DeleteObjects named that version (0 = live; saturating at 255), so a benchmark can tell a resumed
+purge that deleted every version once from one that deleted some again (``redeleted``). There are no
 delete markers: a DeleteObjects entry without a VersionId is refused per key (``NotImplemented``).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -51,7 +54,7 @@ class S3Error(Exception):
 
 @dataclass
 class _Owner:
-    """One subject's synthesised keys and which of their versions are deleted (1 = deleted)."""
+    """One subject's synthesised keys and how often each of their versions was deleted (0 = live)."""
 
     base: str  # "users/<id>/"
     count: int
@@ -91,7 +94,10 @@ class _Owner:
         return self.versions - 1 - int(match.group(1))
 
     def live(self) -> int:
-        return len(self.deleted) - self.deleted.count(1)
+        return self.deleted.count(0)
+
+    def redeleted(self) -> int:
+        return len(self.deleted) - self.deleted.count(0) - self.deleted.count(1)
 
 
 class StubS3:
@@ -113,6 +119,11 @@ class StubS3:
         self.owners = sorted(self._by_id.values(), key=lambda owner: owner.base)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # operation -> calls answered
+        # Seconds each DeleteObjects waits before deleting: slows a purge down so that a test can kill the
+        # worker in the middle of it.
+        self.delete_delay = 0.0
+        # operation -> perf_counter() when the first and the last of its calls was answered (clear to restart)
+        self.spans: dict[str, list[float]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -130,7 +141,7 @@ class StubS3:
             pass
 
         Handler.stub = stub
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -164,6 +175,12 @@ class StubS3:
         with self.lock:
             owner = self._by_id[subject_id]
             return len(owner.deleted) - owner.live()
+
+    def redeleted(self, subject_id: str) -> int:
+        """Versions of a subject that DeleteObjects named more than once (each after the first found it gone:
+        S3 answers success, so only the store can tell)."""
+        with self.lock:
+            return self._by_id[subject_id].redeleted()
 
     # -- S3 semantics -----------------------------------------------------------------------------
     def find(self, key: str) -> tuple[_Owner, int] | None:
@@ -224,6 +241,8 @@ class StubS3:
 
     def delete(self, objects: list[tuple[str, str | None]]) -> list[tuple[str, str | None, str | None]]:
         """(key, version id, error code or None) per object."""
+        if self.delete_delay:
+            time.sleep(self.delete_delay)  # outside the lock: listings go on meanwhile
         results: list[tuple[str, str | None, str | None]] = []
         with self.lock:
             for key, version in objects:
@@ -242,7 +261,8 @@ class StubS3:
                     else:
                         results.append((key, version, None))
                     continue
-                owner.deleted[n * owner.versions + slot] = 1
+                pos = n * owner.versions + slot
+                owner.deleted[pos] = min(255, owner.deleted[pos] + 1)
                 results.append((key, version, None))
         return results
 
@@ -265,6 +285,15 @@ class StubS3:
                     return None
                 slot = slot_or_none
             return owner.version_id(n, slot), owner.versions - 1 - slot
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a worker killed mid-request) is no error of the stub's: no traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _xml(root: str, body: str) -> bytes:
@@ -342,6 +371,9 @@ class _Handler(BaseHTTPRequestHandler):
             with self.stub.lock:
                 self.stub.requests[operation] += 1
             answer()
+            with self.stub.lock:
+                now = time.perf_counter()
+                self.stub.spans.setdefault(operation, [now, now])[1] = now
         except S3Error as exc:
             self._error(exc)
 
