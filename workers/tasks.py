@@ -90,10 +90,10 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
     ``continuation`` is accepted and ignored: whether a claim continues a sliced purge is the ledger's
     record (``hand_back``), so a message that claims it cannot skip the blast-radius count.
 
-    They are claimed and recorded in chunks, one ledger transaction each; a chunk doubles while purges are
-    quick. Once the message has run BATCH_SECONDS, the tasks it has not claimed go back to the queue, so
-    idle workers share a batch of slow purges. Returns how the tasks ended, e.g. "completed=1" or
-    "completed=60 failed=1 noop=3".
+    They are claimed and recorded in chunks; a chunk doubles while purges are quick, and is claimed in the
+    transaction that records the one before it. Once the message has run BATCH_SECONDS, the tasks it has not
+    claimed go back to the queue, so idle workers share a batch of slow purges. Returns how the tasks ended,
+    e.g. "completed=1" or "completed=60 failed=1 noop=3".
     """
     ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
     lethe = self.lethe
@@ -101,6 +101,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
     ended: Counter[str] = Counter()
     size, position = 1, 0
     announce = False
+    claimed: list[TaskRun] | None = None  # the chunk the last record claimed with it, in its transaction
     while position < len(ids):
         if position and kind is not None and time.monotonic() - began > BATCH_SECONDS:
             lethe.send([Dispatch(task_id, kind) for task_id in ids[position:]])
@@ -109,10 +110,13 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
         chunk_began = time.monotonic()
         chunk = ids[position:position + size]
         position += len(chunk)
-        try:
-            runs = lethe.ledger.claim_many(chunk)
-        except DBAPIError as exc:  # ledger unreachable: try the message again later (finished tasks are no-ops)
-            raise self.retry_later(exc) from None
+        if claimed is None:
+            try:
+                runs = lethe.ledger.claim_many(chunk)
+            except DBAPIError as exc:  # ledger unreachable: try the message again later (finished tasks: no-ops)
+                raise self.retry_later(exc) from None
+        else:
+            runs, claimed = claimed, None
         ended["noop"] += len(chunk) - len(runs)
         verified: list[tuple[TaskRun, Outcome]] = []
         for run in runs:
@@ -126,9 +130,20 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
             else:
                 ended[result] += 1
         structlog.contextvars.unbind_contextvars("task_id", "request_id", "target", "kind", "attempt", "dry_run")
+        announce = announce or any(not run.dry_run for run in runs)
+        if time.monotonic() - chunk_began < FAST_CHUNK_SECONDS:
+            size = min(2 * size, MAX_CHUNK)
         if verified:
+            # The next chunk is claimed in the transaction that records this one (one ledger round trip, one
+            # wait for the audit chain's lock), unless the message's time is up: then the loop hands it on.
+            following = ids[position:position + size] if kind is None or (
+                time.monotonic() - began <= BATCH_SECONDS) else []
+            outcomes = [outcome for _, outcome in verified]
             try:
-                dispatches = lethe.ledger.complete_many([outcome for _, outcome in verified])
+                if following:
+                    dispatches, claimed = lethe.ledger.complete_and_claim(outcomes, following)
+                else:
+                    dispatches = lethe.ledger.complete_many(outcomes)
             except DBAPIError as exc:  # the purges are done and idempotent: run them again when it is back
                 raise self.retry_later(exc) from None
             for run, outcome in verified:
@@ -136,9 +151,6 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
                          deleted=outcome.deleted)
             ended["completed"] += len(verified)
             lethe.send(dispatches)
-        announce = announce or any(not run.dry_run for run in runs)
-        if time.monotonic() - chunk_began < FAST_CHUNK_SECONDS:
-            size = min(2 * size, MAX_CHUNK)
     if announce:  # once per message: the outbox holds every chunk's events until then
         lethe.publish_events()
     return " ".join(f"{k}={n}" for k, n in sorted(ended.items()) if n)

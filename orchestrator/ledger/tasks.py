@@ -10,6 +10,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from orchestrator.certificates import rfc3339
 from orchestrator.identifiers import Subject
@@ -53,59 +54,84 @@ class TaskLedger(LedgerCore):
         Whether a claim continues a sliced purge (and so skips the count) is read from the task's row, set by
         ``hand_back``: what a broker message claims about itself is never trusted."""
         with self.sessions.begin() as s:
-            # Rows are locked in id order (tasks, then requests) by every batch operation: no deadlocks.
-            live = [t for t in s.scalars(select(Task).where(Task.id.in_(set(task_ids))).order_by(Task.id)
-                                         .with_for_update()) if t.status not in TERMINAL_TASK]
-            if not live:
-                return []
-            requests = self._lock_requests(s, {t.request_id for t in live})
-            siblings = self._tasks_of(s, requests)
-            holds = self._active_holds(s, [h for r in requests.values() for h in hashes_of(r)])
-            datasets = self._datasets_of(s, [h for r in requests.values() for h in hashes_of(r)])
-            order = {task_id: n for n, task_id in enumerate(task_ids)}
-            at = now()
-            runs = []
-            for task in sorted(live, key=lambda t: order[t.id]):
-                request = requests[task.request_id]
-                tasks = siblings[request.id]
-                if request.status in TERMINAL_REQUEST:
-                    continue
-                if task.status in PARKED_TASK or not after_done(task, tasks):
-                    continue
-                hold = hold_on(holds, hashes_of(request))
-                if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
-                    self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=tasks)
-                    continue
-                task.not_dispatched_at = None  # the message arrived
-                subject = self._unseal_for_claim(request)
-                resolved = self._unseal_derived(request)
-                if subject is None or resolved is None:  # nothing can run it: say so on the task, never wait
-                    task.error = UNSEALABLE
-                    self._audit(s, "task.unclaimable", request.id, task.id, detail={"target": task.target})
-                    continue
-                continuing = task.continues and task.status == "running"
-                task.continues = False
-                task.status = "running"
-                task.started_at = task.started_at or at
-                task.lease_expires_at = at + self.lease
-                task.error = None
-                if not continuing:
-                    task.attempts += 1
-                self._refresh(s, request, tasks=tasks)
-                hashes = dict(request.subject_hashes)
-                every_hash = hashes_of(request)
-                # The approved count is the audit chain's, not the row's (a database writer can set the row);
-                # the chain is read only for a task whose row says it was approved.
-                approved_items = proof.approved_count(s, task) if task.approved_items is not None else None
-                runs.append(TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
-                                    subject, hashes,
-                                    request.data_map_digest, approved_items=approved_items,
-                                    approved=approved_items is not None
-                                    or (request.dataset is not None and request.approved_at is not None),
-                                    dataset=request.dataset, continuation=continuing,
-                                    datasets=sorted({d for h in every_hash for d in datasets.get(h, ())}),
-                                    derived=resolved))
-            return runs
+            tasks, requests, siblings = self._lock_tasks(s, task_ids)
+            return self._claim(s, task_ids, tasks, requests, siblings)
+
+    def complete_and_claim(self, outcomes: Sequence[Outcome],
+                           task_ids: Sequence[str]) -> tuple[list[Dispatch], list[TaskRun]]:
+        """``complete_many(outcomes)`` and then ``claim_many(task_ids)`` in one transaction: a worker records
+        one chunk of a message and claims the next with one ledger round trip (and one wait for the audit
+        chain's lock) instead of two. The same rows are locked, in the same order, as the two would."""
+        with self.sessions.begin() as s:
+            tasks, requests, siblings = self._lock_tasks(s, [*(o.task_id for o in outcomes), *task_ids])
+            done = {o.task_id for o in outcomes}
+            finished = [t for t in tasks if t.id in done]
+            claimed = [t for t in tasks if t.id not in done]
+            dispatches = self._complete(s, outcomes, finished, {t.request_id: requests[t.request_id]
+                                                                for t in finished}, siblings)
+            return dispatches, self._claim(s, task_ids, claimed, {t.request_id: requests[t.request_id]
+                                                                  for t in claimed}, siblings)
+
+    @classmethod
+    def _lock_tasks(cls, s: Session, task_ids: Sequence[str]) -> tuple[list[Task], dict[str, Request],
+                                                                    dict[str, list[Task]]]:
+        """Lock these tasks, then their requests, each in id order, as every batch operation does (so none
+        deadlocks another); returns them with every task of those requests."""
+        tasks = list(s.scalars(select(Task).where(Task.id.in_(set(task_ids))).order_by(Task.id).with_for_update()))
+        requests = cls._lock_requests(s, {t.request_id for t in tasks}) if tasks else {}
+        return tasks, requests, cls._tasks_of(s, requests)
+
+    def _claim(self, s: Session, task_ids: Sequence[str], tasks: list[Task], requests: dict[str, Request],
+               siblings: dict[str, list[Task]]) -> list[TaskRun]:
+        live = [t for t in tasks if t.status not in TERMINAL_TASK]
+        if not live:
+            return []
+        holds = self._active_holds(s, [h for r in requests.values() for h in hashes_of(r)])
+        datasets = self._datasets_of(s, [h for r in requests.values() for h in hashes_of(r)])
+        order = {task_id: n for n, task_id in enumerate(task_ids)}
+        at = now()
+        runs = []
+        for task in sorted(live, key=lambda t: order[t.id]):
+            request = requests[task.request_id]
+            family = siblings[request.id]
+            if request.status in TERMINAL_REQUEST:
+                continue
+            if task.status in PARKED_TASK or not after_done(task, family):
+                continue
+            hold = hold_on(holds, hashes_of(request))
+            if hold is not None:  # a hold placed after the request was filed: nothing more is deleted
+                self._park(s, request, [task], "held", f"legal hold: {hold.reason}", tasks=family)
+                continue
+            task.not_dispatched_at = None  # the message arrived
+            subject = self._unseal_for_claim(request)
+            resolved = self._unseal_derived(request)
+            if subject is None or resolved is None:  # nothing can run it: say so on the task, never wait
+                task.error = UNSEALABLE
+                self._audit(s, "task.unclaimable", request.id, task.id, detail={"target": task.target})
+                continue
+            continuing = task.continues and task.status == "running"
+            task.continues = False
+            task.status = "running"
+            task.started_at = task.started_at or at
+            task.lease_expires_at = at + self.lease
+            task.error = None
+            if not continuing:
+                task.attempts += 1
+            self._refresh(s, request, tasks=family)
+            hashes = dict(request.subject_hashes)
+            every_hash = hashes_of(request)
+            # The approved count is the audit chain's, not the row's (a database writer can set the row);
+            # the chain is read only for a task whose row says it was approved.
+            approved_items = proof.approved_count(s, task) if task.approved_items is not None else None
+            runs.append(TaskRun(task.id, request.id, task.target, task.kind, task.attempts, request.dry_run,
+                                subject, hashes,
+                                request.data_map_digest, approved_items=approved_items,
+                                approved=approved_items is not None
+                                or (request.dataset is not None and request.approved_at is not None),
+                                dataset=request.dataset, continuation=continuing,
+                                datasets=sorted({d for h in every_hash for d in datasets.get(h, ())}),
+                                derived=resolved))
+        return runs
 
     def _unseal_for_claim(self, request: Request) -> Subject | None:
         """The request's raw identifiers, or None when this host cannot read them (another subject key, or a
@@ -154,52 +180,59 @@ class TaskLedger(LedgerCore):
     def complete_many(self, outcomes: Sequence[Outcome]) -> list[Dispatch]:
         """Record verified purges in one transaction: one completion record each (written once, whatever
         redeliveries do), the audit entries and events, and the release of what waited on them."""
-        by_task = {o.task_id: o for o in outcomes}
         with self.sessions.begin() as s:
-            tasks = list(s.scalars(select(Task).where(Task.id.in_(set(by_task))).order_by(Task.id).with_for_update()))
-            requests = self._lock_requests(s, {t.request_id for t in tasks})
-            siblings = self._tasks_of(s, requests)
-            at = now()
-            order = {task_id: n for n, task_id in enumerate(by_task)}
-            records: dict[str, dict[str, CompletionRecord]] = {}  # request id -> target -> its record
-            totals = {t.id: by_task[t.id].deleted + (t.carried_deleted or 0) for t in tasks}  # earlier slices too
-            real = [t for t in tasks if not requests[t.request_id].dry_run]
-            if real:
-                # Insert-if-absent on (request, target): a redelivered or concurrent run keeps the first.
-                dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
-                s.execute(dialect.insert(CompletionRecord).on_conflict_do_nothing(), [
-                    {"request_id": t.request_id, "target": t.target, "task_id": t.id, "deleted": totals[t.id],
-                     "residue": 0, "level": by_task[t.id].level, "verified_at": at} for t in real])
-                for r in s.scalars(select(CompletionRecord)
-                                   .where(CompletionRecord.request_id.in_({t.request_id for t in real}))):
-                    records.setdefault(r.request_id, {})[r.target] = r
-            for task in sorted(tasks, key=lambda t: order[t.id]):
-                if task.status == "completed":  # a redelivered or concurrent run: recorded already
-                    continue
-                request = requests[task.request_id]
-                outcome = by_task[task.id]
-                record: dict[str, Any] = record_detail(records[task.request_id][task.target]) \
-                    if not request.dry_run else {
-                    "target": task.target, "deleted": totals[task.id], "residue": 0, "level": outcome.level,
-                    "verified_at": rfc3339(at)}
-                task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
-                task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
-                # "erased 0 items" must be visible, not silent: the status, dashboard and certificate say so.
-                task.reason = outcome.note or task.reason or (NOTHING_MATCHED if not record["deleted"] else None)
-                if task.progress_estimated is not None:
-                    task.progress_done = record["deleted"]
-                entry = self._audit(s, "task.completed", request.id, task.id,
-                                    detail={**record, "attempt": task.attempts, "dry_run": request.dry_run})
-                if not request.dry_run:
-                    self._emit(s, "lethe.erasure.task_completed", entry,
-                               {"request_id": request.id, "subject_hashes": request.subject_hashes, **record})
-                    for n, (event_type, data) in enumerate(outcome.events):  # what the target asked to announce
-                        self._emit(s, event_type, f"{entry}/{n}", {"request_id": request.id, **data})
-            dispatches = []
+            tasks, requests, siblings = self._lock_tasks(s, [o.task_id for o in outcomes])
+            return self._complete(s, outcomes, tasks, requests, siblings)
+
+    def _complete(self, s: Session, outcomes: Sequence[Outcome], tasks: list[Task], requests: dict[str, Request],
+                  siblings: dict[str, list[Task]]) -> list[Dispatch]:
+        by_task = {o.task_id: o for o in outcomes}
+        at = now()
+        order = {task_id: n for n, task_id in enumerate(by_task)}
+        records: dict[str, dict[str, CompletionRecord]] = {}  # request id -> target -> its record
+        totals = {t.id: by_task[t.id].deleted + (t.carried_deleted or 0) for t in tasks}  # earlier slices too
+        real = [t for t in tasks if not requests[t.request_id].dry_run]
+        if real:
+            # Insert-if-absent on (request, target): a redelivered or concurrent run keeps the first.
+            dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+            s.execute(dialect.insert(CompletionRecord).on_conflict_do_nothing(), [
+                {"request_id": t.request_id, "target": t.target, "task_id": t.id, "deleted": totals[t.id],
+                 "residue": 0, "level": by_task[t.id].level, "verified_at": at} for t in real])
+            for r in s.scalars(select(CompletionRecord)
+                               .where(CompletionRecord.request_id.in_({t.request_id for t in real}))):
+                records.setdefault(r.request_id, {})[r.target] = r
+        for task in sorted(tasks, key=lambda t: order[t.id]):
+            if task.status == "completed":  # a redelivered or concurrent run: recorded already
+                continue
+            request = requests[task.request_id]
+            outcome = by_task[task.id]
+            record: dict[str, Any] = record_detail(records[task.request_id][task.target]) \
+                if not request.dry_run else {
+                "target": task.target, "deleted": totals[task.id], "residue": 0, "level": outcome.level,
+                "verified_at": rfc3339(at)}
+            task.status, task.deleted, task.residue = "completed", record["deleted"], record["residue"]
+            task.level, task.error, task.finished_at, task.lease_expires_at = record["level"], None, at, None
+            # "erased 0 items" must be visible, not silent: the status, dashboard and certificate say so.
+            task.reason = outcome.note or task.reason or (NOTHING_MATCHED if not record["deleted"] else None)
+            if task.progress_estimated is not None:
+                task.progress_done = record["deleted"]
+            entry = self._audit(s, "task.completed", request.id, task.id,
+                                detail={**record, "attempt": task.attempts, "dry_run": request.dry_run})
+            if not request.dry_run:
+                self._emit(s, "lethe.erasure.task_completed", entry,
+                           {"request_id": request.id, "subject_hashes": request.subject_hashes, **record})
+                for n, (event_type, data) in enumerate(outcome.events):  # what the target asked to announce
+                    self._emit(s, event_type, f"{entry}/{n}", {"request_id": request.id, **data})
+        dispatches = []
+        # What the requests' certificates read back (the task.completed entries and the events they
+        # queued) is flushed now; what _refresh adds (certificates, tombstones, entries, events, signed
+        # heads) then goes in one multi-row INSERT per table at commit, not one flush per request.
+        s.flush()
+        with s.no_autoflush:
             for request in requests.values():
                 dispatches += self._release_ready(s, request, siblings[request.id])
                 self._refresh(s, request, tasks=siblings[request.id], records=records.get(request.id))
-            return dispatches
+        return dispatches
 
     def fail(self, task_id: str, error: str, residue: int | None = None) -> None:
         """A permanent error, or retries exhausted: the task ends failed and keeps the (sanitised) error."""
