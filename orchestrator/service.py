@@ -32,6 +32,7 @@ log = get_logger("lethe.service")
 WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
 DISPATCH_BATCH = 256  # task ids per message at most
 FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
+WAIT_FIRST_POLL, WAIT_GROWTH = 0.005, 1.5  # Lethe.wait: seconds before its first poll, and how the pause grows
 
 
 @dataclass(frozen=True)
@@ -280,17 +281,27 @@ class Lethe:
 
     def wait(self, request_id: str, timeout: float | None = None,
              on_progress: Any = None, interval: float = 0.2) -> dict[str, Any]:
-        """Poll the ledger until the request is terminal or waiting; returns the last status object."""
+        """Poll the ledger until the request is terminal or waiting; returns the last status object.
+
+        Polls start WAIT_FIRST_POLL apart and grow to ``interval``: a small request is seen done within
+        milliseconds of its end, a long one is not polled more often than before. Without ``on_progress`` a
+        poll reads the request's status alone, and the whole status object only once it settled."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        settled = TERMINAL_REQUEST | WAITING_REQUEST
+        pause = min(WAIT_FIRST_POLL, interval)
         while True:
             status = self.ledger.status(request_id)
             if on_progress:
                 on_progress(status)
-            if status["status"] in TERMINAL_REQUEST | WAITING_REQUEST:
+            if status["status"] in settled or (deadline is not None and time.monotonic() >= deadline):
                 return status
-            if deadline is not None and time.monotonic() >= deadline:
-                return status
-            time.sleep(interval)
+            while True:
+                time.sleep(pause)
+                pause = min(interval, pause * WAIT_GROWTH)
+                if on_progress or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                if settled & set(self.ledger.status_counts([request_id])):
+                    break
 
     def wait_many(self, request_ids: list[str], timeout: float | None = None,
                   on_progress: Callable[[dict[str, int]], None] | None = None,

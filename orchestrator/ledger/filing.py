@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +31,10 @@ from orchestrator.ledger.models import (
 
 
 class FilingLedger(LedgerCore):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stored_maps: set[str] = set()  # digests of the map snapshots this process knows are stored
+
     def file_requests(
         self,
         map_text: str,
@@ -79,7 +84,8 @@ class FilingLedger(LedgerCore):
         received = now()
         map_digest = hashlib.sha256(map_text.encode("utf-8")).hexdigest()
         with self.sessions.begin() as s:
-            insert_if_absent(s, DataMapSnapshot, digest=map_digest, text=map_text, created_at=received)
+            if map_digest not in self._stored_maps:  # a snapshot is never removed: one INSERT per map per process
+                insert_if_absent(s, DataMapSnapshot, digest=map_digest, text=map_text, created_at=received)
             holds = self._active_holds(s, [h for f, hashes, _ in prepared
                                            for h in [*hashes.values(), *(d["hash"] for d in f.derived)]])
             for filing, hashes, digest in prepared:
@@ -133,6 +139,7 @@ class FilingLedger(LedgerCore):
                 dispatches += self._release_ready(s, request, tasks)
                 self._refresh(s, request, actor=actor, tasks=tasks)
                 filed.append((request_id, True))
+        self._stored_maps.add(map_digest)  # committed
         return filed, dispatches
 
     def _replays(self, keyed: Sequence[tuple[str, str]]) -> dict[str, str]:
