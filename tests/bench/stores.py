@@ -102,49 +102,6 @@ def bench_feast_offline(workdir: Path, rows: int, files: int, rounds: int = 3) -
                     "row group's bytes and re-encodes one; the baseline re-encodes both (and does not fsync)"}
 
 
-# -- LanceDB: delete one subject's vectors from a large table -----------------------------------------------
-def make_lance(location: Path, rows: int, dim: int = 16) -> None:
-    import lancedb
-    import numpy as np
-    import pyarrow as pa
-
-    rng = np.random.default_rng(7)
-    owners = (np.arange(rows) % 1000).astype(str)  # 1,000 subjects: the subject has rows/1000 vectors
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(rng.random(rows * dim, dtype=np.float32)), dim)
-    lancedb.connect(str(location)).create_table("faces", data=pa.table({"owner": owners, "vector": vectors}))
-
-
-def raw_lance_delete(location: Path) -> float:
-    import lancedb
-
-    table = lancedb.connect(str(location)).open_table("faces")
-    start = time.perf_counter()
-    table.delete("owner = '42'")
-    return time.perf_counter() - start
-
-
-def lethe_lance_purge(location: Path) -> float:
-    from orchestrator.identifiers import Subject
-    from workers.targets.lancedb import LanceDBConfig, LanceDBTarget
-
-    target = LanceDBTarget(LanceDBConfig(name="faces", kind="lancedb", location=str(location), table="faces",
-                                         match={"owner": "{user_id}"}))
-    start = time.perf_counter()
-    target.purge(Subject({"user_id": "42"}), lambda done=None: None)
-    return time.perf_counter() - start
-
-
-def bench_lancedb(workdir: Path, rows: int) -> dict[str, Any]:
-    make_lance(workdir / "raw", rows)
-    make_lance(workdir / "lethe", rows)
-    raw = _in_child(raw_lance_delete, workdir / "raw")
-    lethe = _in_child(lethe_lance_purge, workdir / "lethe")
-    erased = rows // 1000
-    return {"rows": rows, "erased": erased, "raw_delete": raw, "lethe_purge": lethe,
-            "vectors_per_second": erased / lethe["seconds"],
-            "compaction_cost_ratio": lethe["seconds"] / raw["seconds"]}
-
-
 # -- event intake: signed events accepted per second --------------------------------------------------------
 def raw_kombu_roundtrip(broker: str, bodies: list[bytes]) -> float:
     """Baseline: publish the same bodies to a queue and consume them back with kombu."""

@@ -51,12 +51,10 @@ def test_intake_files_every_signed_event(redis_broker: str, pg_database: str, tm
     assert result["events"] == 20 and result["ratio"] > 0
 
 
-def test_feast_and_lancedb_figures_run_on_small_data(tmp_path: Path) -> None:
-    """The offline Parquet rewrite and the LanceDB purge run against their raw baselines."""
+def test_feast_figure_runs_on_small_data(tmp_path: Path) -> None:
+    """The offline Parquet rewrite runs against its raw baseline (LanceDB's: test_bench_vectors_smoke)."""
     feast = stores.bench_feast_offline(tmp_path / "feast", 20_000, 2)
-    lance = stores.bench_lancedb(tmp_path / "lance", 5_000)
     assert feast["rows"] == 20_000 and feast["rate_ratio"] > 0
-    assert lance["rows"] == 5_000 and lance["erased"] > 0 and lance["compaction_cost_ratio"] > 0
 
 
 def test_sql_purge_figure_compares_two_complete_deletes() -> None:
