@@ -37,7 +37,7 @@ def test_s3_erasure_figures_count_one_listing_per_normal_task() -> None:
     assert result["lethe_requests"] == {"ListObjectVersions": pages + 1, "DeleteObjects": pages}
     assert result["approved_requests"] == {"ListObjectVersions": 2 * pages + 1, "DeleteObjects": pages}
     assert result["calls_per_1000"] == 2 + 1000 / 2000
-    assert result["rate_ratio"] > 0 and result["approved_rate_ratio"] > 0
+    assert result["rate_ratio"] > 0 and result["approved_rate_ratio"] > 0 and result["rate_ratio_listed_first"] > 0
     small = result["small_request"]
     assert small["normal_requests"] == {"ListObjectVersions": 2, "DeleteObjects": 1}
     assert small["listed_twice_requests"] == {"ListObjectVersions": 3, "DeleteObjects": 1}
