@@ -40,7 +40,9 @@ Type conversion (SPEC: "an integer payload ... never a silent zero"). For each m
 
 Purge reads the selected points page by page (with their vectors; ``heartbeat`` once per page), deletes
 each page by a filter that is the page's ids AND the selector (``wait=True``, strong write ordering), and
-scans again from the start until the last page; ``deleted`` is the number of points removed. Purge's and
+scans again from the start until the last page (local mode, whose folder no one else can write while the
+purge holds it, deletes each page by its ids and reads on from where the page ended: one pass over the
+collection instead of two per page); ``deleted`` is the number of points removed. Purge's and
 verify's reads use read consistency ``all``: a point left on any replica is residue, and a replica that
 cannot answer makes the task retry. The vectors read are kept on the instance (the first ``MAX_PROBES``;
 the selector count still covers every point) so ``verify`` can search with them.
@@ -144,11 +146,12 @@ class QdrantTarget:
             heartbeat()
             if selector is None:
                 return 0
+            offset = None
             while True:
                 with self._translate("scroll"):
                     records, next_offset = client.scroll(
-                        self.config.collection, scroll_filter=selector, limit=PAGE, with_payload=False,
-                        with_vectors=True, consistency=models.ReadConsistencyType.ALL,
+                        self.config.collection, scroll_filter=selector, limit=PAGE, offset=offset,
+                        with_payload=False, with_vectors=True, consistency=models.ReadConsistencyType.ALL,
                     )
                 heartbeat()
                 if not records:
@@ -159,15 +162,16 @@ class QdrantTarget:
                                          "effect: points are still selected")
                 for record in records:
                     self._keep_probes(record.vector)
-                page = models.Filter(must=[models.HasIdCondition(has_id=ids), selector])
                 with self._translate("delete"):
-                    client.delete(self.config.collection, points_selector=models.FilterSelector(filter=page),
+                    client.delete(self.config.collection, points_selector=self._page_selector(ids, selector),
                                   wait=True, ordering=models.WriteOrdering.STRONG)
                 removed.update(ids)
                 self._purged_ids.update(ids)
                 deleted += len(ids)
                 if next_offset is None:
                     break  # that was the last page; anything selected since is residue for verify to find
+                if self.local:
+                    offset = next_offset  # nothing else writes the folder (see _page_selector): read on from here
             if self.local:
                 self.level = compact_local(client, self.config)
                 if deleted:
@@ -254,6 +258,22 @@ class QdrantTarget:
         field, reverse = scans.scanned_field(self.config, self.config.match, "points")
         with self._session() as client, self._translate("scroll"):
             return scans.scan_qdrant(client, self.config.collection, field, reverse, after, limit)
+
+    def _page_selector(self, ids: list[Any], selector: Any) -> Any:
+        """What deletes a page read by the selector.
+
+        Server: the page's ids AND the selector, so a point changed since the read (no longer the
+        subject's) stays, and the next read starts from the beginning again. Local mode: the ids alone,
+        and the next read goes on from where this one stopped: the folder is locked to this process's one
+        client and the purge holds its lock, so nothing has changed since the read, and a filter (or a read
+        from the beginning) would make local mode evaluate the selector on every point of the collection
+        again for each page, in Python (a purge of 1,000 of 100k points read the collection ~7 times).
+        """
+        from qdrant_client import models
+
+        if self.local:
+            return models.PointIdsList(points=ids)
+        return models.FilterSelector(filter=models.Filter(must=[models.HasIdCondition(has_id=ids), selector]))
 
     def _keep_probes(self, vector: Any) -> None:
         if vector is None:

@@ -176,6 +176,34 @@ def test_heartbeat_is_called_per_page(small: SmallStore) -> None:
     assert small.total() == 5
 
 
+def test_a_local_purge_reads_the_collection_once_and_deletes_by_id(
+    small: SmallStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local mode (a folder no one else writes during the purge) reads on from each page's end instead of
+    from the start, and deletes each page by its ids, not by a filter it would evaluate on every point."""
+    small.add(*({FIELD: "77", "n": n} for n in range(2 * PAGE + 10)), *({FIELD: "78"} for _ in range(5)))
+    client = small.client()
+    offsets: list[Any] = []
+    selectors: list[Any] = []
+    scroll, delete = client.scroll, client.delete
+
+    def spy_scroll(*args: Any, **kwargs: Any) -> Any:
+        offsets.append(kwargs.get("offset"))
+        return scroll(*args, **kwargs)
+
+    def spy_delete(*args: Any, **kwargs: Any) -> Any:
+        selectors.append(kwargs["points_selector"])
+        return delete(*args, **kwargs)
+
+    monkeypatch.setattr(client, "scroll", spy_scroll)
+    monkeypatch.setattr(client, "delete", spy_delete)
+    target = QdrantTarget(config(small.location))
+    assert target.purge(subject("77"), Beats()) == 2 * PAGE + 10
+    assert len(offsets) == 3 and offsets[0] is None and None not in offsets[1:]
+    assert all(isinstance(s, models.PointIdsList) for s in selectors) and len(selectors) == 3
+    assert target.verify(subject("77")) == 0 and small.total() == 5
+
+
 # --- missing collection, errors -------------------------------------------------------------------------
 
 
