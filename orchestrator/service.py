@@ -290,18 +290,16 @@ class Lethe:
         settled = TERMINAL_REQUEST | WAITING_REQUEST
         pause = min(WAIT_FIRST_POLL, interval)
         while True:
-            status = self.ledger.status(request_id)
-            if on_progress:
-                on_progress(status)
-            if status["status"] in settled or (deadline is not None and time.monotonic() >= deadline):
-                return status
-            while True:
-                time.sleep(pause)
-                pause = min(interval, pause * WAIT_GROWTH)
-                if on_progress or (deadline is not None and time.monotonic() >= deadline):
-                    break
-                if settled & set(self.ledger.status_counts([request_id])):
-                    break
+            # The whole status only when it is shown, has settled, or is not known (status() names a bad id).
+            counts = None if on_progress else self.ledger.status_counts([request_id])
+            if not counts or settled & set(counts) or (deadline is not None and time.monotonic() >= deadline):
+                status = self.ledger.status(request_id)
+                if on_progress:
+                    on_progress(status)
+                if status["status"] in settled or (deadline is not None and time.monotonic() >= deadline):
+                    return status
+            time.sleep(pause)
+            pause = min(interval, pause * WAIT_GROWTH)
 
     def wait_many(self, request_ids: list[str], timeout: float | None = None,
                   on_progress: Callable[[dict[str, int]], None] | None = None,

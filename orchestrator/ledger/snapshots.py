@@ -33,8 +33,14 @@ def _entries(map_text: str, key: str) -> list[dict[str, Any]]:
 
 def exemptions(map_text: str) -> list[dict[str, str]]:
     """The stores a map declares not erased, with why (each certificate lists them)."""
-    return [{"store": str(st["name"]), "reason": str(st["not_erased"])} for st in _entries(map_text, "stores")
-            if st.get("not_erased")]
+    return [{"store": store, "reason": reason} for store, reason in _exemptions(map_text)]
+
+
+@lru_cache(maxsize=64)
+def _exemptions(map_text: str) -> tuple[tuple[str, str], ...]:
+    # Cached: every certificate asks, and parsing the map's YAML cost more than the rest of issuing one.
+    return tuple((str(st["name"]), str(st["not_erased"])) for st in _entries(map_text, "stores")
+                 if st.get("not_erased"))
 
 
 def max_items(map_text: str) -> dict[str, int]:
