@@ -49,7 +49,8 @@ the selector count still covers every point) so ``verify`` can search with them.
 
 Verify: residue = the points the selector still matches, united with any of the purged points that a
 nearest-neighbour query with each kept vector still returns (limit 10; filtered to the purged ids on a
-server; in local mode, whose search is exact, the answers are intersected with them instead). A purge
+server; in local mode, whose search is exact over the points it holds, the purged ids still held, asked
+for directly). A purge
 retried on a fresh instance has no kept vectors and verifies by the selector alone.
 
 Levels (``self.level``, recorded with the completion record):
@@ -205,16 +206,24 @@ class QdrantTarget:
         """Purged points a nearest-neighbour query with each kept vector still returns.
 
         Server: the query is filtered to the purged ids, so any answer is residue. Local mode searches
-        exhaustively (exact distances), so a surviving point is its own vector's nearest neighbour; the
-        queries go unfiltered (local mode evaluates a filter point by point in Python, ~0.1 s per query
-        on 10k points) and the answers are intersected with the purged ids.
+        exhaustively (exact distances) over the points it holds, so a purged point a query could return is
+        one it still holds, and asking for the purged ids answers the same question in one call instead of
+        a scan of the collection per vector (1,000 queries on 1M points in Python).
         """
         from qdrant_client import models
 
+        if self.local:
+            ids = sorted(self._purged_ids, key=str)
+            found: set[Any] = set()
+            for start in range(0, len(ids), PAGE * 4):
+                with self._translate("retrieve"):
+                    points = client.retrieve(self.config.collection, ids=ids[start:start + PAGE * 4],
+                                             with_payload=False, with_vectors=False)
+                found.update(point.id for point in points)
+            return found
         only_purged = None
-        if not self.local:
-            only_purged = models.Filter(must=[models.HasIdCondition(has_id=sorted(self._purged_ids, key=str))])
-        found: set[Any] = set()
+        only_purged = models.Filter(must=[models.HasIdCondition(has_id=sorted(self._purged_ids, key=str))])
+        found = set()
         for start in range(0, len(self._probes), QUERY_BATCH):
             requests = [
                 models.QueryRequest(query=vector, using=using, filter=only_purged, limit=NEIGHBOURS,
