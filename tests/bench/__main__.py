@@ -28,6 +28,8 @@
    instead (tests/bench/watch.py).
 11. Small-request latency: one request x 4 memory targets, submit to completed (``Lethe.wait``), 200 filed
    one after another, p50 and p99 against a bare Celery round trip of 4 no-op tasks (tests/bench/latency.py).
+12. Qdrant purge (local mode): 1 in 1,000 points of a 100k-point collection with the storage file vacuumed
+   and the client reopened from disk, against a bare delete by filter (tests/bench/qdrant.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -48,8 +50,8 @@ from tests.bench import report, stores
 from tests.bench.orchestration import BROKER, bench_orchestration
 from tests.fixtures.services import temporary_database
 
-FIGURES = ["orchestration", "latency", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "delta", "sql",
-           "seed", "watch"]
+FIGURES = ["orchestration", "latency", "scaleout", "s3", "memory", "bulk", "events", "feast", "lancedb", "qdrant",
+           "delta", "sql", "seed", "watch"]
 
 
 def mib(peaks: dict[str, float]) -> str:
@@ -150,6 +152,16 @@ def main() -> None:
             print(f"  the same vectors spread over every fragment: {sp['lethe_purge']['fragments_rewritten']}/"
                   f"{sp['lethe_purge']['fragments_total']} rewritten, lethe {sp['lethe_purge']['seconds']:.3f} s vs "
                   f"bare {sp['raw_delete']['seconds']:.3f} s -> {sp['compaction_cost_ratio']:.1f}x")
+        if "qdrant" in only:
+            from tests.bench.qdrant import bench_qdrant
+
+            results["qdrant"] = qd = bench_qdrant(work / "qdrant", scaled(100_000))
+            qp = qd["lethe_purge"]
+            print(f"qdrant purge (local mode): {qd['erased']:,} of {qd['points']:,} points: "
+                  f"lethe {qp['seconds']:.2f} s "
+                  f"(read, delete, VACUUM, reopen; level {qp['level']}) vs a bare delete by filter "
+                  f"{qd['bare_delete']['seconds']:.2f} s -> {qd['ratio']:.2f}x (medians of {qd['rounds']} rounds; "
+                  f"verify {qp['verify_seconds']:.2f} s)")
         if "delta" in only:
             from tests.bench.lake import bench_delta
 

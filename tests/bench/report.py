@@ -19,6 +19,7 @@ FIGURES: dict[str, tuple[str, str, tuple[str, float] | None, str]] = {
     "feast_offline": ("Feast offline purge", "rate_ratio", (">=", 1.0), "lethe rate / pyarrow rewrite rate"),
     "lancedb": ("LanceDB purge", "compaction_cost_ratio", ("<=", 10.0),
                 "lethe (compaction, cleanup) / bare delete time"),
+    "qdrant": ("Qdrant purge (local mode)", "ratio", None, "lethe (VACUUM, reopen) / bare delete by filter time"),
     "delta": ("Delta purge", "ratio", None, "lethe (vacuum, log cut) time / bare delete time"),
     "sql": ("SQL purge", "ratio", None, "lethe (batches, verify aside) time / one bare DELETE's time"),
     "watch": ("resurrection watch window", "ratio", None, "1,000-entry window time / raw ListObjectVersions time"),
