@@ -165,8 +165,9 @@ def test_purge_keeps_the_subjects_vectors_for_verify(small_estate: QdrantContrac
     assert target._purged_ids == set(small_estate.point_ids[SUBJECT])
 
 
-def test_heartbeat_is_called_per_page(small: SmallStore) -> None:
+def test_heartbeat_is_called_per_page(small: SmallStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A subject with more than two pages of points gets a heartbeat per page and loses every point."""
+    monkeypatch.setattr(qdrant_module, "LOCAL_PAGE", PAGE)
     small.add(*({FIELD: "77", "n": n} for n in range(2 * PAGE + 10)), *({FIELD: "78"} for _ in range(5)))
     beats = Beats()
     target = QdrantTarget(config(small.location))
@@ -181,6 +182,7 @@ def test_a_local_purge_reads_the_collection_once_and_deletes_by_id(
 ) -> None:
     """Local mode (a folder no one else writes during the purge) reads on from each page's end instead of
     from the start, and deletes each page by its ids, not by a filter it would evaluate on every point."""
+    monkeypatch.setattr(qdrant_module, "LOCAL_PAGE", PAGE)
     small.add(*({FIELD: "77", "n": n} for n in range(2 * PAGE + 10)), *({FIELD: "78"} for _ in range(5)))
     client = small.client()
     offsets: list[Any] = []
