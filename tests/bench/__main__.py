@@ -28,8 +28,8 @@
    instead (tests/bench/watch.py).
 11. Small-request latency: one request x 4 memory targets, submit to completed (``Lethe.wait``), 200 filed
    one after another, p50 and p99 against a bare Celery round trip of 4 no-op tasks (tests/bench/latency.py).
-12. Qdrant purge (local mode): 1 in 1,000 points of a 100k-point collection with the storage file vacuumed
-   and the client reopened from disk, against a bare delete by filter (tests/bench/qdrant.py).
+12. Qdrant purge (local mode): 1,000 of 1M points with the storage file vacuumed and the client reopened
+   from disk, against a bare delete by filter (tests/bench/qdrant.py).
 
 ``--scale 0.1`` runs the bulk and the large-data figures at a tenth; ``--only`` picks figures. Results go to
 ``--out`` (default bench-out/): results.json and ratios.png.
@@ -155,7 +155,7 @@ def main() -> None:
         if "qdrant" in only:
             from tests.bench.qdrant import bench_qdrant
 
-            results["qdrant"] = qd = bench_qdrant(work / "qdrant", scaled(100_000))
+            results["qdrant"] = qd = bench_qdrant(work / "qdrant", scaled(1_000_000))
             qp = qd["lethe_purge"]
             print(f"qdrant purge (local mode): {qd['erased']:,} of {qd['points']:,} points: "
                   f"lethe {qp['seconds']:.2f} s "
