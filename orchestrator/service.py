@@ -32,7 +32,7 @@ log = get_logger("lethe.service")
 WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
 DISPATCH_BATCH = 256  # task ids per message at most
 FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
-WAIT_FIRST_POLL, WAIT_GROWTH = 0.005, 1.5  # Lethe.wait: seconds before its first poll, and how the pause grows
+WAIT_FIRST_POLL, WAIT_GROWTH = 0.005, 1.25  # Lethe.wait: seconds before its first poll, and how the pause grows
 
 
 @dataclass(frozen=True)

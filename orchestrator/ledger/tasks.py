@@ -16,6 +16,7 @@ from orchestrator.certificates import rfc3339
 from orchestrator.identifiers import Subject
 from orchestrator.ledger import proof
 from orchestrator.ledger.common import (
+    DONE_TASK,
     NOTHING_MATCHED,
     PARKED_TASK,
     TERMINAL_REQUEST,
@@ -31,7 +32,7 @@ from orchestrator.ledger.common import (
     now,
     record_detail,
 )
-from orchestrator.ledger.core import LedgerCore
+from orchestrator.ledger.core import MODELS_PREFETCHED, LedgerCore, models_acted_on_many
 from orchestrator.ledger.db import WIPED_RAW_VALUES
 from orchestrator.ledger.models import (
     CompletionRecord,
@@ -228,10 +229,17 @@ class TaskLedger(LedgerCore):
         # queued) is flushed now; what _refresh adds (certificates, tombstones, entries, events, signed
         # heads) then goes in one multi-row INSERT per table at commit, not one flush per request.
         s.flush()
-        with s.no_autoflush:
-            for request in requests.values():
-                dispatches += self._release_ready(s, request, siblings[request.id])
-                self._refresh(s, request, tasks=siblings[request.id], records=records.get(request.id))
+        # The models each certificate names, for every request this batch completes, in two queries.
+        s.info[MODELS_PREFETCHED] = models_acted_on_many(s, {
+            r.id: siblings[r.id] for r in requests.values()
+            if not r.dry_run and all(t.status in DONE_TASK for t in siblings[r.id])})
+        try:
+            with s.no_autoflush:
+                for request in requests.values():
+                    dispatches += self._release_ready(s, request, siblings[request.id])
+                    self._refresh(s, request, tasks=siblings[request.id], records=records.get(request.id))
+        finally:
+            s.info.pop(MODELS_PREFETCHED)
         return dispatches
 
     def fail(self, task_id: str, error: str, residue: int | None = None) -> None:
