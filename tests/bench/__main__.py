@@ -134,7 +134,7 @@ def main() -> None:
             print(f"event intake: {e['events']:,} signed events filed as requests at {e['events_per_second']:,.0f}/s "
                   f"= {e['ratio']:.1f}x the time of a raw kombu publish+consume of the same bodies")
         if "feast" in only:
-            results["feast_offline"] = f = stores.bench_feast_offline(work / "feast", scaled(1_000_000), 10)
+            results["feast_offline"] = f = stores.bench_feast_offline(work / "feast", scaled(1_000_000), 10, rounds=5)
             print(f"feast offline purge: {f['rows']:,} rows in {f['files']} files: {f['rows_per_second']:,.0f} rows/s, "
                   f"rate {f['rate_ratio']:.2f}x of a whole-file pyarrow rewrite (goal >= 1.0x; median of {f['rounds']} "
                   f"rounds), peak memory "

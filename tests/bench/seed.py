@@ -17,8 +17,13 @@ trained on them. One ``lethe submit --dataset`` request, approved by an admin, r
   against lethe's wall time from submission to the request completed (the blast-radius counts, the
   approval, the other targets, verify, certificate).
 - Resume: a second run SIGKILLs the whole worker (main process and pool) once a third of the photos are
-  gone, starts another, and runs ``lethe reconcile`` until the request completes; the stub then says how
-  many versions were deleted more than once (goal: 0).
+  gone, starts another, and runs ``lethe reconcile`` every second until the request completes (with a
+  5 s task lease, so the re-dispatch comes seconds after the kill); the stub then says how many versions
+  were deleted more than once (goal: 0). A batch in flight at the kill is never deleted twice: the stub, as
+  S3, deletes a DeleteObjects it received whether or not the client reads the answer, and the resumed
+  purge lists again, so it never sees those versions. What does re-delete is a second run of the same
+  task: the blast-radius count before an approved purge renews no lease, so when it lists longer than the
+  lease, reconcile re-sends the task and two purges race over one listing (``extra_delete_calls``).
 
 ``--scale`` shrinks photos, vectors and rows alike (0.01 = 30k photos). ``python -m tests.bench.seed
 [--scale S]`` prints the figure.
@@ -237,7 +242,7 @@ def estate_left(work: Path, tracking_uri: str) -> dict[str, Any]:
 
 
 def lethe_run(work: Path, scale: float, kill: bool = False, url: str = BROKER,
-              delete_delay: float = 0.0) -> dict[str, Any]:
+              delete_delay: float = 0.0, list_delay: float = 0.0) -> dict[str, Any]:
     """The withdrawal end to end; with ``kill``, the worker is SIGKILLed a third of the way through the
     photos and another one finishes the request."""
     n = sizes(scale)
@@ -250,7 +255,7 @@ def lethe_run(work: Path, scale: float, kill: bool = False, url: str = BROKER,
     broker = redis.Redis.from_url(url)
     broker.flushdb()
     server = stub(n["photos"])
-    server.delete_delay = delete_delay
+    server.delete_delay, server.list_delay = delete_delay, list_delay
     with server as endpoint, temporary_database("lethe_bench") as db, ExitStack() as stack:
         (work / "map.yaml").write_text(data_map(endpoint, work, tracking_uri))
         # Only the run with a kill shortens the lease: it also makes the worker renew it every 0.5 s, not 2 s.
@@ -297,12 +302,13 @@ def lethe_run(work: Path, scale: float, kill: bool = False, url: str = BROKER,
             status = lethe.wait(request_id, timeout=3600, interval=0.1)
         seconds = time.perf_counter() - start
         tasks = {t["target"]: t["deleted"] for t in status["tasks"]}
+        attempts = {t["target"]: t["attempts"] for t in status["tasks"]}
         # The photos task as the stub saw it: its first listing (the blast-radius count) to its last (verify);
         # and the delete phase alone, first DeleteObjects to last.
         photos_task = server.spans["ListObjectVersions"][1] - server.spans["ListObjectVersions"][0]
         deletes = server.spans["DeleteObjects"][1] - server.spans["DeleteObjects"][0]
         figures = {
-            "status": status["status"], "tasks": tasks, "seconds": seconds,
+            "status": status["status"], "tasks": tasks, "attempts": attempts, "seconds": seconds,
             "seconds_to_approval": counted - start, "seconds_after_approval": time.perf_counter() - counted,
             "task_seconds": task_seconds(lethe, request_id),
             "photos_task_seconds": photos_task, "delete_phase_seconds": deletes,
@@ -310,6 +316,8 @@ def lethe_run(work: Path, scale: float, kill: bool = False, url: str = BROKER,
             "delete_phase_deletes_per_second": n["photos"] / deletes if deletes > 0 else None,
             "photos_left": server.live(DATASET), "kept_photos_left": server.live(KEPT),
             "redeleted": server.redeleted(DATASET), "stub_requests": dict(server.requests),
+            # DeleteObjects calls more than one pass over the photos needs: batches sent again
+            "extra_delete_calls": server.requests["DeleteObjects"] - -(-n["photos"] // 1000),
             "left": estate_left(work, tracking_uri), "ledger_problems": lethe.ledger.verify()[:3],
             "certificate": lethe.ledger.certificate(request_id).get("scope"),
             "killed": killed, **n,
@@ -369,8 +377,9 @@ def describe(s: dict[str, Any]) -> str:
             f"{s['end_to_end_ratio']:.2f}x); peak RSS of a worker process {s['worker_peak_mib']:,.0f} MiB "
             f"(all of the worker {lethe['peak_mib']['worker (main + pool)']:,.0f} MiB)\n"
             f"  worker SIGKILLed after {k.get('deleted_before_kill', 0):,} photos, another finished it "
-            f"({killed['status']}, {killed['seconds']:.1f} s): {killed['redeleted']} photos deleted twice, "
-            f"{killed['photos_left']} left")
+            f"({killed['status']}, {killed['seconds']:.1f} s, photos task attempts {killed['attempts']['photos']}): "
+            f"{killed['redeleted']:,} photos deleted twice ({killed['extra_delete_calls']} DeleteObjects beyond one "
+            f"pass), {killed['photos_left']} left")
 
 
 def main() -> None:

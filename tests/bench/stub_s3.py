@@ -122,6 +122,7 @@ class StubS3:
         # Seconds each DeleteObjects waits before deleting: slows a purge down so that a test can kill the
         # worker in the middle of it.
         self.delete_delay = 0.0
+        self.list_delay = 0.0  # the same for each ListObjectVersions page: a listing that outlasts a lease
         # operation -> perf_counter() when the first and the last of its calls was answered (clear to restart)
         self.spans: dict[str, list[float]] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -195,6 +196,8 @@ class StubS3:
         """Up to max_keys live (key, version id, is latest) after the markers, in S3's order, and whether
         more follow."""
         out: list[tuple[str, str, bool]] = []
+        if self.list_delay:
+            time.sleep(self.list_delay)
         with self.lock:
             for owner, start, stop in self._ranges(prefix, key_marker, version_marker):
                 pos = start

@@ -22,6 +22,7 @@ def test_a_killed_withdrawal_resumes_without_deleting_any_photo_twice(redis_brok
     check(run)  # completed; photos, vectors, feature rows (offline and online) and models of the dataset gone
     assert run["photos_left"] == 0 and run["kept_photos_left"] == KEPT_PHOTOS
     assert run["redeleted"] == 0  # the resumed purge listed again: what the killed worker deleted was not
+    assert run["extra_delete_calls"] == 0
     assert run["left"]["vectors"] == [KEPT] and run["left"]["feature_sources"] == [KEPT]
     assert run["left"]["model_versions"] == 1 and run["tasks"]["face-models"] == MODELS
     assert run["certificate"] == "dataset"
