@@ -213,6 +213,7 @@ def bench_s3(objects: int, rounds: int = 5, bystanders: int = 18_000, small: int
         "rate_ratio": raw / normal,
         "raw_listed_first_seconds": median("raw_listed_first"),
         "rate_ratio_listed_first": median("raw_listed_first") / normal,
+        "rate_ratio_listed_first_cpu": median("raw_listed_first", "cpu_seconds") / median("normal", "cpu_seconds"),
         "approved_rate_ratio": raw / approved,
         "rate_ratio_cpu": median("raw", "cpu_seconds") / median("normal", "cpu_seconds"),
         "approved_rate_ratio_cpu": median("raw", "cpu_seconds") / median("approved", "cpu_seconds"),
