@@ -141,8 +141,8 @@ def test_edited_removed_and_inserted_tombstones(ledger: Ledger) -> None:
         first, second = sorted(s.scalars(select(Tombstone.id)))
     with ledger.sessions.begin() as s:
         s.execute(update(Tombstone).where(Tombstone.id == first).values(subject_hash=HASH))
-        s.execute(text("INSERT INTO tombstones (subject_hash, request_id, erased_at) VALUES (:h, 'r', :at)").bindparams(AT),
-                  {"h": "cd" * 32, "at": datetime.now(UTC)})
+        s.execute(text("INSERT INTO tombstones (subject_hash, request_id, erased_at) "
+                       "VALUES (:h, 'r', :at)").bindparams(AT), {"h": "cd" * 32, "at": datetime.now(UTC)})
         s.execute(text("DELETE FROM tombstones WHERE id = :id"), {"id": second})
     assert ledger.verify() == [f"tombstone {first}: changed outside the audit chain",
                                f"tombstone {second + 1}: not in the audit chain (written outside lethe)",
