@@ -53,7 +53,7 @@ def test_intake_files_every_signed_event(redis_broker: str, pg_database: str, tm
 
 def test_feast_figure_runs_on_small_data(tmp_path: Path) -> None:
     """The offline Parquet rewrite runs against its raw baseline (LanceDB's: test_bench_vectors_smoke)."""
-    feast = stores.bench_feast_offline(tmp_path / "feast", 20_000, 2)
+    feast = stores.bench_feast_offline(tmp_path / "feast", 20_000, 2, rounds=1)
     assert feast["rows"] == 20_000 and feast["rate_ratio"] > 0
 
 
