@@ -22,8 +22,8 @@ from orchestrator import logs
 from orchestrator.config import ConfigError, Settings
 from orchestrator.datamap import DataMap, DataMapError
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger import DONE_TASK, TERMINAL_TASK, LedgerError
-from orchestrator.service import Lethe
+from orchestrator.ledger import DONE_TASK, TERMINAL_REQUEST, TERMINAL_TASK, LedgerError
+from orchestrator.service import WAITING_REQUEST, Lethe
 from orchestrator.times import InvalidTime
 from workers.targets.base import UnknownTargetKind
 
@@ -237,6 +237,28 @@ def wait_with_progress(lethe: Lethe, request_id: str, timeout: float | None) -> 
             progress.update(bar, total=len(tasks), completed=done, description=status["status"] + detail)
 
         return lethe.wait(request_id, timeout=timeout, on_progress=update)
+
+
+def wait_for_many(lethe: Lethe, progress: Progress | LineProgress, request_ids: list[str],
+                  timeout: float | None) -> dict[str, int]:
+    """Wait for a batch of filed requests with a "finished" bar; how many ended in each status."""
+    finished = progress.add_task("finished", total=len(request_ids))
+    return lethe.wait_many(request_ids, timeout=timeout, on_progress=lambda c: progress.update(
+        finished, completed=sum(n for st, n in c.items() if st in TERMINAL_REQUEST | WAITING_REQUEST)))
+
+
+def exit_filed(request_ids: list[str], counts: dict[str, int], not_dispatched: int) -> NoReturn:
+    """How a command that filed a batch of requests ends: tasks not dispatched are said on stderr (SPEC) and
+    exit 4; otherwise done when not waited for or all completed, failed if any failed, else waiting."""
+    if not_dispatched:
+        err.print(f"[yellow]warning:[/yellow] {not_dispatched:,} task(s) not dispatched (the broker could not be "
+                  "reached); `lethe reconcile` sends them on its next pass", highlight=False)
+        raise typer.Exit(Exit.UNREACHABLE)
+    if not counts:
+        raise typer.Exit(Exit.DONE)
+    if counts.get("failed") or counts.get("cancelled"):
+        raise typer.Exit(Exit.FAILED)
+    raise typer.Exit(Exit.DONE if counts.get("completed", 0) == len(request_ids) else Exit.WAITING)
 
 
 # -- printing --------------------------------------------------------------------------------------------

@@ -17,15 +17,15 @@ from orchestrator.cli.common import (
     actor,
     dispatching,
     err,
+    exit_filed,
     fail,
     make_lethe,
     out,
     progress_bars,
     reads,
+    wait_for_many,
 )
-from orchestrator.ledger import TERMINAL_REQUEST
 from orchestrator.replay import ReplayError, Tally, replay, scanner
-from orchestrator.service import WAITING_REQUEST
 from orchestrator.times import parse_time
 from workers.targets.base import TargetError
 
@@ -46,7 +46,8 @@ def replay_command(
     """Re-erase a restored target: scan it, and file one follow-up request (that target only) per subject
     erased since DATE that it holds again. A subject never erased is never touched. Safe to run again: a
     follow-up already filed is not filed twice. Prints scanned, invalid, tombstoned, filed, already filed.
-    Exit 2 if the target cannot be scanned (the line says what to do instead); 1 if the store fails."""
+    Exit 2 if the target cannot be scanned (the line says what to do instead); 1 if the store fails or a
+    follow-up failed; 3 if one still waits; 4 if follow-ups could not be dispatched (as bulk submit)."""
     when = parse_time(since) if since is not None else None
     lethe = make_lethe()
     datamap = lethe.load_map()
@@ -66,17 +67,16 @@ def replay_command(
             tally = replay(lethe, datamap, target, when, actor=actor(), on_page=show)
         except TargetError as exc:
             fail(f"scanning {target} failed: {exc}", Exit.FAILED)
-        counts: dict[str, int] = {}
-        if tally.requests and (wait or lethe.settings.embedded):
-            finished = progress.add_task("finished", total=len(tally.requests))
-            counts = lethe.wait_many(tally.requests, on_progress=lambda c: progress.update(
-                finished, completed=sum(n for st, n in c.items() if st in TERMINAL_REQUEST | WAITING_REQUEST)))
+        counts = (wait_for_many(lethe, progress, tally.requests, None)
+                  if tally.requests and (wait or lethe.settings.embedded) else {})
+    not_dispatched = (lethe.ledger.not_dispatched_count(tally.requests)
+                      if tally.requests and not lethe.settings.embedded else 0)
     if as_json:
-        out.print_json(json.dumps({**tally.as_dict(), "requests": tally.requests, "statuses": counts}))
+        out.print_json(json.dumps({**tally.as_dict(), "requests": tally.requests, "statuses": counts,
+                                   "not_dispatched": not_dispatched}))
     else:
         out.print(f"scanned {tally.scanned:,} · invalid {tally.invalid:,} · tombstoned {tally.tombstoned:,} · "
                   f"filed {tally.filed:,} · already filed {tally.already_filed:,}", highlight=False)
         if counts:
             err.print(", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())), highlight=False)
-    if counts.get("failed") or counts.get("cancelled"):
-        raise typer.Exit(Exit.FAILED)
+    exit_filed(tally.requests, counts, not_dispatched)

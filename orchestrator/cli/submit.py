@@ -18,6 +18,7 @@ from orchestrator.cli.common import (
     dispatching,
     err,
     exit_code,
+    exit_filed,
     fail,
     identifier_lines,
     make_lethe,
@@ -26,12 +27,13 @@ from orchestrator.cli.common import (
     print_tasks,
     progress_bars,
     reads,
+    wait_for_many,
     wait_with_progress,
     warn_not_dispatched,
 )
 from orchestrator.identifiers import InvalidIdentifier
-from orchestrator.ledger import TERMINAL_REQUEST, LedgerError, stored_idempotency_key
-from orchestrator.service import WAITING_REQUEST, Lethe
+from orchestrator.ledger import LedgerError, stored_idempotency_key
+from orchestrator.service import Lethe
 
 app = Commands()
 
@@ -116,11 +118,7 @@ def submit_bulk(lethe: Lethe, path: Path, identifier: str, *, dry_run: bool, reg
         request_ids = lethe.submit_many([subject for _, subject in lines], dry_run=dry_run, regime=regime,
                                         datamap=datamap, actor=actor(),
                                         on_progress=lambda n: progress.update(filing, completed=n))
-        counts: dict[str, int] = {}
-        if wait or lethe.settings.embedded:
-            finished = progress.add_task("finished", total=len(request_ids))
-            counts = lethe.wait_many(request_ids, timeout=timeout, on_progress=lambda c: progress.update(
-                finished, completed=sum(n for st, n in c.items() if st in TERMINAL_REQUEST | WAITING_REQUEST)))
+        counts = wait_for_many(lethe, progress, request_ids, timeout) if wait or lethe.settings.embedded else {}
     not_dispatched = lethe.ledger.not_dispatched_count(request_ids) if not lethe.settings.embedded else 0
     filed: list[dict[str, Any]] = [{"line": number, "id": rid} for (number, _), rid in zip(lines, request_ids,
                                                                                             strict=True)]
@@ -131,12 +129,4 @@ def submit_bulk(lethe: Lethe, path: Path, identifier: str, *, dry_run: bool, reg
         typer.echo("\n".join(f"{item['line']}\t{item['id']}" for item in filed))  # raw: rich expands tabs
         if counts:
             err.print(", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
-    if not_dispatched:
-        err.print(f"[yellow]warning:[/yellow] {not_dispatched:,} task(s) not dispatched (the broker could not be "
-                  "reached); `lethe reconcile` sends them on its next pass", highlight=False)
-        raise typer.Exit(Exit.UNREACHABLE)
-    if not counts:
-        raise typer.Exit(Exit.DONE)
-    if counts.get("failed") or counts.get("cancelled"):
-        raise typer.Exit(Exit.FAILED)
-    raise typer.Exit(Exit.DONE if counts.get("completed", 0) == len(request_ids) else Exit.WAITING)
+    exit_filed(request_ids, counts, not_dispatched)
