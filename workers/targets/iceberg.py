@@ -206,7 +206,7 @@ class IcebergTarget:
     def _expression(values: Mapping[str, Value]) -> Any:
         from pyiceberg.expressions import And, EqualTo
 
-        terms = [EqualTo(column, value) for column, value in values.items()]  # type: ignore[call-arg,misc]
+        terms = [EqualTo(column, value) for column, value in values.items()]  # type: ignore[call-arg,misc,unused-ignore]  # the stubs differ by pyiceberg version
         return terms[0] if len(terms) == 1 else And(*terms)
 
     def _count_snapshot(self, table: Any, values: Mapping[str, Value], snapshot_id: int | None) -> int:
