@@ -8,13 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import and_, delete, exists, func, select
 
 from orchestrator import keys
 from orchestrator.certificates import rfc3339
-from orchestrator.ledger import proof
+from orchestrator.ledger import appends, proof
 from orchestrator.ledger.common import (
-    AUDIT_LOCK_KEY,
     IDEMPOTENCY_DAYS,
     TERMINAL_REQUEST,
     LedgerError,
@@ -30,6 +29,8 @@ from orchestrator.ledger.models import (
     SignedHead,
     Tombstone,
 )
+
+SIGN_WINDOW = 100_000  # entries a reconcile pass looks back over for chain tips to sign
 
 
 class ChainLedger(LedgerCore):
@@ -70,26 +71,32 @@ class ChainLedger(LedgerCore):
                     s.scalar(select(func.max(AuditEntry.id))) or 0)
 
     def sign_head(self) -> bool:
-        """Sign the chain's head if it is not signed yet (reconcile calls this: never more than one pass of
-        entries unsigned). Returns True when it signed."""
+        """Sign the tip of every chain that moved among the newest ``SIGN_WINDOW`` entries and is not signed
+        yet (reconcile calls this each pass: never more than one pass of entries unsigned while a pass sees
+        fewer than that many). Returns True when it signed any."""
         with self.sessions.begin() as s:
-            if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
-            head = s.execute(select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).first()
-            if head is None or s.get(SignedHead, head[0]) is not None:
+            appends.lock_ledger_chain(s)  # one signer at a time
+            newest = s.scalar(select(func.max(AuditEntry.id)))
+            if newest is None:
                 return False
-            proof.sign_head(s, self.signing_key, head[0], head[1])
-            return True
+            moved = (select(AuditEntry.chain, func.max(AuditEntry.seq).label("seq"))
+                     .where(AuditEntry.id > newest - SIGN_WINDOW).group_by(AuditEntry.chain).subquery())
+            tips = s.execute(select(AuditEntry.id, AuditEntry.hash)
+                             .join(moved, and_(AuditEntry.chain == moved.c.chain, AuditEntry.seq == moved.c.seq))
+                             .where(~exists().where(SignedHead.entry_id == AuditEntry.id))
+                             .order_by(AuditEntry.id)).all()
+            for entry_id, entry_hash in tips:
+                proof.sign_head(s, self.signing_key, entry_id, entry_hash)
+            return bool(tips)
 
     def rotate_signing_key(self, new_key: Ed25519PrivateKey, actor: str = "cli") -> str:
         """Take a new signing key: the rotation is an audit entry, cross-signed by the old key and the new
         one; from then on the new key signs. Returns its key_id. Every earlier certificate still verifies."""
         with self.sessions.begin() as s:
-            if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            appends.lock_ledger_chain(s)
             statement = keys.rotate(s, self.signing_key, new_key)
             self._audit(s, "keys.rotated", None, actor=actor, detail=statement)
-            proof.sign_head(s, self.signing_key, *s.info["audit_head"])  # the old key's last head
+            appends.sign_at_commit(s)  # the old key's last head: it still signs until this commits
         self.signing_key = new_key
         self.sign_head()  # the new key's first
         return str(statement["key_id"])
@@ -98,16 +105,17 @@ class ChainLedger(LedgerCore):
         """Forget finished requests older than the retention period, tombstones after ``tombstone_days`` and
         idempotency keys after 30 days.
 
-        Only a prefix of the audit chain can go (the chain must stay contiguous): the entries before the
-        first one of a request that is kept. A signed checkpoint keeps the hash the remaining chain starts
-        from, so verify-ledger still proves the rest; the digests of held and tombstoned rows those entries
-        recorded are carried over into the prune's entry, and the tombstones removed are named in it.
-        Returns the number of requests pruned.
+        The ledger's chain must stay contiguous, so only a prefix of it can go: the entries before the first
+        one written since the oldest kept request was received. With it go the request chains those entries
+        opened (whole: each was opened before that request, so it is an expired one) and the requests
+        their entries before migration 0010 name. A signed checkpoint keeps the hash the ledger's chain now
+        starts from, so verify-ledger still proves the rest; the digests of held and tombstoned rows the
+        removed entries recorded are carried over into the prune's entry, and the tombstones removed are
+        named in it. Returns the number of requests pruned.
         """
         at = now()
         with self.sessions.begin() as s:
-            if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+            appends.lock_ledger_chain(s)
             removed = list(s.scalars(delete(Tombstone).where(
                 Tombstone.erased_at < at - timedelta(days=tombstone_days)).returning(Tombstone.id)))
             s.execute(delete(OutboxEvent).where(OutboxEvent.published_at < at - timedelta(days=IDEMPOTENCY_DAYS)))
@@ -115,18 +123,27 @@ class ChainLedger(LedgerCore):
             for request in s.scalars(select(Request).where(old_keys, Request.idempotency_key.is_not(None))):
                 request.idempotency_key, request.idempotency_digest = None, None
             cutoff = at - timedelta(days=retention_days)
-            expired = select(Request.id).where(Request.status.in_(TERMINAL_REQUEST), Request.completed_at < cutoff)
-            kept_first = s.scalar(select(func.min(AuditEntry.id)).where(
-                AuditEntry.request_id.is_not(None), AuditEntry.request_id.not_in(expired)))
-            last_entry = s.scalar(select(func.max(AuditEntry.id))) or 0
-            through = kept_first - 1 if kept_first is not None else last_entry
-            ids = list(s.scalars(select(AuditEntry.request_id).distinct().where(
-                AuditEntry.id <= through, AuditEntry.request_id.is_not(None))))
+            expired = and_(Request.status.in_(TERMINAL_REQUEST), Request.completed_at.is_not(None),
+                           Request.completed_at < cutoff)
+            # A chain is opened, and a request's first entry written, after the request was received (in
+            # the transaction that files it, by the clock of the host that files it).
+            oldest_kept = s.scalar(select(func.min(Request.received_at)).where(~expired))
+            ledger = AuditEntry.chain == proof.LEDGER_CHAIN
+            first_kept = s.scalar(select(func.min(AuditEntry.seq)).where(ledger, AuditEntry.at >= oldest_kept)) \
+                if oldest_kept is not None else None
+            through = first_kept - 1 if first_kept is not None else (
+                s.scalar(select(func.max(AuditEntry.seq)).where(ledger)) or 0)
+            prefix = ledger & (AuditEntry.seq <= through)
+            ids = set(s.scalars(select(AuditEntry.request_id).distinct().where(prefix,
+                                                                               AuditEntry.request_id.is_not(None))))
+            for opening in s.scalars(select(AuditEntry.detail).where(prefix, AuditEntry.action == proof.OPENING)):
+                ids.update(opening.get("chains") or [])
             detail: dict[str, Any] = {"tombstones_removed": proof.id_ranges(removed)} if removed else {}
             if through >= 1 and ids:
-                last_hash = s.scalar(select(AuditEntry.hash).where(AuditEntry.id == through))
+                last_hash = s.scalar(select(AuditEntry.hash).where(ledger, AuditEntry.seq == through))
                 assert last_hash is not None
-                carried = proof.recorded_rows(s, through)
+                gone = prefix | AuditEntry.chain.in_(ids)
+                carried = proof.recorded_rows(s, gone)
                 proof.apply_rows(carried, detail)
                 detail["restated"] = {k: d for k, d in carried.items()
                                       if d is not None and not k.startswith("request:")}
@@ -136,14 +153,13 @@ class ChainLedger(LedgerCore):
                     s.add(checkpoint)
                 checkpoint.last_pruned_id, checkpoint.last_pruned_hash, checkpoint.pruned_at = through, last_hash, at
                 proof.sign_checkpoint(checkpoint, self.signing_key)
-                s.execute(delete(SignedHead).where(SignedHead.entry_id <= through))
-                s.execute(delete(AuditEntry).where(AuditEntry.id <= through))
+                s.execute(delete(SignedHead).where(SignedHead.entry_id.in_(select(AuditEntry.id).where(gone))))
+                s.execute(delete(AuditEntry).where(gone))
                 s.execute(delete(Request).where(Request.id.in_(ids)))
                 detail.update({"requests": len(ids), "through_entry": through, "retention_days": retention_days})
             else:
-                ids = []
+                ids = set()
             if detail:
                 self._audit(s, "ledger.pruned", None, actor="reconcile", detail=detail)
-                proof.sign_head(s, self.signing_key, *s.info["audit_head"])
+                appends.sign_at_commit(s)
             return len(ids)
-

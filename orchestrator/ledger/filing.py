@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator.ledger import appends
 from orchestrator.ledger.common import (
     REGIMES,
     Dispatch,
@@ -115,6 +116,7 @@ class FilingLedger(LedgerCore):
                     requested_by=requested_by,
                 )
                 s.add(request)
+                appends.open_chain(s, request_id)
                 if key is not None:
                     replays[key] = request_id  # the same key twice in one batch is a replay too
                 self._audit(s, "request.received", request_id, actor=actor,

@@ -129,7 +129,8 @@ class HoldLedger(LedgerCore):
 
     def _resume_held(self, s: Session, actor: str) -> list[Dispatch]:
         dispatches: list[Dispatch] = []
-        for request in s.scalars(select(Request).where(Request.status == "on_hold").with_for_update()).all():
+        on_hold = select(Request).where(Request.status == "on_hold").order_by(Request.id).with_for_update()
+        for request in s.scalars(on_hold).all():
             if self._active_hold(s, hashes_of(request)) is not None:
                 continue
             held = [t for t in self._tasks(s, request.id)

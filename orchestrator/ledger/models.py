@@ -173,14 +173,22 @@ class CompletionRecord(Base):
 class AuditEntry(Base):
     """Append-only, hash-chained trail of everything that happened, with who did it.
 
-    ``id`` is the chain position, assigned by lethe under a lock (never by the database), and ``hash`` is
-    SHA-256 over the canonical JSON of the entry including ``prev_hash``: changing, removing or reordering
-    any entry breaks every hash after it (``lethe verify-ledger``).
+    The trail is many chains (``orchestrator.ledger.appends``): one per request, named by its id, and the
+    ``ledger`` chain for what belongs to no request (holds, keys, prunes) and for the opening of every
+    request's chain. ``seq`` is the entry's gapless position in its chain, assigned by lethe under that
+    chain's lock; ``hash`` is SHA-256 over the canonical JSON of the entry including ``prev_hash`` (the hash
+    of the entry before it in the same chain): changing, removing or reordering any entry breaks every hash
+    after it (``lethe verify-ledger``). ``id`` is assigned by the database: one order to read the chains in
+    (a chain's entries are in ``seq`` order in it), not a position, so it may have gaps. The entries written
+    before migration 0010 are the ``ledger`` chain's first ones, with ``seq`` equal to their ``id``.
     """
 
     __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     request_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(36), nullable=True)

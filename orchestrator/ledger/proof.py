@@ -44,9 +44,11 @@ from orchestrator.ledger.models import (
     Tombstone,
 )
 
-GENESIS_HASH = "0" * 64  # prev_hash of the first audit entry
-HEAD_EVERY = 100  # a signed head at every entry whose id is a multiple of this: never more unsigned in a row
+GENESIS_HASH = "0" * 64  # prev_hash of the first entry of a chain
+LEDGER_CHAIN = "ledger"  # the chain of what belongs to no request, and of every request chain's opening
+HEAD_EVERY = 100  # a signed head at every entry whose seq is a multiple of this: never more unsigned in a row
 ROW_ACTIONS = ("rows.changed", "rows.adopted", "ledger.pruned")  # entries whose detail carries row digests
+OPENING = "chains.opened"  # the ledger chain's entry naming the request chains a transaction started
 PRUNED_WITH_REQUEST = ("request", "task")  # rows a prune deletes together with the request's entries
 
 # The fields of each protected table that a change must put on the chain. Columns not named here (the
@@ -67,15 +69,28 @@ PROTECTED: dict[type[Base], tuple[str, tuple[str, ...]]] = {
 
 
 def audit_hash(entry: AuditEntry) -> str:
+    """The entry's position in its chain (``id`` before migration 0010, when there was one chain: so the
+    ledger chain's entries hash as they always did) and its content, and the hash of the entry before it.
+    A request chain's entries also cover their chain's name: an entry moved to another chain shows."""
     return certificates.sha256_hex({
-        "id": entry.id, "at": rfc3339(entry.at), "request_id": entry.request_id, "task_id": entry.task_id,
+        "id": entry.seq, "at": rfc3339(entry.at), "request_id": entry.request_id, "task_id": entry.task_id,
         "actor": entry.actor, "action": entry.action, "detail": entry.detail, "prev_hash": entry.prev_hash,
+        **({"chain": entry.chain} if entry.chain != LEDGER_CHAIN else {}),
     })
 
 
 # -- protected rows ---------------------------------------------------------------------------------------
 def row_key(row: Base) -> str:
     return f"{PROTECTED[type(row)][0]}:{row.id}"  # type: ignore[attr-defined]
+
+
+def row_chain(row: Base) -> str:
+    """The chain a protected row's changes go on: its request's; a hold's, the ledger's."""
+    if isinstance(row, Request):
+        return row.id
+    if isinstance(row, (Task, Tombstone)):
+        return row.request_id
+    return LEDGER_CHAIN
 
 
 WAS = "was:"  # a key ``was:<row key>`` in an entry's rows: the digest of that row before this change
@@ -119,53 +134,55 @@ def apply_rows(expected: dict[str, str | None], detail: dict[str, Any]) -> None:
             expected.pop(f"tombstone:{tombstone_id}", None)
 
 
-def track_rows(sessions: sessionmaker[Session], append: Callable[[Session, dict[str, str | None]], object]) -> None:
+def track_rows(sessions: sessionmaker[Session],
+               at_commit: Callable[[Session, dict[str, dict[str, str | None]]], object],
+               transaction_keys: Iterable[str] = ()) -> None:
     """Put every change of a protected row on the chain: after each flush the changed rows' digests (and
-    what each was before, under ``was:``) are noted; before commit they go into one entry, through
-    ``append(session, rows)``."""
+    what each was before, under ``was:``) are noted by chain; before commit ``at_commit(session, rows by
+    chain)`` puts them on their chains (one entry per chain) and ends the transaction's appends. The
+    session's ``transaction_keys`` (chain tips, heads due) are forgotten when the transaction ends."""
 
     @event.listens_for(sessions, "after_flush")
     def _note(s: Session, _context: Any) -> None:
         # Attribute history still holds the pre-flush values here: a row whose protected fields did not
         # change (a lease renewed) makes no entry; one that did notes what it was, once per transaction.
-        pending = s.info.setdefault("rows_pending", {})
+        pending: dict[str, dict[str, str | None]] = s.info.setdefault("rows_pending", {})
         for row in s.new:
             if type(row) in PROTECTED:
-                pending[row_key(row)] = row_digest(row)
+                pending.setdefault(row_chain(row), {})[row_key(row)] = row_digest(row)
         for row in s.dirty:
             if type(row) in PROTECTED:
                 changed, was = _change(row)
                 if changed:
-                    key = row_key(row)
-                    if key not in pending and was is not None:
-                        pending[WAS + key] = was
-                    pending[key] = row_digest(row)
+                    key, rows = row_key(row), pending.setdefault(row_chain(row), {})
+                    if key not in rows and was is not None:
+                        rows[WAS + key] = was
+                    rows[key] = row_digest(row)
         for row in s.deleted:
             if type(row) in PROTECTED:
-                pending[row_key(row)] = None
+                pending.setdefault(row_chain(row), {})[row_key(row)] = None
 
     @event.listens_for(sessions, "before_commit")
     def _append(s: Session) -> None:
         s.flush()
-        pending = s.info.pop("rows_pending", None)
-        if pending:
-            append(s, pending)
+        at_commit(s, s.info.pop("rows_pending", None) or {})
+
+    forget = ("heads_signed", "rows_pending", *transaction_keys)
 
     @event.listens_for(sessions, "after_commit")
     @event.listens_for(sessions, "after_rollback")
     def _forget(s: Session) -> None:
-        # The chain's head and what was signed belong to one transaction: a session used again re-reads them
-        # under the lock.
-        for name in ("audit_head", "heads_signed", "rows_pending"):
+        # The chains' tips and what was signed belong to one transaction: a session used again re-reads them
+        # under the chains' locks.
+        for name in forget:
             s.info.pop(name, None)
 
 
-def recorded_rows(s: Session, through: int) -> dict[str, str | None]:
-    """The row digests that the entries up to ``through`` leave in force (what a prune must carry over),
-    but for requests and their tasks, which a prune removes with those entries."""
+def recorded_rows(s: Session, removed: Any) -> dict[str, str | None]:
+    """The row digests that the entries a prune removes (those ``removed``, a where clause, selects) leave
+    in force (what it must carry over), but for requests and their tasks, which go with those entries."""
     expected: dict[str, str | None] = {}
-    for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.id <= through,
-                                                            AuditEntry.action.in_(ROW_ACTIONS))
+    for detail in s.scalars(select(AuditEntry.detail).where(removed, AuditEntry.action.in_(ROW_ACTIONS))
                             .order_by(AuditEntry.id).execution_options(yield_per=1000)):
         apply_rows(expected, detail)
     return {k: d for k, d in expected.items() if k.partition(":")[0] not in PRUNED_WITH_REQUEST}
@@ -240,15 +257,16 @@ def verify(s: Session) -> list[str]:
                 keys.identity_body(identity), identity.signature, public.get(identity.key_id or "")):
             problems.append("ledger identity: changed (its signature fails)")
     checkpoint = s.get(AuditCheckpoint, 1)
-    prev_id, prev_hash = 0, GENESIS_HASH
+    # chain -> (seq, hash) of its last entry so far; the ledger chain starts where pruning left it
+    tips: dict[str, tuple[int, str]] = {LEDGER_CHAIN: (0, GENESIS_HASH)}
     if checkpoint is not None:
-        prev_id, prev_hash = checkpoint.last_pruned_id, checkpoint.last_pruned_hash
+        tips[LEDGER_CHAIN] = (checkpoint.last_pruned_id, checkpoint.last_pruned_hash)
         if not certificates.signature_valid(checkpoint_body(checkpoint), checkpoint.signature,
                                             public.get(checkpoint.key_id or "")):
-            problems.append(f"audit checkpoint (entries 1..{prev_id} pruned): not signed by the ledger's key: "
-                            "forged or changed, so the oldest entries may have been removed")
+            problems.append(f"audit checkpoint (entries 1..{checkpoint.last_pruned_id} pruned): not signed by the "
+                            "ledger's key: forged or changed, so the oldest entries may have been removed")
     heads = {h.entry_id: h for h in s.scalars(select(SignedHead))}
-    first_id = prev_id + 1
+    opened: set[str] = set()  # request chains the ledger's chain says were opened
     expected_records: dict[tuple[str, str], dict[str, Any]] = {}
     certified: dict[str, str] = {}  # request id -> sha256 of the certificate the chain recorded
     chain_hashes: set[str] = set()
@@ -259,25 +277,36 @@ def verify(s: Session) -> list[str]:
     over: list[tuple[int, str, str, int]] = []  # completions without approval: (entry, request, target, deleted)
     for entry in s.scalars(select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)):
         where = f"audit entry {entry.id} ({entry.action})"
-        if entry.id != prev_id + 1:
-            problems.append(f"{where}: entries {prev_id + 1}..{entry.id - 1} are missing")
+        prev_seq, prev_hash = tips.get(entry.chain, (0, GENESIS_HASH))
+        of = "" if entry.chain == LEDGER_CHAIN else f" of request {entry.chain}'s chain"
+        if entry.seq > prev_seq + 1:
+            problems.append(f"{where}: entries {prev_seq + 1}..{entry.seq - 1}{of} are missing")
+        elif entry.seq <= prev_seq:
+            problems.append(f"{where}: position {entry.seq}{of} comes after position {prev_seq} (reordered, "
+                            "or the chain's start moved)")
         if entry.prev_hash != prev_hash:
             problems.append(f"{where}: does not follow the entry before it (removed or reordered)")
         if audit_hash(entry) != entry.hash:
             problems.append(f"{where}: its content was changed")
+        if entry.chain != LEDGER_CHAIN and entry.request_id not in (None, entry.chain):
+            problems.append(f"{where}: names request {entry.request_id} but is on request {entry.chain}'s chain")
         head = heads.pop(entry.id, None)
         if head is not None and head.hash != entry.hash:
             problems.append(f"{where}: not the entry its signed head covers: the chain up to it was rewritten")
-        elif head is None and entry.id > heads_from and (entry.id % HEAD_EVERY == 0
+        elif head is None and entry.id > heads_from and (entry.seq % HEAD_EVERY == 0
                                                          or entry.action == "certificate.issued"):
             problems.append(f"{where}: its signed head was removed (the chain may have been rewritten)")
         elif head is not None and not certificates.signature_valid(head_body(head), head.signature,
                                                                     public.get(head.key_id)):
             problems.append(f"{where}: its signed head has a bad signature")
-        prev_id, prev_hash = entry.id, entry.hash
+        tips[entry.chain] = (entry.seq, entry.hash)
         chain_hashes.add(entry.hash)
+        if entry.action == OPENING and entry.chain == LEDGER_CHAIN:
+            opened.update(entry.detail.get("chains") or [])
         if entry.request_id:
             with_entries.add(entry.request_id)
+        if entry.task_id:
+            with_entries.add(entry.task_id)
         if entry.action in ROW_ACTIONS:
             problems += _changed_before(rows, entry)
             apply_rows(rows, entry.detail)
@@ -293,15 +322,23 @@ def verify(s: Session) -> list[str]:
                 k: d.get(k) for k in ("target", "deleted", "residue", "level", "verified_at")}
         if entry.action == "certificate.issued":
             certified[entry.request_id or ""] = entry.detail.get("sha256", "")
-    for entry_id in sorted(i for i in heads if i >= first_id):
+    for entry_id in sorted(heads):  # pruning removes an entry's head with it: any left names a removed entry
         problems.append(f"audit entry {entry_id}: removed (a signed head covers it)")
-        if entry.task_id:
-            with_entries.add(entry.task_id)
+    problems += _chain_problems(set(tips) - {LEDGER_CHAIN}, opened)
     problems += _row_problems(s, rows, with_entries)
     problems += _map_problems(s, maps, over)
     problems += _record_problems(s, expected_records)
     problems += _certificate_problems(s, certified, chain_hashes, public)
     return problems
+
+
+def _chain_problems(chains: set[str], opened: set[str]) -> list[str]:
+    """Every request chain must be one the ledger's chain opened, and every chain it opened must be there:
+    so a whole request's chain made up, or removed with its request, shows. (Pruning removes a chain with
+    the ledger entry that opened it.)"""
+    return ([f"request {c}'s audit chain: not opened on the ledger's chain (written outside lethe)"
+             for c in sorted(chains - opened)]
+            + [f"request {c}'s audit chain: removed (the ledger's chain opened it)" for c in sorted(opened - chains)])
 
 
 def _row_problems(s: Session, expected: dict[str, str | None], with_entries: set[str]) -> list[str]:

@@ -260,7 +260,8 @@ class TaskLedger(LedgerCore):
     def note_retry(self, task_id: str, error: str, countdown: float) -> None:
         """A retryable error: the task stays running; its lease covers the backoff."""
         with self.sessions.begin() as s:
-            task = s.get(Task, task_id)
+            # Locked before its request's chain is (tasks, then requests, as every transaction locks them).
+            task = s.get(Task, task_id, with_for_update=True)
             if task is not None and task.status == "running":
                 task.error = error
                 task.lease_expires_at = now() + self.lease + timedelta(seconds=countdown)
@@ -335,6 +336,8 @@ class TaskLedger(LedgerCore):
                 .limit(limit)
                 .with_for_update(of=Task, skip_locked=True)
             ).all()
+            # Their requests' chains are locked in id order, as every batch locks them, before any entry.
+            self._lock_requests(s, {t.request_id for t in rows})
             dispatches = []
             for task in rows:
                 if not self._after_done(s, task):

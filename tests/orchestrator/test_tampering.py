@@ -60,17 +60,21 @@ def rewrite_chain_from(ledger: Ledger, first: int, change: dict[int, dict[str, o
 
 
 def test_honest_ledger_verifies(ledger: Ledger) -> None:
-    """Requests, holds placed and released, a reconcile's signed head, over HEAD_EVERY entries: intact."""
+    """Requests, holds placed and released (over HEAD_EVERY entries on the ledger's chain), a reconcile's
+    signed heads: intact, and the HEAD_EVERY-th entry of the ledger's chain is signed."""
     for n in range(12):
         erase(ledger, f"h{n}")
-    ledger.add_hold([HASH], "litigation hold")
-    ledger.release_hold([HASH])
+    for _ in range(26):  # 4 entries each on the ledger's chain: hold.added, hold.released and their row entries
+        ledger.add_hold([HASH], "litigation hold")
+        ledger.release_hold([HASH])
     assert ledger.sign_head()
     assert not ledger.sign_head()  # signed already
     signed, last = ledger.signed_through()
     assert signed == last > proof.HEAD_EVERY
     with ledger.sessions() as s:
-        assert s.get(SignedHead, proof.HEAD_EVERY) is not None
+        hundredth = s.scalar(select(AuditEntry.id).filter_by(chain=proof.LEDGER_CHAIN, seq=proof.HEAD_EVERY))
+        assert hundredth is not None and s.get(SignedHead, hundredth) is not None
+        assert s.scalar(select(func.count(func.distinct(AuditEntry.chain)))) == 13  # 12 requests' and the ledger's
     assert ledger.verify() == []
 
 
@@ -161,24 +165,31 @@ def test_edited_request_row(ledger: Ledger, values: dict[str, object]) -> None:
 
 
 def test_removed_request_is_named(ledger: Ledger) -> None:
-    """A request deleted with its tasks, records and certificate (cascade) while its entries remain."""
+    """A request deleted with its tasks, records and certificate (cascade) while its entries remain: the
+    request is named first, then each of its tasks."""
     request_id = erase(ledger)
+    with ledger.sessions() as s:
+        task_ids = sorted(s.scalars(select(Task.id).filter_by(request_id=request_id)))
     with ledger.sessions.begin() as s:
         s.execute(text("DELETE FROM requests WHERE id = :id"), {"id": request_id})
-    assert ledger.verify() == [f"request {request_id}: removed outside the audit chain"]
+    problems = ledger.verify()
+    assert problems[0] == f"request {request_id}: removed outside the audit chain"
+    assert sorted(problems[1:]) == [f"task {t}: removed outside the audit chain" for t in task_ids]
 
 
 def test_forged_checkpoint_hiding_the_oldest_request(ledger: Ledger) -> None:
     """The oldest request and its entries deleted and a checkpoint written so the rest looks like a pruned
     chain: the checkpoint carries no valid signature."""
     oldest = erase(ledger, "1")
-    with ledger.sessions() as s:
-        cut = s.scalar(select(func.max(AuditEntry.id)))  # the whole first request, its row entry included
-        cut_hash = s.scalar(select(AuditEntry.hash).where(AuditEntry.id == cut))
+    with ledger.sessions() as s:  # the ledger's chain up to the first request's opening, and its chain
+        cut = s.scalar(select(func.max(AuditEntry.seq)).filter_by(chain=proof.LEDGER_CHAIN))
+        cut_hash = s.scalar(select(AuditEntry.hash).filter_by(chain=proof.LEDGER_CHAIN, seq=cut))
     erase(ledger, "2")
     with ledger.sessions.begin() as s:
-        s.execute(text("DELETE FROM audit_log WHERE id <= :cut"), {"cut": cut})
-        s.execute(text("DELETE FROM signed_heads WHERE entry_id <= :cut"), {"cut": cut})
+        gone = "(chain = 'ledger' AND seq <= :cut) OR chain = :id"
+        s.execute(text(f"DELETE FROM signed_heads WHERE entry_id IN (SELECT id FROM audit_log WHERE {gone})"),
+                  {"cut": cut, "id": oldest})
+        s.execute(text(f"DELETE FROM audit_log WHERE {gone}"), {"cut": cut, "id": oldest})
         s.execute(text("DELETE FROM tombstones WHERE request_id = :id"), {"id": oldest})
         s.execute(text("DELETE FROM requests WHERE id = :id"), {"id": oldest})
         s.add(AuditCheckpoint(id=1, last_pruned_id=cut, last_pruned_hash=cut_hash, pruned_at=datetime.now(UTC)))

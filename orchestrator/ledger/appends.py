@@ -1,0 +1,119 @@
+"""Appending to the audit chains: one chain per request, and the ledger's own.
+
+Why many chains: an entry's hash covers the entry before it, so one global chain makes every writer wait
+for the one before it (a global lock held from a transaction's first entry to its commit; it capped the
+whole ledger near 600 tasks/s however many workers ran: docs/scaling.md). A request's entries go on its own
+chain instead, locked by the request's row, which every transaction that changes the request locks anyway:
+workers of different requests never wait on each other. The ``ledger`` chain (``proof.LEDGER_CHAIN``, under
+the old advisory lock) keeps what belongs to no request (holds, lineage, keys, prunes) and names every
+request chain when it opens (one ``chains.opened`` entry per transaction, at commit, so the global lock is
+held only for that last insert and the commit). So a whole request chain removed, or one made up, still
+shows: the ledger's chain says which exist. The rules verify-ledger checks live in ``proof``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from orchestrator.ledger import proof
+from orchestrator.ledger.common import AUDIT_LOCK_KEY, now
+from orchestrator.ledger.models import AuditCheckpoint, AuditEntry
+
+# Session.info keys; each belongs to one transaction (proof.track_rows forgets them at its end).
+TIPS = "lethe_chain_tips"  # chain -> (seq, hash) of its last entry, read under the chain's lock
+OPENED = "lethe_chains_opened"  # request chains this transaction starts: named on the ledger's chain
+DUE = "lethe_heads_due"  # entries to sign at commit, once the database has given them their ids
+LAST = "lethe_last_entry"
+TRANSACTION_KEYS = (TIPS, OPENED, DUE, LAST)
+
+SIGNED_ACTIONS = ("certificate.issued",)  # besides every HEAD_EVERY-th entry of a chain
+
+# The lock of a request's chain is the request's row. Taken with the chain's tip in one round trip; the
+# LEFT JOIN keeps the request's row when its chain has no entry yet.
+_REQUEST_TIP = text(
+    "SELECT t.seq, t.hash FROM requests r LEFT JOIN LATERAL (SELECT seq, hash FROM audit_log a "
+    "WHERE a.chain = r.id ORDER BY a.seq DESC LIMIT 1) t ON TRUE WHERE r.id = :chain FOR UPDATE OF r")
+
+
+def append(s: Session, action: str, request_id: str | None, task_id: str | None = None, actor: str = "worker",
+           detail: dict[str, Any] | None = None, chain: str | None = None) -> AuditEntry:
+    """Append an entry to its chain (``chain``, else its request's, else the ledger's) and return it; its
+    hash is final at once (event ids and certificates are made from it in the same transaction)."""
+    chain = chain or request_id or proof.LEDGER_CHAIN
+    tips: dict[str, tuple[int, str]] = s.info.setdefault(TIPS, {})
+    if chain not in tips:
+        tips[chain] = _tip(s, chain)
+    seq, prev_hash = tips[chain]
+    entry = AuditEntry(chain=chain, seq=seq + 1, at=now(), request_id=request_id, task_id=task_id, actor=actor,
+                       action=action, detail=detail or {}, prev_hash=prev_hash)
+    entry.hash = proof.audit_hash(entry)
+    s.add(entry)
+    tips[chain] = (entry.seq, entry.hash)
+    s.info[LAST] = entry
+    if entry.seq % proof.HEAD_EVERY == 0 or action in SIGNED_ACTIONS:
+        sign_at_commit(s, entry)
+    return entry
+
+
+def open_chain(s: Session, chain: str) -> None:
+    """The chain of a request this transaction files: nothing can be on it yet, and no one else can know the
+    request's id before the commit, so there is nothing to read or lock."""
+    s.info.setdefault(TIPS, {})[chain] = (0, proof.GENESIS_HASH)
+    s.info.setdefault(OPENED, set()).add(chain)
+
+
+def sign_at_commit(s: Session, entry: AuditEntry | None = None) -> None:
+    """Sign this entry (by default the last one appended) when the transaction commits."""
+    entry = entry if entry is not None else s.info.get(LAST)
+    if entry is not None:
+        s.info.setdefault(DUE, []).append(entry)
+
+
+def at_commit(s: Session, rows: dict[str, dict[str, str | None]], signing_key: Ed25519PrivateKey) -> None:
+    """What every transaction ends with, before its commit: the changed protected rows on each one's chain
+    (``proof.track_rows``), in chain order (so two transactions lock chains in the same order), the chains it
+    opened named on the ledger's chain, and the signed heads it owes."""
+    for chain in sorted(rows):
+        append(s, "rows.changed", None, actor="ledger", detail={"rows": rows[chain]}, chain=chain)
+    opened = s.info.pop(OPENED, None)
+    if opened:
+        append(s, "chains.opened", None, actor="ledger", detail={"chains": sorted(opened)})
+    due: list[AuditEntry] | None = s.info.pop(DUE, None)
+    if due:
+        s.flush()  # the database gives each entry its id, which its signed head names
+        for entry in due:
+            proof.sign_head(s, signing_key, entry.id, entry.hash)
+
+
+def lock_ledger_chain(s: Session) -> None:
+    """The ledger chain's lock, for a transaction that must hold it from its start (pruning, rotating keys,
+    signing heads). Others take it at their first entry on that chain."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+
+
+def _tip(s: Session, chain: str) -> tuple[int, str]:
+    """(seq, hash) of the chain's last entry, read under the chain's lock (held to commit). SQLite needs no
+    lock: every transaction there is BEGIN IMMEDIATE, so one writes at a time."""
+    postgresql = s.get_bind().dialect.name == "postgresql"
+    if chain == proof.LEDGER_CHAIN:
+        lock_ledger_chain(s)
+        last = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
+                         .order_by(AuditEntry.seq.desc()).limit(1)).first()
+        if last is not None:
+            return last[0], last[1]
+        checkpoint = s.get(AuditCheckpoint, 1)
+        return (checkpoint.last_pruned_id, checkpoint.last_pruned_hash) if checkpoint else (0, proof.GENESIS_HASH)
+    found = s.execute(_REQUEST_TIP, {"chain": chain}).first() if postgresql else None
+    if found is None:  # SQLite, or a chain whose request's row is gone
+        found = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
+                          .order_by(AuditEntry.seq.desc()).limit(1)).first()
+    if found is None or found[0] is None:
+        # A request filed before its chain existed (migration 0010) starts one now: named as any other.
+        s.info.setdefault(OPENED, set()).add(chain)
+        return 0, proof.GENESIS_HASH
+    return found[0], found[1]

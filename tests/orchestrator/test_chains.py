@@ -1,0 +1,208 @@
+"""The audit trail as one chain per request plus the ledger's own (issue 20 item 7).
+
+Writers of different requests must not wait on each other (the global lock this replaces capped the
+ledger near 600 tasks/s whatever the worker count), writers of one request must still chain in order, and
+verify-ledger must still catch what a database writer without the key can do to whole chains: remove one,
+make one up, move an entry from one to another. And a ledger written before the split upgrades intact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from alembic import command
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select, text
+
+from orchestrator.datamap import DataMap
+from orchestrator.ledger import Ledger, appends, proof
+from orchestrator.ledger.db import _alembic_config
+from orchestrator.ledger.models import AuditEntry, Task
+from tests.fixtures.lethe import file_request
+from tests.orchestrator.test_keys import open_ledger
+from tests.orchestrator.test_proof import MAP, erase
+from tests.orchestrator.test_tampering import HASH
+
+pytestmark = pytest.mark.integration
+
+
+def filed(ledger: Ledger, value: str) -> str:
+    """A request filed and not started (its deadline can still be extended)."""
+    datamap = DataMap.parse(MAP)
+    return file_request(ledger, datamap, datamap.parse_subject({"user_id": value}))[0]
+
+
+def chain_of(ledger: Ledger, request_id: str) -> list[AuditEntry]:
+    with ledger.sessions() as s:
+        return list(s.scalars(select(AuditEntry).filter_by(chain=request_id).order_by(AuditEntry.seq)))
+
+
+def test_each_request_has_its_own_gapless_chain_opened_on_the_ledgers(ledger: Ledger) -> None:
+    first, second = erase(ledger, "1"), erase(ledger, "2")
+    for request_id in (first, second):
+        entries = chain_of(ledger, request_id)
+        assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+        assert entries[0].prev_hash == proof.GENESIS_HASH
+        assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
+        assert {e.request_id for e in entries} <= {request_id, None}  # row digests name no request
+    with ledger.sessions() as s:
+        opened = [c for d in s.scalars(select(AuditEntry.detail).filter_by(action=proof.OPENING)) for c in d["chains"]]
+    assert opened == [first, second]
+    assert ledger.verify() == []
+
+
+def test_writers_of_different_requests_do_not_wait_for_each_other(pg_database: str, subject_key: bytes,
+                                                                  signing_key: Ed25519PrivateKey) -> None:
+    """One transaction holds an entry on request A's chain open; a whole operation on request B commits
+    meanwhile (before the split it waited for the chain's global lock until A committed)."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    try:
+        a, b = filed(ledger, "1"), filed(ledger, "2")
+        done = threading.Event()
+
+        def other() -> None:
+            ledger.extend_deadline(b, "the regulator agreed")
+            done.set()
+
+        with ledger.sessions.begin() as s:
+            appends.append(s, "request.noted", a, actor="test", detail={"note": "held open"})
+            s.flush()
+            worker = threading.Thread(target=other)
+            worker.start()
+            assert done.wait(20), "a writer of another request waited for this transaction"
+        worker.join()
+        assert ledger.verify() == []
+    finally:
+        ledger.engine.dispose()
+
+
+def test_writers_of_one_request_chain_in_turn(pg_database: str, subject_key: bytes,
+                                              signing_key: Ed25519PrivateKey) -> None:
+    """Two transactions on the same request: the second waits for the first (the request's row is the
+    chain's lock) and appends after it, so the chain never forks."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    try:
+        request_id = filed(ledger, "1")
+        started, done = threading.Event(), threading.Event()
+
+        def second() -> None:
+            started.set()
+            ledger.extend_deadline(request_id, "the regulator agreed")
+            done.set()
+
+        with ledger.sessions.begin() as s:
+            appends.append(s, "request.noted", request_id, actor="test", detail={"note": "first"})
+            s.flush()
+            worker = threading.Thread(target=second)
+            worker.start()
+            started.wait(5)
+            assert not done.wait(1.5), "the second writer did not wait for the first"
+        worker.join(20)
+        assert done.is_set()
+        actions = [e.action for e in chain_of(ledger, request_id)]
+        assert actions.index("request.noted") < actions.index("request.extended")
+        assert ledger.verify() == []
+    finally:
+        ledger.engine.dispose()
+
+
+def test_a_whole_chain_removed_with_its_request_is_named(ledger: Ledger) -> None:
+    """The attacker removes a request with every row and entry of it: the ledger's chain opened it."""
+    gone, kept = erase(ledger, "1"), erase(ledger, "2")
+    with ledger.sessions.begin() as s:
+        s.execute(text("DELETE FROM signed_heads WHERE entry_id IN (SELECT id FROM audit_log WHERE chain = :c)"),
+                  {"c": gone})
+        s.execute(text("DELETE FROM audit_log WHERE chain = :c"), {"c": gone})
+        s.execute(text("DELETE FROM tombstones WHERE request_id = :c"), {"c": gone})
+        s.execute(text("DELETE FROM requests WHERE id = :c"), {"c": gone})
+    assert ledger.verify() == [f"request {gone}'s audit chain: removed (the ledger's chain opened it)"]
+    assert chain_of(ledger, kept)
+
+
+def test_a_chain_made_up_outside_lethe_is_named(ledger: Ledger) -> None:
+    """A chain with consistent hashes, for a request lethe never filed: no opening names it."""
+    erase(ledger, "1")
+    fake = "00000000-0000-4000-8000-000000000000"
+    with ledger.sessions.begin() as s:
+        entry = AuditEntry(chain=fake, seq=1, at=datetime.now(UTC), request_id=fake, task_id=None, actor="admin",
+                           action="request.approved", detail={"targets": ["photos"]}, prev_hash=proof.GENESIS_HASH)
+        entry.hash = proof.audit_hash(entry)
+        s.add(entry)
+    assert ledger.verify() == [f"request {fake}'s audit chain: not opened on the ledger's chain (written outside "
+                               "lethe)"]
+
+
+def test_an_entry_moved_to_another_requests_chain_is_named(ledger: Ledger) -> None:
+    """An approval moved from one request's chain to the end of another's, its hash recomputed there."""
+    first, second = erase(ledger, "1"), erase(ledger, "2")
+    with ledger.sessions.begin() as s:
+        tip = s.scalars(select(AuditEntry).filter_by(chain=second).order_by(AuditEntry.seq.desc())).first()
+        assert tip is not None
+        moved = AuditEntry(chain=second, seq=tip.seq + 1, at=tip.at, request_id=first, task_id=None, actor="admin",
+                           action="request.approved", detail={"targets": ["photos"]}, prev_hash=tip.hash)
+        moved.hash = proof.audit_hash(moved)
+        s.add(moved)
+        s.flush()
+        moved_id = moved.id
+    assert ledger.verify() == [f"audit entry {moved_id} (request.approved): names request {first} but is on "
+                               f"request {second}'s chain"]
+
+
+def test_an_entry_removed_from_the_middle_of_a_chain_is_named(ledger: Ledger) -> None:
+    request_id = erase(ledger, "1")
+    entries = chain_of(ledger, request_id)
+    victim = next(e for e in entries if e.action == "task.completed")
+    with ledger.sessions.begin() as s:
+        s.execute(text("DELETE FROM audit_log WHERE id = :id"), {"id": victim.id})
+    after = entries[entries.index(victim) + 1]
+    assert ledger.verify()[0] == (f"audit entry {after.id} ({after.action}): entries {victim.seq}..{victim.seq} "
+                                  f"of request {request_id}'s chain are missing")
+
+
+def test_pruning_removes_whole_chains_and_what_is_left_verifies(ledger: Ledger) -> None:
+    """An old request's chain goes with the ledger entries before the oldest kept request; the kept one's
+    chain, the hold (placed before both) and verify stay intact."""
+    ledger.add_hold([HASH], "litigation hold")
+    old = erase(ledger, "old")
+    with ledger.sessions.begin() as s:  # what time does: the same as lethe writing it 800 days ago
+        s.execute(text("UPDATE requests SET completed_at = :at WHERE id = :id"),
+                  {"at": "2024-01-01 00:00:00+00:00", "id": old})
+    new = erase(ledger, "new")
+    assert ledger.prune(730, tombstone_days=10_000) == 1
+    assert chain_of(ledger, old) == [] and chain_of(ledger, new)
+    with ledger.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Task).filter_by(request_id=old)) == 0
+    assert ledger.verify() == []
+
+
+def test_a_ledger_written_before_the_split_upgrades_intact(pg_database: str, subject_key: bytes,
+                                                           signing_key: Ed25519PrivateKey) -> None:
+    """One chain of ids (as 0009 left it) becomes the ledger's chain with seq = id: its hashes and heads
+    still verify, and new ids continue after the old ones."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    ledger.add_hold([HASH], "litigation hold")  # entries on the ledger's chain only: what 0009 could hold
+    ledger.release_hold([HASH])
+    ledger.sign_head()
+    with ledger.sessions() as s:
+        before = [(e.id, e.hash) for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    with ledger.engine.connect() as conn:
+        command.downgrade(_alembic_config(conn), "0009")
+        conn.commit()
+        columns: Any = conn.execute(text("SELECT column_name FROM information_schema.columns "
+                                         "WHERE table_name = 'audit_log'")).scalars().all()
+    assert "chain" not in columns and "seq" not in columns
+    ledger.engine.dispose()
+    upgraded = open_ledger(pg_database, subject_key.hex(), signing_key)
+    try:
+        with upgraded.sessions() as s:
+            assert [(e.id, e.hash) for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))] == before
+            assert all(e.chain == proof.LEDGER_CHAIN and e.seq == e.id for e in s.scalars(select(AuditEntry)))
+        request_id = erase(upgraded, "after")
+        assert min(e.id for e in chain_of(upgraded, request_id)) > before[-1][0]
+        assert upgraded.verify() == []
+    finally:
+        upgraded.engine.dispose()
