@@ -32,11 +32,10 @@ TRANSACTION_KEYS = (TIPS, OPENED, DUE, LAST)
 
 SIGNED_ACTIONS = ("certificate.issued",)  # besides every HEAD_EVERY-th entry of a chain
 
-# The lock of a request's chain is the request's row. Taken with the chain's tip in one round trip; the
-# LEFT JOIN keeps the request's row when its chain has no entry yet.
-_REQUEST_TIP = text(
-    "SELECT t.seq, t.hash FROM requests r LEFT JOIN LATERAL (SELECT seq, hash FROM audit_log a "
-    "WHERE a.chain = r.id ORDER BY a.seq DESC LIMIT 1) t ON TRUE WHERE r.id = :chain FOR UPDATE OF r")
+# The lock of a request's chain is the request's row. The tip is read by a statement of its own, after the
+# lock is granted: a statement that waited for a row lock still reads other tables as of its start, so a tip
+# read with the lock would miss what the writer before committed (and reuse its seq).
+_LOCK_REQUEST = text("SELECT 1 FROM requests WHERE id = :chain FOR UPDATE")
 
 
 def append(s: Session, action: str, request_id: str | None, task_id: str | None = None, actor: str = "worker",
@@ -99,7 +98,6 @@ def lock_ledger_chain(s: Session) -> None:
 def _tip(s: Session, chain: str) -> tuple[int, str]:
     """(seq, hash) of the chain's last entry, read under the chain's lock (held to commit). SQLite needs no
     lock: every transaction there is BEGIN IMMEDIATE, so one writes at a time."""
-    postgresql = s.get_bind().dialect.name == "postgresql"
     if chain == proof.LEDGER_CHAIN:
         lock_ledger_chain(s)
         last = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
@@ -108,11 +106,11 @@ def _tip(s: Session, chain: str) -> tuple[int, str]:
             return last[0], last[1]
         checkpoint = s.get(AuditCheckpoint, 1)
         return (checkpoint.last_pruned_id, checkpoint.last_pruned_hash) if checkpoint else (0, proof.GENESIS_HASH)
-    found = s.execute(_REQUEST_TIP, {"chain": chain}).first() if postgresql else None
-    if found is None:  # SQLite, or a chain whose request's row is gone
-        found = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
-                          .order_by(AuditEntry.seq.desc()).limit(1)).first()
-    if found is None or found[0] is None:
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(_LOCK_REQUEST, {"chain": chain})
+    found = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
+                      .order_by(AuditEntry.seq.desc()).limit(1)).first()
+    if found is None:
         # A request filed before its chain existed (migration 0010) starts one now: named as any other.
         s.info.setdefault(OPENED, set()).add(chain)
         return 0, proof.GENESIS_HASH

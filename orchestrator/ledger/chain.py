@@ -87,6 +87,16 @@ class ChainLedger(LedgerCore):
                              .order_by(AuditEntry.id)).all()
             for entry_id, entry_hash in tips:
                 proof.sign_head(s, self.signing_key, entry_id, entry_hash)
+            if tips:
+                # The tips on the ledger's own (signed) chain too: a chain cut back behind its tip, its heads
+                # removed with the entries, still falls short of what the ledger's chain says it reached.
+                reached = s.execute(select(AuditEntry.chain, AuditEntry.seq, AuditEntry.hash)
+                                    .where(AuditEntry.id.in_([entry_id for entry_id, _ in tips]),
+                                           AuditEntry.chain != proof.LEDGER_CHAIN)).all()
+                if reached:
+                    self._audit(s, proof.ROLLUP, None, actor="reconcile",
+                                detail={"tips": {chain: [seq, h] for chain, seq, h in sorted(reached)}})
+                    appends.sign_at_commit(s)
             return bool(tips)
 
     def rotate_signing_key(self, new_key: Ed25519PrivateKey, actor: str = "cli") -> str:

@@ -184,7 +184,8 @@ class AuditEntry(Base):
     """
 
     __tablename__ = "audit_log"
-    __table_args__ = (UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),)
+    # On SQLite, AUTOINCREMENT: an id is never used twice, not even after pruning removed the newest entries.
+    __table_args__ = (UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     chain: Mapped[str] = mapped_column(String(36))

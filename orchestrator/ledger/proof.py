@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import event, inspect, select
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import certificates, keys
@@ -49,6 +49,7 @@ LEDGER_CHAIN = "ledger"  # the chain of what belongs to no request, and of every
 HEAD_EVERY = 100  # a signed head at every entry whose seq is a multiple of this: never more unsigned in a row
 ROW_ACTIONS = ("rows.changed", "rows.adopted", "ledger.pruned")  # entries whose detail carries row digests
 OPENING = "chains.opened"  # the ledger chain's entry naming the request chains a transaction started
+ROLLUP = "chains.signed"  # the ledger chain's entry recording how far reconcile found request chains
 PRUNED_WITH_REQUEST = ("request", "task")  # rows a prune deletes together with the request's entries
 
 # The fields of each protected table that a change must put on the chain. Columns not named here (the
@@ -192,8 +193,12 @@ def approved_count(s: Session, task: Task) -> int | None:
     """The count an admin approved for this task, as the audit chain records it (the newest
     ``request.approved`` entry of its request naming its target), or None when none did. What a claim must
     read, not the task row's ``approved_items``, which anyone with write access to the database can set."""
+    split = (select(func.min(AuditEntry.seq)).where(AuditEntry.chain == LEDGER_CHAIN, AuditEntry.action == OPENING)
+             .scalar_subquery())
+    own_or_old = (AuditEntry.chain == task.request_id) | (
+        (AuditEntry.chain == LEDGER_CHAIN) & (AuditEntry.seq < func.coalesce(split, AuditEntry.seq + 1)))
     for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.request_id == task.request_id,
-                                                            AuditEntry.action == "request.approved")
+                                                            AuditEntry.action == "request.approved", own_or_old)
                             .order_by(AuditEntry.id.desc())):
         if task.target in (detail.get("targets") or []):
             count = (detail.get("items") or {}).get(task.target)
@@ -267,6 +272,7 @@ def verify(s: Session) -> list[str]:
                             "ledger's key: forged or changed, so the oldest entries may have been removed")
     heads = {h.entry_id: h for h in s.scalars(select(SignedHead))}
     opened: set[str] = set()  # request chains the ledger's chain says were opened
+    reached: dict[str, tuple[int, str, int]] = {}  # chain -> (seq, hash, roll-up entry) the ledger's chain saw
     expected_records: dict[tuple[str, str], dict[str, Any]] = {}
     certified: dict[str, str] = {}  # request id -> sha256 of the certificate the chain recorded
     chain_hashes: set[str] = set()
@@ -290,6 +296,10 @@ def verify(s: Session) -> list[str]:
             problems.append(f"{where}: its content was changed")
         if entry.chain != LEDGER_CHAIN and entry.request_id not in (None, entry.chain):
             problems.append(f"{where}: names request {entry.request_id} but is on request {entry.chain}'s chain")
+        elif entry.chain == LEDGER_CHAIN and opened and (entry.request_id or entry.task_id):
+            # Once request chains exist, a request's entries are on its own chain; one on the ledger's would
+            # speak for a request (an approval, a completion) where no head of that request covers it.
+            problems.append(f"{where}: names a request but is on the ledger's chain, after request chains began")
         head = heads.pop(entry.id, None)
         if head is not None and head.hash != entry.hash:
             problems.append(f"{where}: not the entry its signed head covers: the chain up to it was rewritten")
@@ -303,6 +313,10 @@ def verify(s: Session) -> list[str]:
         chain_hashes.add(entry.hash)
         if entry.action == OPENING and entry.chain == LEDGER_CHAIN:
             opened.update(entry.detail.get("chains") or [])
+        if entry.action == ROLLUP and entry.chain == LEDGER_CHAIN:
+            for chain, (seq, tip_hash) in (entry.detail.get("tips") or {}).items():
+                if seq >= reached.get(chain, (0, "", 0))[0]:
+                    reached[chain] = (seq, tip_hash, entry.id)
         if entry.request_id:
             with_entries.add(entry.request_id)
         if entry.task_id:
@@ -325,6 +339,10 @@ def verify(s: Session) -> list[str]:
     for entry_id in sorted(heads):  # pruning removes an entry's head with it: any left names a removed entry
         problems.append(f"audit entry {entry_id}: removed (a signed head covers it)")
     problems += _chain_problems(set(tips) - {LEDGER_CHAIN}, opened)
+    for chain, (seq, tip_hash, rollup) in sorted(reached.items()):
+        if chain in tips and (tips[chain][0] < seq or tip_hash not in chain_hashes):
+            problems.append(f"request {chain}'s audit chain: cut back or rewritten behind position {seq}, which "
+                            f"the ledger's chain recorded (audit entry {rollup})")
     problems += _row_problems(s, rows, with_entries)
     problems += _map_problems(s, maps, over)
     problems += _record_problems(s, expected_records)

@@ -292,8 +292,12 @@ class TaskLedger(LedgerCore):
     def cancel(self, request_id: str, actor: str = "cli") -> None:
         """Only before execution: once any purge started, erasure runs to its end."""
         with self.sessions.begin() as s:
+            self._request(s, request_id)  # an unknown or malformed id is refused before anything is locked
+            # Tasks, then the request, as every transaction locks them (reconcile's sweep locks both too).
+            tasks = list(s.scalars(select(Task).where(Task.request_id == request_id).order_by(Task.id)
+                                   .with_for_update()))
             request = self._request(s, request_id, lock=True)
-            tasks = self._tasks(s, request_id)
+            tasks.sort(key=lambda t: t.position)
             if request.status in TERMINAL_REQUEST or any(
                 t.status not in ("pending", "skipped", "held", "awaiting_approval") or t.attempts for t in tasks
             ):

@@ -206,3 +206,75 @@ def test_a_ledger_written_before_the_split_upgrades_intact(pg_database: str, sub
         assert upgraded.verify() == []
     finally:
         upgraded.engine.dispose()
+
+
+def test_a_chain_cut_back_after_reconcile_recorded_its_tip_is_named(ledger: Ledger) -> None:
+    """The whole tail of a certified request (its completion, certificate and their heads) cut off and its
+    rows set back: the roll-up reconcile wrote on the ledger's signed chain says how far the chain reached."""
+    victim = erase(ledger, "victim")
+    erase(ledger, "other")
+    assert ledger.sign_head()
+    entries = chain_of(ledger, victim)
+    cut = next(e for e in entries if e.action == "task.completed").seq
+    gone = [e.id for e in entries if e.seq >= cut]
+    with ledger.sessions.begin() as s:
+        s.execute(text("DELETE FROM signed_heads WHERE entry_id IN (SELECT id FROM audit_log WHERE chain = :c "
+                       "AND seq >= :cut)"), {"c": victim, "cut": cut})
+        s.execute(text("DELETE FROM audit_log WHERE chain = :c AND seq >= :cut"), {"c": victim, "cut": cut})
+    assert gone
+    problems = ledger.verify()
+    assert problems and any(p.startswith(f"request {victim}'s audit chain: cut back or rewritten behind position")
+                            for p in problems)
+
+
+def test_an_entry_naming_a_request_on_the_ledgers_chain_is_named(ledger: Ledger) -> None:
+    """An approval appended to the ledger's chain (hashes consistent) after request chains began: it would
+    speak for a request where no head of that request covers it."""
+    request_id = erase(ledger, "1")
+    with ledger.sessions.begin() as s:
+        tip = s.scalars(select(AuditEntry).filter_by(chain=proof.LEDGER_CHAIN).order_by(AuditEntry.seq.desc())).first()
+        assert tip is not None
+        forged = AuditEntry(chain=proof.LEDGER_CHAIN, seq=tip.seq + 1, at=datetime.now(UTC), request_id=request_id,
+                            task_id=None, actor="admin", action="request.approved",
+                            detail={"targets": ["photos"], "items": {"photos": 10**9}}, prev_hash=tip.hash)
+        forged.hash = proof.audit_hash(forged)
+        s.add(forged)
+        s.flush()
+        forged_id = forged.id
+    assert ledger.verify() == [f"audit entry {forged_id} (request.approved): names a request but is on the "
+                               "ledger's chain, after request chains began"]
+
+
+def test_a_writer_that_waited_for_the_requests_row_appends_after_the_one_before(
+        pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey) -> None:
+    """A retry noted (task row first, then the request's chain) while another transaction holds the
+    request's chain: once that one commits, the retry reads the chain's new tip, not the one its first
+    statement could see, so it takes the next position instead of colliding with it."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    try:
+        request_id = filed(ledger, "1")
+        with ledger.sessions() as s:
+            task_id = s.scalars(select(Task.id).filter_by(request_id=request_id, target="photos")).one()
+        assert ledger.claim(task_id) is not None
+        failures: list[BaseException] = []
+
+        def retry() -> None:
+            try:
+                ledger.note_retry(task_id, "throttled", 1.0)
+            except BaseException as exc:
+                failures.append(exc)
+
+        with ledger.sessions.begin() as s:
+            appends.append(s, "request.noted", request_id, actor="test", detail={"note": "first"})
+            s.flush()
+            worker = threading.Thread(target=retry)
+            worker.start()
+            worker.join(1.5)
+            assert worker.is_alive(), "the retry did not wait for the request's chain"
+        worker.join(20)
+        assert failures == []
+        actions = [e.action for e in chain_of(ledger, request_id)]
+        assert actions.index("request.noted") < actions.index("task.retrying")
+        assert ledger.verify() == []
+    finally:
+        ledger.engine.dispose()

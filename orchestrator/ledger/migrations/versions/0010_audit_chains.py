@@ -24,7 +24,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("chain", sa.String(length=36), nullable=True))
         batch.add_column(sa.Column("seq", sa.Integer(), nullable=True))
     op.execute("UPDATE audit_log SET chain = 'ledger', seq = id")
-    with op.batch_alter_table("audit_log") as batch:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    # SQLite: the table is rebuilt with AUTOINCREMENT, so an id is never reused after pruning.
+    with op.batch_alter_table("audit_log", recreate="always" if sqlite else "auto",
+                              table_kwargs={"sqlite_autoincrement": True} if sqlite else {}) as batch:
         batch.alter_column("chain", existing_type=sa.String(length=36), nullable=False)
         batch.alter_column("seq", existing_type=sa.Integer(), nullable=False)
         batch.create_unique_constraint("uq_audit_chain_seq", ["chain", "seq"])
