@@ -5,8 +5,8 @@ after the transaction committed, so a message never names a task the ledger does
 is lost (broker restart, crash before send) is sent again by ``due_for_dispatch`` once its lease runs out.
 
 ``Ledger`` is composed of one class per domain (filing, tasks, holds, reads, aggregates, outbox, lineage,
-chain), each
-in its own module over the shared ``LedgerCore`` (engine, sessions, keys, the audit chain's append).
+chain), each in its own module over the shared ``LedgerCore`` (engine, sessions, keys). Appending to the
+audit chains is ``appends``; their rules are ``proof``, and the walk that checks them ``verification``.
 """
 
 from orchestrator.ledger.aggregates import AggregateLedger, Overview, Snapshot, Waiting

@@ -12,7 +12,7 @@ from sqlalchemy import and_, delete, exists, func, select
 
 from orchestrator import keys
 from orchestrator.certificates import rfc3339
-from orchestrator.ledger import appends, proof
+from orchestrator.ledger import appends, proof, verification
 from orchestrator.ledger.common import (
     IDEMPOTENCY_DAYS,
     TERMINAL_REQUEST,
@@ -62,7 +62,7 @@ class ChainLedger(LedgerCore):
         tombstones), completion records and certificates; return the problems (the first names the first bad
         entry), or an empty list when the ledger is intact."""
         with self.sessions() as s:
-            return proof.verify(s)
+            return verification.verify(s)
 
     def signed_through(self) -> tuple[int, int]:
         """(last signed entry, last entry): a truncated tail after the last signed head goes unnoticed."""
