@@ -189,8 +189,9 @@ def approved_count(s: Session, task: Task) -> int | None:
     """The count an admin approved for this task, as the audit chain records it (the newest
     ``request.approved`` entry of its request naming its target), or None when none did. What a claim must
     read, not the task row's ``approved_items``, which anyone with write access to the database can set."""
-    split = (select(func.min(AuditEntry.seq)).where(AuditEntry.chain == LEDGER_CHAIN, AuditEntry.action == OPENING)
-             .scalar_subquery())
+    # The first opening, found by walking the ledger chain's index from its start (openings are frequent).
+    split = (select(AuditEntry.seq).where(AuditEntry.chain == LEDGER_CHAIN, AuditEntry.action == OPENING)
+             .order_by(AuditEntry.seq).limit(1).scalar_subquery())
     own_or_old = (AuditEntry.chain == task.request_id) | (
         (AuditEntry.chain == LEDGER_CHAIN) & (AuditEntry.seq < func.coalesce(split, AuditEntry.seq + 1)))
     for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.request_id == task.request_id,
