@@ -80,7 +80,7 @@ def at_commit(s: Session, rows: dict[str, dict[str, str | None]], signing_key: E
         append(s, "rows.changed", None, actor="ledger", detail={"rows": rows[chain]}, chain=chain)
     opened = s.info.pop(OPENED, None)
     if opened:
-        append(s, "chains.opened", None, actor="ledger", detail={"chains": sorted(opened)})
+        append(s, proof.OPENING, None, actor="ledger", detail={"chains": sorted(opened)})
     due: list[AuditEntry] | None = s.info.pop(DUE, None)
     if due:
         s.flush()  # the database gives each entry its id, which its signed head names
@@ -100,18 +100,15 @@ def _tip(s: Session, chain: str) -> tuple[int, str]:
     lock: every transaction there is BEGIN IMMEDIATE, so one writes at a time."""
     if chain == proof.LEDGER_CHAIN:
         lock_ledger_chain(s)
-        last = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
-                         .order_by(AuditEntry.seq.desc()).limit(1)).first()
-        if last is not None:
-            return last[0], last[1]
-        checkpoint = s.get(AuditCheckpoint, 1)
-        return (checkpoint.last_pruned_id, checkpoint.last_pruned_hash) if checkpoint else (0, proof.GENESIS_HASH)
-    if s.get_bind().dialect.name == "postgresql":
+    elif s.get_bind().dialect.name == "postgresql":
         s.execute(_LOCK_REQUEST, {"chain": chain})
     found = s.execute(select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.chain == chain)
                       .order_by(AuditEntry.seq.desc()).limit(1)).first()
-    if found is None:
-        # A request filed before its chain existed (migration 0010) starts one now: named as any other.
-        s.info.setdefault(OPENED, set()).add(chain)
-        return 0, proof.GENESIS_HASH
-    return found[0], found[1]
+    if found is not None:
+        return found[0], found[1]
+    if chain == proof.LEDGER_CHAIN:  # empty, or pruned whole: it goes on from the checkpoint
+        checkpoint = s.get(AuditCheckpoint, 1)
+        return (checkpoint.last_pruned_id, checkpoint.last_pruned_hash) if checkpoint else (0, proof.GENESIS_HASH)
+    # A request filed before its chain existed (migration 0010) starts one now: named as any other.
+    s.info.setdefault(OPENED, set()).add(chain)
+    return 0, proof.GENESIS_HASH

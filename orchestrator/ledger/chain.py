@@ -81,22 +81,18 @@ class ChainLedger(LedgerCore):
                 return False
             moved = (select(AuditEntry.chain, func.max(AuditEntry.seq).label("seq"))
                      .where(AuditEntry.id > newest - SIGN_WINDOW).group_by(AuditEntry.chain).subquery())
-            tips = s.execute(select(AuditEntry.id, AuditEntry.hash)
+            tips = s.execute(select(AuditEntry.id, AuditEntry.hash, AuditEntry.chain, AuditEntry.seq)
                              .join(moved, and_(AuditEntry.chain == moved.c.chain, AuditEntry.seq == moved.c.seq))
                              .where(~exists().where(SignedHead.entry_id == AuditEntry.id))
                              .order_by(AuditEntry.id)).all()
-            for entry_id, entry_hash in tips:
+            for entry_id, entry_hash, _, _ in tips:
                 proof.sign_head(s, self.signing_key, entry_id, entry_hash)
-            if tips:
-                # The tips on the ledger's own (signed) chain too: a chain cut back behind its tip, its heads
-                # removed with the entries, still falls short of what the ledger's chain says it reached.
-                reached = s.execute(select(AuditEntry.chain, AuditEntry.seq, AuditEntry.hash)
-                                    .where(AuditEntry.id.in_([entry_id for entry_id, _ in tips]),
-                                           AuditEntry.chain != proof.LEDGER_CHAIN)).all()
-                if reached:
-                    self._audit(s, proof.ROLLUP, None, actor="reconcile",
-                                detail={"tips": {chain: [seq, h] for chain, seq, h in sorted(reached)}})
-                    appends.sign_at_commit(s)
+            # The tips on the ledger's own (signed) chain too: a chain cut back behind its tip, its heads
+            # removed with the entries, still falls short of what the ledger's chain says it reached.
+            reached = {chain: [seq, h] for _, h, chain, seq in tips if chain != proof.LEDGER_CHAIN}
+            if reached:
+                self._audit(s, proof.ROLLUP, None, actor="reconcile", detail={"tips": dict(sorted(reached.items()))})
+                appends.sign_at_commit(s)
             return bool(tips)
 
     def rotate_signing_key(self, new_key: Ed25519PrivateKey, actor: str = "cli") -> str:
