@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +38,27 @@ def filed(ledger: Ledger, value: str) -> str:
     return file_request(ledger, datamap, datamap.parse_subject({"user_id": value}))[0]
 
 
+@pytest.fixture
+def pg_ledger(pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey) -> Iterator[Ledger]:
+    """The concurrency tests need PostgreSQL: SQLite lets one writer in at a time anyway."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    yield ledger
+    ledger.engine.dispose()
+
+
+@contextmanager
+def chain_held_open(ledger: Ledger, request_id: str, meanwhile: Callable[[], object]) -> Iterator[threading.Thread]:
+    """A transaction with an entry on the request's chain, open while ``meanwhile`` runs in a thread (started
+    and yielded); it commits on leaving, and the thread is then given 20 s to end."""
+    with ledger.sessions.begin() as s:
+        appends.append(s, "request.noted", request_id, actor="test", detail={"note": "held open"})
+        s.flush()
+        worker = threading.Thread(target=meanwhile)
+        worker.start()
+        yield worker
+    worker.join(20)
+
+
 def chain_of(ledger: Ledger, request_id: str) -> list[AuditEntry]:
     with ledger.sessions() as s:
         return list(s.scalars(select(AuditEntry).filter_by(chain=request_id).order_by(AuditEntry.seq)))
@@ -55,59 +78,39 @@ def test_each_request_has_its_own_gapless_chain_opened_on_the_ledgers(ledger: Le
     assert ledger.verify() == []
 
 
-def test_writers_of_different_requests_do_not_wait_for_each_other(pg_database: str, subject_key: bytes,
-                                                                  signing_key: Ed25519PrivateKey) -> None:
+def test_writers_of_different_requests_do_not_wait_for_each_other(pg_ledger: Ledger) -> None:
     """One transaction holds an entry on request A's chain open; a whole operation on request B commits
     meanwhile (before the split it waited for the chain's global lock until A committed)."""
-    ledger = Ledger(pg_database, subject_key, signing_key)
-    try:
-        a, b = filed(ledger, "1"), filed(ledger, "2")
-        done = threading.Event()
+    a, b = filed(pg_ledger, "1"), filed(pg_ledger, "2")
+    done = threading.Event()
 
-        def other() -> None:
-            ledger.extend_deadline(b, "the regulator agreed")
-            done.set()
+    def other() -> None:
+        pg_ledger.extend_deadline(b, "the regulator agreed")
+        done.set()
 
-        with ledger.sessions.begin() as s:
-            appends.append(s, "request.noted", a, actor="test", detail={"note": "held open"})
-            s.flush()
-            worker = threading.Thread(target=other)
-            worker.start()
-            assert done.wait(20), "a writer of another request waited for this transaction"
-        worker.join()
-        assert ledger.verify() == []
-    finally:
-        ledger.engine.dispose()
+    with chain_held_open(pg_ledger, a, other):
+        assert done.wait(20), "a writer of another request waited for this transaction"
+    assert pg_ledger.verify() == []
 
 
-def test_writers_of_one_request_chain_in_turn(pg_database: str, subject_key: bytes,
-                                              signing_key: Ed25519PrivateKey) -> None:
+def test_writers_of_one_request_chain_in_turn(pg_ledger: Ledger) -> None:
     """Two transactions on the same request: the second waits for the first (the request's row is the
     chain's lock) and appends after it, so the chain never forks."""
-    ledger = Ledger(pg_database, subject_key, signing_key)
-    try:
-        request_id = filed(ledger, "1")
-        started, done = threading.Event(), threading.Event()
+    request_id = filed(pg_ledger, "1")
+    started, done = threading.Event(), threading.Event()
 
-        def second() -> None:
-            started.set()
-            ledger.extend_deadline(request_id, "the regulator agreed")
-            done.set()
+    def second() -> None:
+        started.set()
+        pg_ledger.extend_deadline(request_id, "the regulator agreed")
+        done.set()
 
-        with ledger.sessions.begin() as s:
-            appends.append(s, "request.noted", request_id, actor="test", detail={"note": "first"})
-            s.flush()
-            worker = threading.Thread(target=second)
-            worker.start()
-            started.wait(5)
-            assert not done.wait(1.5), "the second writer did not wait for the first"
-        worker.join(20)
-        assert done.is_set()
-        actions = [e.action for e in chain_of(ledger, request_id)]
-        assert actions.index("request.noted") < actions.index("request.extended")
-        assert ledger.verify() == []
-    finally:
-        ledger.engine.dispose()
+    with chain_held_open(pg_ledger, request_id, second):
+        started.wait(5)
+        assert not done.wait(1.5), "the second writer did not wait for the first"
+    assert done.is_set()
+    actions = [e.action for e in chain_of(pg_ledger, request_id)]
+    assert actions.index("request.noted") < actions.index("request.extended")
+    assert pg_ledger.verify() == []
 
 
 def test_a_whole_chain_removed_with_its_request_is_named(ledger: Ledger) -> None:
@@ -245,36 +248,26 @@ def test_an_entry_naming_a_request_on_the_ledgers_chain_is_named(ledger: Ledger)
                                "ledger's chain, after request chains began"]
 
 
-def test_a_writer_that_waited_for_the_requests_row_appends_after_the_one_before(
-        pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey) -> None:
+def test_a_writer_that_waited_for_the_requests_row_appends_after_the_one_before(pg_ledger: Ledger) -> None:
     """A retry noted (task row first, then the request's chain) while another transaction holds the
     request's chain: once that one commits, the retry reads the chain's new tip, not the one its first
     statement could see, so it takes the next position instead of colliding with it."""
-    ledger = Ledger(pg_database, subject_key, signing_key)
-    try:
-        request_id = filed(ledger, "1")
-        with ledger.sessions() as s:
-            task_id = s.scalars(select(Task.id).filter_by(request_id=request_id, target="photos")).one()
-        assert ledger.claim(task_id) is not None
-        failures: list[BaseException] = []
+    request_id = filed(pg_ledger, "1")
+    with pg_ledger.sessions() as s:
+        task_id = s.scalars(select(Task.id).filter_by(request_id=request_id, target="photos")).one()
+    assert pg_ledger.claim(task_id) is not None
+    failures: list[BaseException] = []
 
-        def retry() -> None:
-            try:
-                ledger.note_retry(task_id, "throttled", 1.0)
-            except BaseException as exc:
-                failures.append(exc)
+    def retry() -> None:
+        try:
+            pg_ledger.note_retry(task_id, "throttled", 1.0)
+        except BaseException as exc:
+            failures.append(exc)
 
-        with ledger.sessions.begin() as s:
-            appends.append(s, "request.noted", request_id, actor="test", detail={"note": "first"})
-            s.flush()
-            worker = threading.Thread(target=retry)
-            worker.start()
-            worker.join(1.5)
-            assert worker.is_alive(), "the retry did not wait for the request's chain"
-        worker.join(20)
-        assert failures == []
-        actions = [e.action for e in chain_of(ledger, request_id)]
-        assert actions.index("request.noted") < actions.index("task.retrying")
-        assert ledger.verify() == []
-    finally:
-        ledger.engine.dispose()
+    with chain_held_open(pg_ledger, request_id, retry) as worker:
+        worker.join(1.5)
+        assert worker.is_alive(), "the retry did not wait for the request's chain"
+    assert failures == []
+    actions = [e.action for e in chain_of(pg_ledger, request_id)]
+    assert actions.index("request.noted") < actions.index("task.retrying")
+    assert pg_ledger.verify() == []
