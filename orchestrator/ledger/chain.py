@@ -142,8 +142,7 @@ class ChainLedger(LedgerCore):
             prefix = ledger & (AuditEntry.seq <= through)
             ids = set(s.scalars(select(AuditEntry.request_id).distinct().where(prefix,
                                                                                AuditEntry.request_id.is_not(None))))
-            for opening in s.scalars(select(AuditEntry.detail).where(prefix, AuditEntry.action == proof.OPENING)):
-                ids.update(opening.get("chains") or [])
+            ids |= proof.opened_chains(s, AuditEntry.seq <= through)
             detail: dict[str, Any] = {"tombstones_removed": proof.id_ranges(removed)} if removed else {}
             if through >= 1 and ids:
                 last_hash = s.scalar(select(AuditEntry.hash).where(ledger, AuditEntry.seq == through))

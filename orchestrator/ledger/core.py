@@ -113,10 +113,8 @@ class LedgerCore:
                 self._audit(s, "rows.adopted", None, actor="ledger",
                             detail={"rows": {k: rows[k] for k in names[start:start + 10_000]}})
         # Chains written without the session's hooks (a test's stand-in for code before 0006) are adopted too.
-        named = {c for d in s.scalars(select(AuditEntry.detail).where(AuditEntry.action == proof.OPENING))
-                 for c in d.get("chains") or []}
         unnamed = set(s.scalars(select(AuditEntry.chain).distinct()
-                                .where(AuditEntry.chain != proof.LEDGER_CHAIN))) - named
+                                .where(AuditEntry.chain != proof.LEDGER_CHAIN))) - proof.opened_chains(s)
         if unnamed:
             self._audit(s, proof.OPENING, None, actor="ledger", detail={"chains": sorted(unnamed)})
         appends.sign_at_commit(s)

@@ -185,6 +185,13 @@ def recorded_rows(s: Session, removed: Any) -> dict[str, str | None]:
     return {k: d for k, d in expected.items() if k.partition(":")[0] not in PRUNED_WITH_REQUEST}
 
 
+def opened_chains(s: Session, *where: Any) -> set[str]:
+    """The request chains the ledger chain's openings (those ``where`` selects, else all) name."""
+    return {chain for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.chain == LEDGER_CHAIN,
+                                                                          AuditEntry.action == OPENING, *where))
+            for chain in detail.get("chains") or []}
+
+
 def approved_count(s: Session, task: Task) -> int | None:
     """The count an admin approved for this task, as the audit chain records it (the newest
     ``request.approved`` entry of its request naming its target), or None when none did. What a claim must
