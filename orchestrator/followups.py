@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.identifiers import Subject
 from orchestrator.ledger import stored_idempotency_key
-from orchestrator.service import Submission
+from orchestrator.planner import Submission
 
 if TYPE_CHECKING:
     from orchestrator.datamap import DataMap

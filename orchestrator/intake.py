@@ -44,7 +44,7 @@ from orchestrator.identifiers import InvalidIdentifier, Subject
 from orchestrator.identities import ResolutionUnavailable
 from orchestrator.ledger import IdempotencyConflict, LedgerError
 from orchestrator.logs import get_logger
-from orchestrator.service import Submission
+from orchestrator.planner import Submission
 
 if TYPE_CHECKING:
     from orchestrator.datamap import DataMap

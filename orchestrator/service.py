@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.config import Settings, get_settings
 from orchestrator.datamap import DataMap
 from orchestrator.identifiers import Subject
-from orchestrator.identities import Resolution
-from orchestrator.ledger import TERMINAL_REQUEST, Dispatch, Filing, Ledger, LedgerError
+from orchestrator.ledger import TERMINAL_REQUEST, Dispatch, Ledger
 from orchestrator.logs import get_logger
-from orchestrator.planner import plan
+from orchestrator.planner import Submission, plan_filings
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -33,40 +30,6 @@ WAITING_REQUEST = frozenset({"on_hold", "awaiting_approval"})
 DISPATCH_BATCH = 256  # task ids per message at most
 FILE_BATCH = 500  # requests per ledger transaction in a bulk submission
 WAIT_FIRST_POLL, WAIT_GROWTH = 0.005, 1.25  # Lethe.wait: seconds before its first poll, and how the pause grows
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One erasure request as a door received it: the subject (validated against the map; empty for a dataset
-    erasure), the stored idempotency key, its origin, and the identities' results when the door resolved
-    them already (a bulk submission resolves every subject before it files any)."""
-
-    subject: Subject
-    idempotency_key: str | None = None
-    origin: dict[str, Any] | None = None
-    resolution: Resolution | None = None
-
-
-def plan_filings(datamap: DataMap, submissions: Sequence[Submission], subject_key: bytes, *,
-                 only_targets: Collection[str] | None = None, dataset: str | None = None) -> list[Filing]:
-    """What the ledger records for each submission: a new request id, the identities resolved before
-    anything is filed (docs/decisions.md: their values are fixed before any purge, and a lookup database that
-    does not answer files nothing), and the plan of its tasks."""
-    if dataset is not None and (dataset not in datamap.datasets or any(len(s.subject) for s in submissions)):
-        known = ", ".join(sorted(datamap.datasets)) or "none"
-        raise LedgerError(f"unknown dataset {dataset!r} (the data map declares: {known})")
-    filings = []
-    for submission in submissions:
-        resolution = submission.resolution
-        if resolution is None and dataset is None:
-            resolution = datamap.resolve(submission.subject)
-        request_id = str(uuid.uuid4())
-        tasks = plan(request_id, datamap, submission.subject, only=only_targets, dataset=dataset,
-                     resolution=resolution)
-        filings.append(Filing(request_id, submission.subject, tuple(tasks), submission.idempotency_key,
-                              submission.origin, derived=tuple(resolution.derived(subject_key)) if resolution else (),
-                              derived_values=resolution.sealable() if resolution else {}))
-    return filings
 
 
 class BrokerUnreachable(Exception):
