@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 import random
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from typing import Any
 
 import structlog
@@ -25,6 +24,7 @@ from orchestrator.ledger import Dispatch, Outcome, TaskRun
 from orchestrator.ledger.snapshots import DEFAULT_MAX_ITEMS
 from orchestrator.logs import get_logger, redact_values, scrub
 from workers.host import WorkerHost
+from workers.leases import lease_kept
 from workers.targets.base import (
     Heartbeat,
     HeldError,
@@ -178,7 +178,7 @@ def _run(self: LetheTask, lethe: WorkerHost, run: TaskRun) -> Outcome | str:
         max_items = config.max_items or DEFAULT_MAX_ITEMS
         note = None
         if run.dry_run:
-            with _lease_kept(lethe, run.task_id):
+            with lease_kept(lethe, run.task_id):
                 deleted = sum(target.count(subject) for subject in subjects)
             if deleted > max_items:
                 note = f"would wait for approval: {deleted} items exceed max_items {max_items}"
@@ -187,7 +187,7 @@ def _run(self: LetheTask, lethe: WorkerHost, run: TaskRun) -> Outcome | str:
             # only the count the admin saw; more than that waits again), and the estimate progress is shown
             # against. A later slice of a sliced purge was counted at its start.
             if not run.continuation:
-                with _lease_kept(lethe, run.task_id):
+                with lease_kept(lethe, run.task_id):
                     estimated = sum(target.count(subject) for subject in subjects)
                 if estimated > max_items and not run.approval_covers(estimated):
                     log.warning("task.awaiting_approval", items=estimated, max_items=max_items)
@@ -205,7 +205,7 @@ def _run(self: LetheTask, lethe: WorkerHost, run: TaskRun) -> Outcome | str:
                 log.info("task.slice_expired", deleted=expired.done)
                 lethe.send([d for d in [ledger.hand_back(run.task_id, expired.done)] if d])
                 return "continued"
-            with _lease_kept(lethe, run.task_id):
+            with lease_kept(lethe, run.task_id):
                 residue = sum(target.verify(subject) for subject in subjects)
             if residue:
                 raise RetryableError(f"verify read back {residue} items after the purge")
@@ -263,30 +263,6 @@ def _heartbeat(lethe: WorkerHost, task_id: str, slice_ends: float | None = None)
             last = time.monotonic()
 
     return beat
-
-
-@contextmanager
-def _lease_kept(lethe: WorkerHost, task_id: str) -> Iterator[None]:
-    """Renew the task's lease while a call that takes no heartbeat runs. A count or verify of millions of
-    versions lists for minutes: with the lease run out, reconcile re-sent the live task and a second worker
-    purged the same listing again (measured: 142k of 300k photos deleted twice after a worker kill)."""
-    stop = threading.Event()
-    every = lethe.settings.task_lease_seconds / 3
-
-    def keep() -> None:
-        while not stop.wait(every):
-            try:
-                lethe.ledger.renew_lease(task_id)
-            except Exception as exc:  # the ledger is away for a moment: the next round tries again
-                log.warning("task.lease_renewal_failed", task_id=task_id, error=type(exc).__name__)
-
-    keeper = threading.Thread(target=keep, name="lethe-lease", daemon=True)
-    keeper.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        keeper.join()
 
 
 def _offset(beat: Heartbeat, before: int) -> Heartbeat:
