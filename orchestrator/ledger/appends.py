@@ -20,8 +20,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from orchestrator.ledger import proof
-from orchestrator.ledger.common import AUDIT_LOCK_KEY, now
-from orchestrator.ledger.models import AuditCheckpoint, AuditEntry
+from orchestrator.ledger.common import AUDIT_LOCK_KEY, REQUEST_STATUSES, TERMINAL_REQUEST, now
+from orchestrator.ledger.models import AuditCheckpoint, AuditEntry, Request
 
 # Session.info keys; each belongs to one transaction (proof.track_rows forgets them at its end).
 TIPS = "lethe_chain_tips"  # chain -> (seq, hash) of its last entry, read under the chain's lock
@@ -63,6 +63,29 @@ def open_chain(s: Session, chain: str) -> None:
     request's id before the commit, so there is nothing to read or lock."""
     s.info.setdefault(TIPS, {})[chain] = (0, proof.GENESIS_HASH)
     s.info.setdefault(OPENED, set()).add(chain)
+
+
+def open_old_chains(s: Session) -> None:
+    """At a ledger's start, the chains of the requests in flight across migration 0010 (their entries so far
+    on the ledger's chain), opened together in one entry, with a first entry on each; on an upgraded ledger
+    it is one query (every request filed since has a chain), by the status index and the chains' index.
+
+    Opened here, not at each one's next write (``_tip``'s lazy opening, now only the safety net for a
+    request busy at this moment, or a finished one written again): that one takes the ledger chain's lock
+    at commit while holding the request's row, the reverse of what the ledger's own writers (releasing a
+    hold, pruning) do, so the two could deadlock. Here the ledger chain's lock comes first, and rows another
+    transaction holds are skipped, never waited for. Finished requests are left as they are: nothing writes
+    to them, and an opening would keep the entries before it from being pruned (``ChainLedger.prune``)."""
+    # A probe of the chains' index per request (a subquery with LIMIT is never made a join over all entries).
+    first = select(AuditEntry.seq).where(AuditEntry.chain == Request.id).limit(1).scalar_subquery()
+    unopened = select(Request.id).where(Request.status.in_(sorted(set(REQUEST_STATUSES) - TERMINAL_REQUEST)),
+                                        first.is_(None))
+    if s.scalar(unopened.limit(1)) is None:
+        return
+    lock_ledger_chain(s)  # another host starting now waits here, then finds what this one opened
+    for request_id in s.scalars(unopened.order_by(Request.id).with_for_update(skip_locked=True)).all():
+        append(s, "chain.adopted", request_id, actor="ledger", detail={"before": proof.LEDGER_CHAIN})
+    sign_at_commit(s)
 
 
 def sign_at_commit(s: Session, entry: AuditEntry | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy.orm import Session
 
 from orchestrator import keys
 from orchestrator.certificates import rfc3339
@@ -114,7 +115,8 @@ class ChainLedger(LedgerCore):
         The ledger's chain must stay contiguous, so only a prefix of it can go: the entries before the first
         one written since the oldest kept request was received. With it go the request chains those entries
         opened (whole: each was opened before that request, so it is an expired one) and the requests
-        their entries before migration 0010 name. A signed checkpoint keeps the hash the ledger's chain now
+        their entries before migration 0010 name, but never a request the ledger's chain names again after
+        them (``_whole``). A signed checkpoint keeps the hash the ledger's chain now
         starts from, so verify-ledger still proves the rest; the digests of held and tombstoned rows the
         removed entries recorded are carried over into the prune's entry, and the tombstones removed are
         named in it. Returns the number of requests pruned.
@@ -137,8 +139,8 @@ class ChainLedger(LedgerCore):
             ledger = AuditEntry.chain == proof.LEDGER_CHAIN
             first_kept = s.scalar(select(func.min(AuditEntry.seq)).where(ledger, AuditEntry.at >= oldest_kept)) \
                 if oldest_kept is not None else None
-            through = first_kept - 1 if first_kept is not None else (
-                s.scalar(select(func.max(AuditEntry.seq)).where(ledger)) or 0)
+            through = _whole(s, first_kept - 1 if first_kept is not None else (
+                s.scalar(select(func.max(AuditEntry.seq)).where(ledger)) or 0))
             prefix = ledger & (AuditEntry.seq <= through)
             ids = set(s.scalars(select(AuditEntry.request_id).distinct().where(prefix,
                                                                                AuditEntry.request_id.is_not(None))))
@@ -168,3 +170,31 @@ class ChainLedger(LedgerCore):
                 self._audit(s, "ledger.pruned", None, actor="reconcile", detail=detail)
                 appends.sign_at_commit(s)
             return len(ids)
+
+
+def _whole(s: Session, through: int) -> int:
+    """How far a prune may take the ledger's chain (``through`` at most) and still take each request it
+    names whole. Entries before migration 0010 name their requests on the ledger's chain; such a request
+    in flight at the upgrade is named again after them: by its later entries, and by the opening of its
+    chain (at the ledger's first start after the upgrade, or at its next write). If a request received
+    later is kept, the prefix can end between the two; pruning the request there would leave its opening
+    naming a chain pruned with it (verify-ledger: "removed"), or its later entries naming rows that are
+    gone. So the prefix ends before the first entry of any such request, again until none is left (it only
+    shrinks): the request and its chain stay until a later prune takes them whole. Once the entries from
+    before 0010 are pruned, this is the one query that finds no request named."""
+    ledger = AuditEntry.chain == proof.LEDGER_CHAIN
+    while through >= 1:
+        named = select(AuditEntry.request_id).where(ledger, AuditEntry.seq <= through,
+                                                    AuditEntry.request_id.is_not(None))
+        if s.scalar(named.limit(1)) is None:
+            return through
+        again = set(s.scalars(select(AuditEntry.request_id).distinct().where(
+            ledger, AuditEntry.seq > through, AuditEntry.request_id.in_(named))))
+        # A chain exists only once opened: one of a request named here not opened here was opened after.
+        chains = set(s.scalars(select(AuditEntry.chain).distinct().where(AuditEntry.chain.in_(named))))
+        late = again | (chains - proof.opened_chains(s, AuditEntry.seq <= through))
+        if not late:
+            return through
+        through = (s.scalar(select(func.min(AuditEntry.seq)).where(
+            ledger, AuditEntry.seq <= through, AuditEntry.request_id.in_(late))) or 1) - 1
+    return through

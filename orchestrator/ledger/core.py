@@ -70,6 +70,8 @@ class LedgerCore:
         with self.sessions.begin() as s:  # another key than the ledger's: KeyMismatch, nothing written
             if keys.check(s, subject_key, signing_key, self._unseal):
                 self._adopt(s)
+        with self.sessions.begin() as s:
+            appends.open_old_chains(s)
 
     # -- sealing raw identifiers while a request runs -----------------------------------------------
     def _seal(self, request_id: str, subject: Subject) -> bytes:

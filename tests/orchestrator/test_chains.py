@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 from orchestrator.datamap import DataMap
 from orchestrator.ledger import Ledger, appends, proof
 from orchestrator.ledger.db import _alembic_config
-from orchestrator.ledger.models import AuditEntry, Task
+from orchestrator.ledger.models import AuditEntry, Certificate, Request, Task
 from tests.fixtures.lethe import file_request
 from tests.orchestrator.test_keys import open_ledger
 from tests.orchestrator.test_proof import MAP, erase
@@ -271,3 +271,167 @@ def test_a_writer_that_waited_for_the_requests_row_appends_after_the_one_before(
     actions = [e.action for e in chain_of(pg_ledger, request_id)]
     assert actions.index("request.noted") < actions.index("task.retrying")
     assert pg_ledger.verify() == []
+
+
+# -- requests in flight across migration 0010 ---------------------------------------------------------------
+@contextmanager
+def before_the_split(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Lethe as it wrote before migration 0010: every entry on the one chain (the ledger's, whose seq is the
+    id once the chain has no gaps), no request chain opened."""
+    write = appends.append
+
+    def one_chain(s: Any, action: str, request_id: str | None, task_id: str | None = None, actor: str = "worker",
+                  detail: dict[str, Any] | None = None, chain: str | None = None) -> AuditEntry:
+        return write(s, action, request_id, task_id, actor=actor, detail=detail, chain=proof.LEDGER_CHAIN)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(appends, "append", one_chain)
+        patched.setattr(appends, "open_chain", lambda s, chain: None)
+        yield
+
+
+def upgraded(ledger: Ledger, pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey,
+             busy: str | None = None) -> Ledger:
+    """The ledger taken back to 0009 (its audit_log as 0009 had it) and opened again, so upgraded; ``busy``:
+    a request whose row another transaction holds while the ledger starts."""
+    with ledger.sessions() as s:
+        assert all(e.chain == proof.LEDGER_CHAIN and e.seq == e.id for e in s.scalars(select(AuditEntry)))
+    with ledger.engine.connect() as conn:
+        command.downgrade(_alembic_config(conn), "0009")
+        conn.commit()
+    with ledger.engine.connect() as conn:
+        if busy is not None:
+            conn.execute(text("SELECT 1 FROM requests WHERE id = :id FOR UPDATE"), {"id": busy})
+        started = open_ledger(pg_database, subject_key.hex(), signing_key)
+        conn.rollback()
+    ledger.engine.dispose()
+    return started
+
+
+def run(ledger: Ledger, request_id: str, *targets: str, claimed: bool = False) -> None:
+    """Claim and complete these targets' tasks (``claimed``: the first was claimed already)."""
+    for n, target in enumerate(targets):
+        with ledger.sessions() as s:
+            task_id = s.scalars(select(Task.id).filter_by(request_id=request_id, target=target)).one()
+        if not (claimed and n == 0):
+            assert ledger.claim(task_id) is not None
+        ledger.complete(task_id, 1, 0, level="bytes_reclaimed")
+
+
+def openings(ledger: Ledger) -> list[tuple[int, list[str]]]:
+    with ledger.sessions() as s:
+        return [(e.id, e.detail["chains"]) for e in s.scalars(select(AuditEntry).filter_by(
+            chain=proof.LEDGER_CHAIN, action=proof.OPENING).order_by(AuditEntry.id))]
+
+
+def rows_of(ledger: Ledger, request_id: str) -> tuple[str | None, list[str], bool, int]:
+    """(status, its tasks' statuses, whether it has a certificate, entries on its chain)."""
+    with ledger.sessions() as s:
+        status = s.scalar(select(Request.status).filter_by(id=request_id))
+        tasks = sorted(s.scalars(select(Task.status).filter_by(request_id=request_id)))
+        certified = s.get(Certificate, request_id) is not None
+    return status, tasks, certified, len(chain_of(ledger, request_id))
+
+
+@pytest.mark.parametrize("kept_filed", ["before the upgrade", "after it, the old request busy at the start"])
+def test_a_request_in_flight_across_the_split_is_pruned_only_whole(
+        pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch,
+        kept_filed: str) -> None:
+    """A request filed before 0010 and finished after it, while one received after it is still kept: its
+    first entries lie in the prefix a prune could take, the opening of its chain after it. The prune takes
+    the older requests and keeps this one whole (its row, its chain and the opening naming it) until it can
+    take it with its opening; what stays verifies throughout."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    with before_the_split(monkeypatch):
+        done = erase(ledger, "done")  # finished before the upgrade: nothing opens its chain
+        old = filed(ledger, "old")  # one task claimed: it completes after the upgrade
+        with ledger.sessions() as s:
+            photos = s.scalars(select(Task.id).filter_by(request_id=old, target="photos")).one()
+        assert ledger.claim(photos) is not None
+        kept = filed(ledger, "kept") if kept_filed == "before the upgrade" else None
+    ledger = upgraded(ledger, pg_database, subject_key, signing_key, busy=None if kept else old)
+    try:
+        kept = kept or filed(ledger, "kept")
+        run(ledger, old, "photos", "vectors", claimed=True)
+        assert [c for _, chains in openings(ledger) for c in chains if c == old] == [old]
+        before = rows_of(ledger, kept), rows_of(ledger, old)
+        assert before[1][:3] == ("completed", ["completed", "completed"], True)
+        pruned = ledger.prune(0, tombstone_days=10_000)
+        assert ledger.verify() == []
+        assert pruned == 1  # the one finished before the other two
+        assert rows_of(ledger, done) == (None, [], False, 0)
+        assert (rows_of(ledger, kept), rows_of(ledger, old)) == before
+        run(ledger, kept, "photos", "vectors")
+        assert ledger.prune(0, tombstone_days=10_000) == 2  # now nothing is kept: both go, whole
+        assert ledger.verify() == []
+        assert rows_of(ledger, old) == rows_of(ledger, kept) == (None, [], False, 0)
+    finally:
+        ledger.engine.dispose()
+
+
+def in_flight_across_the_split(pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey,
+                               monkeypatch: pytest.MonkeyPatch) -> tuple[Ledger, str, str, str, list[str]]:
+    """Before 0010: one request finished, one waiting, one on a legal hold; then the upgrade and first start.
+    Returns (the upgraded ledger, finished, waiting, held, the held one's subject hashes)."""
+    ledger = Ledger(pg_database, subject_key, signing_key)
+    with before_the_split(monkeypatch):
+        done = erase(ledger, "done")
+        waiting, held = filed(ledger, "waiting"), filed(ledger, "held")
+        with ledger.sessions() as s:
+            hashes = list(s.scalars(select(Request.subject_hashes).filter_by(id=held)).one().values())
+        ledger.add_hold(hashes, "litigation hold")
+        with ledger.sessions() as s:
+            photos = s.scalars(select(Task.id).filter_by(request_id=held, target="photos")).one()
+        assert ledger.claim(photos) is None  # held, so on hold
+    ledger = upgraded(ledger, pg_database, subject_key, signing_key)
+    assert rows_of(ledger, held)[0] == "on_hold"
+    return ledger, done, waiting, held, hashes
+
+
+def test_the_chains_of_requests_in_flight_across_the_split_are_opened_at_the_first_start(
+        pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first start after 0010 opens the chain of every request still in flight (one opening, a first
+    entry on each chain), before any of them is written again; finished ones are left as they are, and a
+    later start writes nothing."""
+    ledger, done, waiting, held, _ = in_flight_across_the_split(pg_database, subject_key, signing_key, monkeypatch)
+    try:
+        ((opening, chains),) = openings(ledger)
+        assert chains == sorted([waiting, held])
+        for request_id in (waiting, held):
+            (first,) = chain_of(ledger, request_id)
+            assert first.action == "chain.adopted" and first.id < opening
+        assert chain_of(ledger, done) == []
+        assert ledger.verify() == []
+        with ledger.sessions() as s:
+            entries = s.scalar(select(func.count()).select_from(AuditEntry))
+        again = open_ledger(pg_database, subject_key.hex(), signing_key)
+        again.engine.dispose()
+        with ledger.sessions() as s:
+            assert s.scalar(select(func.count()).select_from(AuditEntry)) == entries
+    finally:
+        ledger.engine.dispose()
+
+
+def test_a_request_held_across_the_split_written_while_its_hold_is_released_does_not_deadlock(
+        pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction on the held request's chain (its row locked), while releasing the hold (the ledger's
+    chain's lock, then the held requests' rows) waits for it: its commit needs no lock of the ledger's chain
+    (opening its chain lazily there took it, and the two deadlocked)."""
+    ledger, _, _, held, hashes = in_flight_across_the_split(pg_database, subject_key, signing_key, monkeypatch)
+    try:
+        failures: list[BaseException] = []
+
+        def release() -> None:
+            try:
+                ledger.release_hold(hashes)
+            except BaseException as exc:
+                failures.append(exc)
+
+        with chain_held_open(ledger, held, release) as worker:
+            worker.join(1.5)
+            assert worker.is_alive(), "releasing the hold did not wait for the held request's row"
+        assert failures == [] and not worker.is_alive() and rows_of(ledger, held)[0] != "on_hold"
+        assert ledger.verify() == []
+        assert [c for _, chains in openings(ledger) for c in chains].count(held) == 1
+    finally:
+        ledger.engine.dispose()
