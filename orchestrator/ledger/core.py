@@ -261,8 +261,10 @@ class LedgerCore:
     @staticmethod
     def _lock_requests(s: Session, request_ids: Iterable[str]) -> dict[str, Request]:
         """Lock requests in id order (after their tasks, also in id order), as every batch operation does."""
-        return {r.id: r for r in s.scalars(select(Request).where(Request.id.in_(set(request_ids)))
-                                           .order_by(Request.id).with_for_update())}
+        locked = {r.id: r for r in s.scalars(select(Request).where(Request.id.in_(set(request_ids)))
+                                             .order_by(Request.id).with_for_update())}
+        appends.read_locked_tips(s, set(locked))
+        return locked
 
     def _after_done(self, s: Session, task: Task) -> bool:
         return after_done(task, self._tasks(s, task.request_id) if task.after else [])
