@@ -21,8 +21,12 @@ setup: $(STAMP) ## create .venv with lethe, every store's extra and the test dep
 demo: setup ## run lethe demo: a synthetic estate erased through the real pipeline, no service needed
 	$(BIN)/lethe demo
 
+# Two processes, one per core: much of the suite waits on subprocesses, servers and the network. Each has
+# Redis databases and a RabbitMQ vhost of its own (tests/fixtures/services.py; `make services` makes the vhosts).
+TEST_PROCESSES ?= 2
+
 test: setup ## run the whole test suite (needs Redis, PostgreSQL, RabbitMQ, MariaDB: `make services`)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal
 
 services: ## start Redis, PostgreSQL, RabbitMQ and MariaDB if down (installing them and Chromium if absent)
 	bash .ci/services.sh

@@ -33,6 +33,13 @@ if ! port_open 5672; then
 fi
 # The event tests run on RabbitMQ too, and fail without it: a broker that does not come up stops here.
 wait_port 5672 RabbitMQ || exit 1
+# make test runs the suite in parallel processes; each one after the first has a vhost of its own
+# (tests/fixtures/services.py), so no process empties or consumes another's queues.
+rabbitmqctl -q await_startup >/dev/null || exit 1
+for vhost in lethe-test-1 lethe-test-2; do
+  rabbitmqctl -q list_vhosts | grep -qx "$vhost" || rabbitmqctl -q add_vhost "$vhost" >/dev/null || exit 1
+  rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null || exit 1
+done
 
 # The sql target's contract runs on MariaDB too: a user that may create and drop only lethe_t_* databases.
 if ! port_open 3306; then

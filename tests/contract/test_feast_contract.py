@@ -19,12 +19,13 @@ import redis
 
 from orchestrator.demo_estate import DEMO_VIEWS, build_demo_repo, demo_frames, write_demo_file
 from tests.contract.base import SUBJECT, ContractStore, TargetContract, subject
+from tests.fixtures.services import FEAST_REDIS_DB
 from workers.targets.feast import FeastConfig, FeastTarget
 
 os.environ.setdefault("FEAST_USAGE", "False")
 pytestmark = pytest.mark.integration
 
-REDIS_DB = 13  # the only Redis database these tests may touch: other suites use the others concurrently
+REDIS_DB = FEAST_REDIS_DB  # the only Redis database these tests may touch (one per parallel test process)
 REDIS_ONLINE = {"type": "redis", "connection_string": f"127.0.0.1:6379,db={REDIS_DB}"}
 ROWS = 3  # offline rows per user and view
 UNOWNED = ("1", "21", "120")  # users no contract subject is; their rows count in total() only
@@ -33,14 +34,14 @@ UNOWNED = ("1", "21", "120")  # users no contract subject is; their rows count i
 RedisClient = Any  # redis-py's stubs type every reply as "Awaitable | value"; the sync client returns values
 
 
-def redis_db13() -> RedisClient:
+def feast_redis_db() -> RedisClient:
     return redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
 
 
 @pytest.fixture
 def feast_redis() -> Iterator[RedisClient]:
-    """Redis database 13, emptied before and after the test."""
-    client = redis_db13()
+    """The Feast tests' Redis database, emptied before and after the test."""
+    client = feast_redis_db()
     client.flushdb()
     yield client
     client.flushdb()
@@ -55,7 +56,7 @@ class FeastStore:
         self.repo = build_demo_repo(path, UNOWNED, online_store=online_store, entity_type=entity_type,
                                     rows_per_user=ROWS, row_group_size=4)
         self.feast = self.repo.store()
-        self.redis = redis_db13() if online_store else None
+        self.redis = feast_redis_db() if online_store else None
 
     def key(self, user_id: str) -> int | str:
         return int(user_id) if self.entity_type == "int64" else user_id

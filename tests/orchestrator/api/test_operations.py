@@ -17,12 +17,12 @@ from orchestrator.api import sessions
 from orchestrator.api.broker import BrokerView, queue_names
 from orchestrator.ledger.models import AuditEntry, Request, Task
 from orchestrator.service import Lethe
+from tests.fixtures.services import AMQP_URL
 from tests.orchestrator.api.conftest import auth, wait_for
 from tests.orchestrator.api.test_dashboard import csrf_of, sign_in
 
 pytestmark = pytest.mark.integration
 SUBJECT = {"subject": {"user_id": "12"}}
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def statements(lethe: Lethe) -> list[str]:
