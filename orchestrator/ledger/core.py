@@ -25,6 +25,7 @@ from orchestrator.certificates import rfc3339
 from orchestrator.copies import NO_COPY, gone_by
 from orchestrator.identifiers import Subject
 from orchestrator.ledger import appends, proof, snapshots
+from orchestrator.ledger.certified_models import models_acted_on
 from orchestrator.ledger.common import (
     DONE_TASK,
     EVENT_NAMESPACE,
@@ -349,52 +350,3 @@ class LedgerCore:
         """Append an entry to its request's audit chain (the ledger's when it has no request); returns its
         hash (``appends``)."""
         return appends.append(s, action, request_id, task_id, actor=actor, detail=detail).hash
-
-
-MODEL_EVENT = "lethe.model.retrain_requested"  # the SPEC's event a target queues per model it acted on
-EVENTS_PER_LOOKUP = 16
-# Session.info key: request id -> models_acted_on, looked up for a whole batch of completions at once
-MODELS_PREFETCHED = "lethe_models_prefetched"
-
-
-def models_acted_on(s: Session, request_id: str, tasks: list[Task]) -> list[dict[str, Any]]:
-    """The registered models (name, versions, action) a request quarantined or deleted, for its certificate:
-    the retrain events its targets queued with their completions (see ``models_acted_on_many``)."""
-    prefetched: dict[str, list[dict[str, Any]]] = s.info.get(MODELS_PREFETCHED, {})
-    if request_id in prefetched:
-        return prefetched[request_id]
-    return models_acted_on_many(s, {request_id: tasks})[request_id]
-
-
-def models_acted_on_many(s: Session, tasks_of: dict[str, list[Task]]) -> dict[str, list[dict[str, Any]]]:
-    """``models_acted_on`` for many requests (request id -> its tasks) in two queries, not two per request:
-    a batch of completions issues many certificates at once. Each retrain event's id is uuid5 of the
-    completion's audit hash and its position (``_emit``), so they are found by the unique event id, a few
-    positions at a time, never by scanning the outbox."""
-    target_of = {t.id: t.target for tasks in tasks_of.values() for t in tasks}
-    positions = {h: (request_id or "", target_of.get(task_id or "", ""), 0) for request_id, task_id, h in s.execute(
-        select(AuditEntry.request_id, AuditEntry.task_id, AuditEntry.hash).where(
-            AuditEntry.request_id.in_(tasks_of), AuditEntry.action == "task.completed"))}
-    found: dict[str, list[tuple[int, str, int, dict[str, Any]]]] = {request_id: [] for request_id in tasks_of}
-    order = {request_id: {t.target: n for n, t in enumerate(tasks)} for request_id, tasks in tasks_of.items()}
-    while positions:
-        wanted = {str(uuid.uuid5(EVENT_NAMESPACE, f"{h}/{n}")): (h, n) for h, (_, _, start) in positions.items()
-                  for n in range(start, start + EVENTS_PER_LOOKUP)}
-        ids = list(wanted)
-        hits: dict[str, int] = {}
-        for first in range(0, len(ids), 10_000):  # bound the statement's parameters
-            for event_id, event_type, body in s.execute(select(OutboxEvent.event_id, OutboxEvent.type, OutboxEvent.body)
-                                                        .where(OutboxEvent.event_id.in_(ids[first:first + 10_000]))):
-                h, n = wanted[event_id]
-                hits[h] = hits.get(h, 0) + 1
-                if event_type == MODEL_EVENT:
-                    request_id, target, _ = positions[h]
-                    rank = order[request_id].get(target, len(order[request_id]))
-                    found[request_id].append((rank, target, n, json.loads(body)["data"]))
-        positions = {h: (request_id, target, start + EVENTS_PER_LOOKUP)
-                     for h, (request_id, target, start) in positions.items()
-                     if hits.get(h) == EVENTS_PER_LOOKUP}  # a full batch: there may be more
-    return {request_id: [{"target": target, "registered_model": data["registered_model"],
-                          "versions": data["versions"], "action": data["action"]}
-                         for _, target, _, data in sorted(models, key=lambda f: f[:3])]
-            for request_id, models in found.items()}

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from orchestrator.certificates import rfc3339
 from orchestrator.identifiers import Subject
 from orchestrator.ledger import proof
+from orchestrator.ledger.certified_models import MODELS_PREFETCHED, models_acted_on_many
 from orchestrator.ledger.common import (
     DONE_TASK,
     NOTHING_MATCHED,
@@ -32,7 +33,7 @@ from orchestrator.ledger.common import (
     now,
     record_detail,
 )
-from orchestrator.ledger.core import MODELS_PREFETCHED, LedgerCore, models_acted_on_many
+from orchestrator.ledger.core import LedgerCore
 from orchestrator.ledger.db import WIPED_RAW_VALUES
 from orchestrator.ledger.models import (
     CompletionRecord,
@@ -217,8 +218,11 @@ class TaskLedger(LedgerCore):
             task.reason = outcome.note or task.reason or (NOTHING_MATCHED if not record["deleted"] else None)
             if task.progress_estimated is not None:
                 task.progress_done = record["deleted"]
+            # "announced": how many events the target queued (their ids follow from this entry's hash), so a
+            # certificate looks up only those (models_acted_on_many).
             entry = self._audit(s, "task.completed", request.id, task.id,
-                                detail={**record, "attempt": task.attempts, "dry_run": request.dry_run})
+                                detail={**record, "attempt": task.attempts, "dry_run": request.dry_run,
+                                        "announced": 0 if request.dry_run else len(outcome.events)})
             if not request.dry_run:
                 self._emit(s, "lethe.erasure.task_completed", entry,
                            {"request_id": request.id, "subject_hashes": request.subject_hashes, **record})
