@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import warnings
 from types import SimpleNamespace
 
 from workers.leases import lease_kept
@@ -80,7 +81,9 @@ def test_a_forked_pool_process_renews_with_a_thread_of_its_own() -> None:
     context = multiprocessing.get_context("fork")
     results = context.SimpleQueue()
     child = context.Process(target=_renewals_in_a_fork, args=(results,))
-    child.start()
+    with warnings.catch_warnings():  # LanceDB, if an earlier test imported it, warns at every fork
+        warnings.simplefilter("ignore")
+        child.start()
     child.join(10)
     renewed = results.get()
     assert child.exitcode == 0 and len(renewed) >= 2 and set(renewed) == {"in-child"}
