@@ -13,7 +13,7 @@ from orchestrator.ledger import Ledger, Outcome
 from orchestrator.ledger.certified_models import EVENTS_PER_LOOKUP, MODEL_EVENT, models_acted_on_many
 from orchestrator.ledger.models import AuditEntry, Task
 from tests.fixtures.lethe import file_request
-from tests.orchestrator.test_round_trips import counted, pg_ledger
+from tests.orchestrator.test_round_trips import counted
 
 MAP = """
 version: 1
@@ -23,7 +23,6 @@ targets:
   - {name: sessions, kind: memory, store: sessions, match: {owner: "{user_id}"}}
 """
 MANY = EVENTS_PER_LOOKUP + 4  # more than one lookup's worth
-__all__ = ["pg_ledger"]  # the fixture, imported for use here
 
 
 def model_event(n: int) -> tuple[str, dict[str, Any]]:

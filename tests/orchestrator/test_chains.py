@@ -38,14 +38,6 @@ def filed(ledger: Ledger, value: str) -> str:
     return file_request(ledger, datamap, datamap.parse_subject({"user_id": value}))[0]
 
 
-@pytest.fixture
-def pg_ledger(pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey) -> Iterator[Ledger]:
-    """The concurrency tests need PostgreSQL: SQLite lets one writer in at a time anyway."""
-    ledger = Ledger(pg_database, subject_key, signing_key)
-    yield ledger
-    ledger.engine.dispose()
-
-
 @contextmanager
 def chain_held_open(ledger: Ledger, request_id: str, meanwhile: Callable[[], object]) -> Iterator[threading.Thread]:
     """A transaction with an entry on the request's chain, open while ``meanwhile`` runs in a thread (started

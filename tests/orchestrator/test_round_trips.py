@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import event
 
 from orchestrator.datamap import DataMap
@@ -28,13 +27,6 @@ targets:
   - {name: t0, kind: memory, store: s0, match: {owner: "{user_id}"}}
   - {name: t1, kind: memory, store: s1, match: {owner: "{user_id}"}}
 """
-
-
-@pytest.fixture
-def pg_ledger(pg_database: str, subject_key: bytes, signing_key: Ed25519PrivateKey) -> Iterator[Ledger]:
-    ledger = Ledger(pg_database, subject_key, signing_key)
-    yield ledger
-    ledger.engine.dispose()
 
 
 @contextmanager
