@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import func, select, text
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.orm import Session
 
 from orchestrator.ledger import proof
@@ -68,11 +68,16 @@ def read_locked_tips(s: Session, request_ids: set[str]) -> None:
     wanted = request_ids - tips.keys()
     if not wanted:
         return
-    last = (select(AuditEntry.chain, func.max(AuditEntry.seq).label("seq"))
-            .where(AuditEntry.chain.in_(wanted)).group_by(AuditEntry.chain).subquery())
-    at_tip = (AuditEntry.chain == last.c.chain) & (AuditEntry.seq == last.c.seq)
-    for chain, seq, hash_ in s.execute(select(AuditEntry.chain, AuditEntry.seq, AuditEntry.hash).join(last, at_tip)):
+    for _, hash_, chain, seq in s.execute(chain_tips(AuditEntry.chain.in_(wanted))):
         tips[chain] = (seq, hash_)
+
+
+def chain_tips(*where: Any) -> Select[int, str, str, int]:
+    """(id, hash, chain, seq) of the last entry of each chain among the entries ``where`` selects."""
+    last = (select(AuditEntry.chain, func.max(AuditEntry.seq).label("seq")).where(*where)
+            .group_by(AuditEntry.chain).subquery())
+    return select(AuditEntry.id, AuditEntry.hash, AuditEntry.chain, AuditEntry.seq).join(
+        last, (AuditEntry.chain == last.c.chain) & (AuditEntry.seq == last.c.seq))
 
 
 def open_chain(s: Session, chain: str) -> None:

@@ -80,10 +80,7 @@ class ChainLedger(LedgerCore):
             newest = s.scalar(select(func.max(AuditEntry.id)))
             if newest is None:
                 return False
-            moved = (select(AuditEntry.chain, func.max(AuditEntry.seq).label("seq"))
-                     .where(AuditEntry.id > newest - SIGN_WINDOW).group_by(AuditEntry.chain).subquery())
-            tips = s.execute(select(AuditEntry.id, AuditEntry.hash, AuditEntry.chain, AuditEntry.seq)
-                             .join(moved, and_(AuditEntry.chain == moved.c.chain, AuditEntry.seq == moved.c.seq))
+            tips = s.execute(appends.chain_tips(AuditEntry.id > newest - SIGN_WINDOW)
                              .where(~exists().where(SignedHead.entry_id == AuditEntry.id))
                              .order_by(AuditEntry.id)).all()
             for entry_id, entry_hash, _, _ in tips:
