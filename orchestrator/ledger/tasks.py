@@ -77,11 +77,21 @@ class TaskLedger(LedgerCore):
     @classmethod
     def _lock_tasks(cls, s: Session, task_ids: Sequence[str]) -> tuple[list[Task], dict[str, Request],
                                                                     dict[str, list[Task]]]:
-        """Lock these tasks, then their requests, each in id order, as every batch operation does (so none
-        deadlocks another); returns them with every task of those requests."""
-        tasks = list(s.scalars(select(Task).where(Task.id.in_(set(task_ids))).order_by(Task.id).with_for_update()))
+        """Lock these tasks with every other task of their requests, then their requests, each in id order, as
+        every batch operation does (so none deadlocks another); returns them with every task of those
+        requests. The other tasks are locked too because completing one releases or refreshes its siblings:
+        updating a sibling unlocked, after the request's row, waited on reconcile's sweep holding that
+        sibling while the sweep waited on the request (a deadlock, seen in the seed's kill-and-resume run)."""
+        wanted = set(task_ids)
+        of_theirs = select(Task.request_id).where(Task.id.in_(wanted))
+        family = list(s.scalars(select(Task).where(Task.request_id.in_(of_theirs)).order_by(Task.id)
+                                .with_for_update()))
+        tasks = [t for t in family if t.id in wanted]
         requests = cls._lock_requests(s, {t.request_id for t in tasks}) if tasks else {}
-        return tasks, requests, cls._tasks_of(s, requests)
+        siblings: dict[str, list[Task]] = {request_id: [] for request_id in requests}
+        for t in sorted(family, key=lambda t: t.position):  # plan order, as _tasks_of gives them
+            siblings[t.request_id].append(t)
+        return tasks, requests, siblings
 
     def _claim(self, s: Session, task_ids: Sequence[str], tasks: list[Task], requests: dict[str, Request],
                siblings: dict[str, list[Task]]) -> list[TaskRun]:
