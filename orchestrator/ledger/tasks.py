@@ -83,9 +83,11 @@ class TaskLedger(LedgerCore):
         updating a sibling unlocked, after the request's row, waited on reconcile's sweep holding that
         sibling while the sweep waited on the request (a deadlock, seen in the seed's kill-and-resume run)."""
         wanted = set(task_ids)
-        of_theirs = select(Task.request_id).where(Task.id.in_(wanted))
+        # Their requests first, by a statement of its own (a task's request never changes, so no lock is
+        # needed): given as a subquery, the planner guessed that half the table matched and read it whole.
+        of_theirs = set(s.scalars(select(Task.request_id).where(Task.id.in_(wanted))))
         family = list(s.scalars(select(Task).where(Task.request_id.in_(of_theirs)).order_by(Task.id)
-                                .with_for_update()))
+                                .with_for_update())) if of_theirs else []
         tasks = [t for t in family if t.id in wanted]
         requests = cls._lock_requests(s, {t.request_id for t in tasks}) if tasks else {}
         siblings: dict[str, list[Task]] = {request_id: [] for request_id in requests}
