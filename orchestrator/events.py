@@ -21,7 +21,8 @@ import hmac
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -162,7 +163,29 @@ def publish_outbox(ledger: Ledger, producer: Producer) -> int:
     error leaves the rest in the outbox (consumers deduplicate on the event id)."""
     maybe_declare(EXCHANGE, producer.channel)
     key = ledger.signing_key
-    return ledger.publish_outbox(lambda _type, event: send_event(producer, sign_outbound(event, key)))
+    with bindings_read_once(producer.channel):
+        return ledger.publish_outbox(lambda _type, event: send_event(producer, sign_outbound(event, key)))
+
+
+@contextmanager
+def bindings_read_once(channel: Any) -> Iterator[None]:
+    """While a batch of events is published, read each exchange's bindings from the broker once.
+
+    kombu's virtual transports (Redis) route a topic message by reading the exchange's bindings from the
+    broker at every publish: a round trip and a new client per event, 12% of a worker's CPU in the
+    orchestration figure. A queue bound while the batch is published gets the events published after
+    the batch, as one bound a moment later would. A broker that routes itself (AMQP) has no such read."""
+    read = getattr(channel, "get_table", None)
+    if read is None:
+        yield
+        return
+    tables: dict[str, Any] = {}
+    channel.get_table = lambda exchange: tables[exchange] if exchange in tables else \
+        tables.setdefault(exchange, read(exchange))
+    try:
+        yield
+    finally:
+        del channel.get_table  # the transport's own method again
 
 
 # -- checks ------------------------------------------------------------------------------------------------

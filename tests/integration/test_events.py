@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -25,12 +27,14 @@ from orchestrator.events import (
     publish,
     publish_data_written,
     publish_erasure_request,
+    publish_outbox,
     sign,
     signature,
     verify_outbound,
 )
 from orchestrator.intake import handle
-from orchestrator.ledger.models import Request
+from orchestrator.ledger import Ledger
+from orchestrator.ledger.models import OutboxEvent, Request
 from orchestrator.service import Lethe
 from tests.fixtures.events import KEY, drain_dead, request_count, request_ids, running_intake, send, wait_for
 from workers.targets.memory import MemoryStore
@@ -275,3 +279,33 @@ def test_outbound_events_need_no_event_key_and_cannot_be_replayed_as_requests(
     with running_intake(instance, broker):
         assert drain_dead(broker, 1) == [(message.body, "bad-signature")]
     assert request_ids(instance) == [request_id]
+
+
+def test_a_batch_of_events_reads_the_exchange_bindings_once(pg_ledger: Ledger, broker: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 pending events are all delivered to a bound queue, and on Redis the exchange's bindings are read
+    from the broker once for the batch, not once per event (kombu's default: 30 reads)."""
+    reads: list[str] = []
+    read = RedisChannel.get_table
+    monkeypatch.setattr(RedisChannel, "get_table", lambda channel, exchange: reads.append(exchange) or
+                        read(channel, exchange))
+    with pg_ledger.sessions.begin() as s:
+        for n in range(30):
+            event = {"specversion": "1.0", "id": f"e-{n}", "source": "lethe", "type": "lethe.erasure.completed",
+                     "time": "2026-12-03T10:00:00Z", "datacontenttype": "application/json", "data": {"n": n}}
+            s.add(OutboxEvent(event_id=f"e-{n}", type=event["type"], body=json.dumps(event),
+                              created_at=datetime.now(UTC)))
+    with Connection(broker) as conn:
+        watch = Queue("test.watch.batch", Exchange("lethe.events", type="topic", durable=True),
+                      routing_key="lethe.erasure.#", durable=False, auto_delete=False)
+        watch(conn.default_channel).declare()
+        watch(conn.default_channel).purge()
+        with conn.Producer() as producer:
+            assert publish_outbox(pg_ledger, producer) == 30
+            assert "get_table" not in vars(producer.channel)  # the transport's own method again
+        got = []
+        while (message := watch(conn.default_channel).get(no_ack=True)) is not None:
+            got.append(json.loads(message.body)["data"]["n"])
+        watch(conn.default_channel).delete()
+    assert sorted(got) == list(range(30))
+    assert reads == ([] if broker.startswith("amqp") else ["lethe.events"])
