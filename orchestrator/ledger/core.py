@@ -259,11 +259,45 @@ class LedgerCore:
                 tasks[t.request_id].append(t)
         return tasks
 
+    @classmethod
+    def _lock_tasks(cls, s: Session, task_ids: Iterable[str]) -> tuple[list[Task], dict[str, Request],
+                                                                    dict[str, list[Task]]]:
+        """``_lock_family`` of these tasks' requests; returns these tasks (in id order) too."""
+        wanted = set(task_ids)
+        # Their requests first, by a statement of its own (a task's request never changes, so no lock is
+        # needed): given as a subquery, the planner guessed that half the table matched and read it whole.
+        requests, siblings = cls._lock_family(s, set(s.scalars(select(Task.request_id).where(Task.id.in_(wanted)))))
+        return sorted((t for family in siblings.values() for t in family if t.id in wanted),
+                      key=lambda t: t.id), requests, siblings
+
+    @classmethod
+    def _lock_family(cls, s: Session, request_ids: Iterable[str]) -> tuple[dict[str, Request],
+                                                                          dict[str, list[Task]]]:
+        """Lock every task of these requests, then the requests, each in id order: the one order every
+        transaction that changes a request or its tasks takes, so none deadlocks another. Returns the
+        requests, and their tasks by request in plan order (what ``_refresh`` and ``_release_ready`` take, so
+        neither reads them again unlocked). Every task is locked, not only the ones the caller changes,
+        because deriving the status releases or refreshes siblings: updating a sibling unlocked, after the
+        request's row, waited on reconcile's sweep holding that sibling while the sweep waited on the request
+        (a deadlock, seen in the seed's kill-and-resume run). Rows already in the session are read again as
+        the lock found them (``populate_existing``): a copy read before the lock may be stale."""
+        wanted = set(request_ids)
+        if not wanted:
+            return {}, {}
+        family = list(s.scalars(select(Task).where(Task.request_id.in_(wanted)).order_by(Task.id)
+                                .with_for_update().execution_options(populate_existing=True)))
+        requests = cls._lock_requests(s, wanted)
+        tasks: dict[str, list[Task]] = {request_id: [] for request_id in requests}
+        for t in sorted(family, key=lambda t: t.position):  # plan order, as _tasks_of gives them
+            tasks[t.request_id].append(t)
+        return requests, tasks
+
     @staticmethod
     def _lock_requests(s: Session, request_ids: Iterable[str]) -> dict[str, Request]:
-        """Lock requests in id order (after their tasks, also in id order), as every batch operation does."""
+        """Lock requests in id order (after their tasks, also in id order: ``_lock_family``)."""
         locked = {r.id: r for r in s.scalars(select(Request).where(Request.id.in_(set(request_ids)))
-                                             .order_by(Request.id).with_for_update())}
+                                             .order_by(Request.id).with_for_update()
+                                             .execution_options(populate_existing=True))}
         appends.read_locked_tips(s, set(locked))
         return locked
 

@@ -25,7 +25,6 @@ from orchestrator.ledger.core import LedgerCore
 from orchestrator.ledger.models import (
     Hold,
     Request,
-    Task,
 )
 
 
@@ -33,29 +32,28 @@ class HoldLedger(LedgerCore):
     def hold_task(self, task_id: str, reason: str) -> None:
         """The store refuses deletion for a legal reason (S3 Object Lock): the task waits, held."""
         with self.sessions.begin() as s:
-            task = s.get(Task, task_id, with_for_update=True)
-            assert task is not None
-            request = s.get(Request, task.request_id, with_for_update=True)
-            assert request is not None
-            self._park(s, request, [task], "held", reason)
+            (task,), requests, siblings = self._lock_tasks(s, [task_id])
+            request = requests[task.request_id]
+            self._park(s, request, [task], "held", reason, tasks=siblings[request.id])
 
     def await_approval(self, task_id: str, items: int, max_items: int) -> None:
         """A purge larger than the target's max_items stops before deleting anything."""
         with self.sessions.begin() as s:
-            task = s.get(Task, task_id, with_for_update=True)
-            assert task is not None
-            request = s.get(Request, task.request_id, with_for_update=True)
-            assert request is not None
+            (task,), requests, siblings = self._lock_tasks(s, [task_id])
+            request = requests[task.request_id]
             task.deleted, task.counted_items = None, items  # what the admin is shown, and may approve
             self._park(s, request, [task], "awaiting_approval",
-                       f"{items} items exceed max_items {max_items}: waiting for an admin's approval")
+                       f"{items} items exceed max_items {max_items}: waiting for an admin's approval",
+                       tasks=siblings[request.id])
 
     def approve(self, request_id: str, actor: str = "cli") -> list[Dispatch]:
         """An admin lets a request over a blast-radius limit go ahead: only the waiting tasks, each up to the
         count it waited with. Any other task is still counted before it deletes, and waits on its own."""
         with self.sessions.begin() as s:
-            request = self._request(s, request_id, lock=True)
-            waiting = [t for t in self._tasks(s, request_id) if t.status == "awaiting_approval"]
+            self._request(s, request_id)  # an unknown or malformed id is refused before anything is locked
+            requests, siblings = self._lock_family(s, [request_id])
+            request, tasks = requests[request_id], siblings[request_id]
+            waiting = [t for t in tasks if t.status == "awaiting_approval"]
             if not waiting:
                 raise LedgerError(f"request is {request.status}: nothing waits for approval")
             request.approved_by, request.approved_at = actor, now()
@@ -65,8 +63,8 @@ class HoldLedger(LedgerCore):
             self._audit(s, "request.approved", request_id, actor=actor,
                         detail={"targets": [t.target for t in waiting],
                                 "items": {t.target: t.counted_items for t in waiting}})
-            self._refresh(s, request, actor=actor)
-            return self._release_ready(s, request)
+            self._refresh(s, request, actor=actor, tasks=tasks)
+            return self._release_ready(s, request, tasks)
 
     def add_hold(self, subject_hashes: Iterable[str], reason: str, until: datetime | None = None,
                  actor: str = "cli", subject: Subject | None = None) -> int:
@@ -129,17 +127,21 @@ class HoldLedger(LedgerCore):
 
     def _resume_held(self, s: Session, actor: str) -> list[Dispatch]:
         dispatches: list[Dispatch] = []
-        on_hold = select(Request).where(Request.status == "on_hold").order_by(Request.id).with_for_update()
-        for request in s.scalars(on_hold).all():
-            if self._active_hold(s, hashes_of(request)) is not None:
+        # Which requests are found unlocked (their subjects never change), so only those no hold keeps are
+        # locked: their tasks, then them (``_lock_family``); a status changed meanwhile is seen under the lock.
+        free = [r.id for r in s.scalars(select(Request).where(Request.status == "on_hold"))
+                if self._active_hold(s, hashes_of(r)) is None]
+        requests, siblings = self._lock_family(s, free)
+        for request_id, request in sorted(requests.items()):
+            if request.status != "on_hold":
                 continue
-            held = [t for t in self._tasks(s, request.id)
-                    if t.status == "held" and (t.reason or "").startswith("legal hold")]
+            tasks = siblings[request_id]
+            held = [t for t in tasks if t.status == "held" and (t.reason or "").startswith("legal hold")]
             if not held:
                 continue
             self._unpark(held)
             self._audit(s, "request.resumed", request.id, actor=actor, detail={"targets": [t.target for t in held]})
-            self._refresh(s, request, actor=actor)
-            dispatches += self._release_ready(s, request)
+            self._refresh(s, request, actor=actor, tasks=tasks)
+            dispatches += self._release_ready(s, request, tasks)
         return dispatches
 

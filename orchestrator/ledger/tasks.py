@@ -74,27 +74,6 @@ class TaskLedger(LedgerCore):
             return dispatches, self._claim(s, task_ids, claimed, {t.request_id: requests[t.request_id]
                                                                   for t in claimed}, siblings)
 
-    @classmethod
-    def _lock_tasks(cls, s: Session, task_ids: Sequence[str]) -> tuple[list[Task], dict[str, Request],
-                                                                    dict[str, list[Task]]]:
-        """Lock these tasks with every other task of their requests, then their requests, each in id order, as
-        every batch operation does (so none deadlocks another); returns them with every task of those
-        requests. The other tasks are locked too because completing one releases or refreshes its siblings:
-        updating a sibling unlocked, after the request's row, waited on reconcile's sweep holding that
-        sibling while the sweep waited on the request (a deadlock, seen in the seed's kill-and-resume run)."""
-        wanted = set(task_ids)
-        # Their requests first, by a statement of its own (a task's request never changes, so no lock is
-        # needed): given as a subquery, the planner guessed that half the table matched and read it whole.
-        of_theirs = set(s.scalars(select(Task.request_id).where(Task.id.in_(wanted))))
-        family = list(s.scalars(select(Task).where(Task.request_id.in_(of_theirs)).order_by(Task.id)
-                                .with_for_update())) if of_theirs else []
-        tasks = [t for t in family if t.id in wanted]
-        requests = cls._lock_requests(s, {t.request_id for t in tasks}) if tasks else {}
-        siblings: dict[str, list[Task]] = {request_id: [] for request_id in requests}
-        for t in sorted(family, key=lambda t: t.position):  # plan order, as _tasks_of gives them
-            siblings[t.request_id].append(t)
-        return tasks, requests, siblings
-
     def _claim(self, s: Session, task_ids: Sequence[str], tasks: list[Task], requests: dict[str, Request],
                siblings: dict[str, list[Task]]) -> list[TaskRun]:
         live = [t for t in tasks if t.status not in TERMINAL_TASK]
@@ -261,17 +240,15 @@ class TaskLedger(LedgerCore):
     def fail(self, task_id: str, error: str, residue: int | None = None) -> None:
         """A permanent error, or retries exhausted: the task ends failed and keeps the (sanitised) error."""
         with self.sessions.begin() as s:
-            task = s.get(Task, task_id, with_for_update=True)
-            assert task is not None
-            request = s.get(Request, task.request_id, with_for_update=True)
-            assert request is not None
+            (task,), requests, siblings = self._lock_tasks(s, [task_id])
+            request = requests[task.request_id]
             if task.status in TERMINAL_TASK:
                 return
             task.status, task.error, task.finished_at, task.lease_expires_at = "failed", error, now(), None
             if residue is not None:
                 task.residue = residue
             self._audit(s, "task.failed", request.id, task.id, detail={"target": task.target, "error": error})
-            self._refresh(s, request)
+            self._refresh(s, request, tasks=siblings[request.id])
 
     def note_retry(self, task_id: str, error: str, countdown: float) -> None:
         """A retryable error: the task stays running; its lease covers the backoff."""
@@ -288,10 +265,12 @@ class TaskLedger(LedgerCore):
     def retry(self, request_id: str, actor: str = "cli") -> list[Dispatch]:
         """Failed tasks back to pending; the request runs again."""
         with self.sessions.begin() as s:
-            request = self._request(s, request_id, lock=True)
+            self._request(s, request_id)  # an unknown or malformed id is refused before anything is locked
+            requests, siblings = self._lock_family(s, [request_id])
+            request, tasks = requests[request_id], siblings[request_id]
             if request.status == "cancelled":
                 raise LedgerError("a cancelled request cannot be retried")
-            failed = [t for t in self._tasks(s, request_id) if t.status == "failed"
+            failed = [t for t in tasks if t.status == "failed"
                       or (t.status == "held" and not (t.reason or "").startswith("legal hold"))]
             if not failed:
                 raise LedgerError("the request has no failed task to retry")
@@ -301,19 +280,16 @@ class TaskLedger(LedgerCore):
             request.status, request.completed_at = "running", None
             self._audit(s, "request.retried", request_id, actor=actor,
                         detail={"targets": [t.target for t in failed]})
-            dispatches = self._release_ready(s, request)
-            self._refresh(s, request, actor=actor)
+            dispatches = self._release_ready(s, request, tasks)
+            self._refresh(s, request, actor=actor, tasks=tasks)
             return dispatches
 
     def cancel(self, request_id: str, actor: str = "cli") -> None:
         """Only before execution: once any purge started, erasure runs to its end."""
         with self.sessions.begin() as s:
             self._request(s, request_id)  # an unknown or malformed id is refused before anything is locked
-            # Tasks, then the request, as every transaction locks them (reconcile's sweep locks both too).
-            tasks = list(s.scalars(select(Task).where(Task.request_id == request_id).order_by(Task.id)
-                                   .with_for_update()))
-            request = self._request(s, request_id, lock=True)
-            tasks.sort(key=lambda t: t.position)
+            requests, siblings = self._lock_family(s, [request_id])
+            request, tasks = requests[request_id], siblings[request_id]
             if request.status in TERMINAL_REQUEST or any(
                 t.status not in ("pending", "skipped", "held", "awaiting_approval") or t.attempts for t in tasks
             ):
