@@ -284,8 +284,13 @@ class LedgerCore:
         wanted = set(request_ids)
         if not wanted:
             return {}, {}
-        family = list(s.scalars(select(Task).where(Task.request_id.in_(wanted)).order_by(Task.id)
-                                .with_for_update().execution_options(populate_existing=True)))
+        # Their ids first (a request's tasks are all written when it is filed), then the rows locked by primary
+        # key: the planner knows each id is one row. Locked by request id in id order, it once judged that
+        # 21,218 rows matched where 188 did, and walked the whole primary key to spare a sort (7 ms a batch,
+        # half of PostgreSQL's time at 100,000 requests).
+        ids = set(s.scalars(select(Task.id).where(Task.request_id.in_(wanted))))
+        family = list(s.scalars(select(Task).where(Task.id.in_(ids)).order_by(Task.id)
+                                .with_for_update().execution_options(populate_existing=True))) if ids else []
         requests = cls._lock_requests(s, wanted)
         tasks: dict[str, list[Task]] = {request_id: [] for request_id in requests}
         for t in sorted(family, key=lambda t: t.position):  # plan order, as _tasks_of gives them
