@@ -67,6 +67,10 @@ def print_orchestration(name: str, o: dict[str, Any], goal: float) -> None:
     print(f"{name}: {o['requests']:,} requests x 4 targets = {o['tasks']:,} tasks: bare Celery {bare['seconds']:.1f} s "
           f"({bare['tasks_per_second']:,.0f} tasks/s), lethe {lethe['seconds']:.1f} s "
           f"({lethe['requests_per_second']:,.0f} requests/s) -> {o['ratio']:.2f}x (goal <= {goal}x)")
+    if len(o.get("rounds", [])) > 1:
+        print(f"  the median of {len(o['rounds'])} rounds: "
+              + ", ".join(f"{r['ratio']:.2f}x ({r['lethe_seconds']:.1f} s vs {r['celery_noop_seconds']:.1f} s)"
+                          for r in o["rounds"]))
     print(f"  completion p50 {lethe['completion_seconds_p50']:.1f} s, p99 {lethe['completion_seconds_p99']:.1f} s; "
           f"ledger {lethe['ledger_mib']:,.0f} MiB ({lethe['ledger_rows']['audit_log']:,} audit entries), "
           f"verified: {lethe['ledger_verified']}")
@@ -82,6 +86,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--scale", type=float, default=1.0, help="size of the bulk and large-data runs (0.1 = a tenth)")
     parser.add_argument("--requests", type=int, default=1000, help="requests of the orchestration figure")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the orchestration figure (median)")
     parser.add_argument("--latency-requests", type=int, default=200, help="requests of the latency figure")
     parser.add_argument("--bulk-requests", type=int, default=100_000, help="requests of the bulk run, before --scale")
     parser.add_argument("--s3-objects", type=int, default=10_000)
@@ -95,7 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "orchestration" in only:
-            results["orchestration"] = o = bench_orchestration(args.requests, work / "orchestration")
+            results["orchestration"] = o = bench_orchestration(args.requests, work / "orchestration",
+                                                               rounds=args.rounds)
             print_orchestration("orchestration", o, goal=1.2)
         if "latency" in only:
             from tests.bench.latency import bench_latency
