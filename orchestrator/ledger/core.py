@@ -165,8 +165,9 @@ class LedgerCore:
             holds.setdefault(hold.subject_hash, hold)
         return holds
 
-    def _park(self, s: Session, request: Request, parked: list[Task], status: str, reason: str,
-              actor: str = "worker", tasks: list[Task] | None = None) -> None:
+    def _park(self, s: Session, request: Request, parked: list[Task], status: str, reason: str, *,
+              tasks: list[Task], actor: str = "worker") -> None:
+        """Park these tasks (held, awaiting approval); ``tasks`` is every task of the request, locked."""
         for task in parked:
             task.status, task.reason, task.lease_expires_at, task.dispatched_at = status, reason, None, None
             self._audit(s, f"task.{status}", request.id, task.id, actor=actor,
