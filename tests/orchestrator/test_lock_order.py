@@ -20,22 +20,13 @@ from sqlalchemy import select, text
 from orchestrator.datamap import DataMap
 from orchestrator.ledger import Ledger
 from orchestrator.ledger.models import Request, Task
-from tests.fixtures.lethe import file_request
+from tests.fixtures.lethe import TWO_MEMORY_TARGETS, file_request
 
 pytestmark = pytest.mark.integration
 
-MAP = """
-version: 1
-identifiers: [user_id]
-targets:
-  - {name: t0, kind: memory, store: s0, match: {owner: "{user_id}"}}
-  - {name: t1, kind: memory, store: s1, match: {owner: "{user_id}"}}
-"""
-
-
 def filed(ledger: Ledger) -> tuple[str, str, str]:
     """(request id, its first task, its second) of a request filed with two independent tasks."""
-    datamap = DataMap.parse(MAP)
+    datamap = DataMap.parse(TWO_MEMORY_TARGETS)
     request_id = file_request(ledger, datamap, datamap.parse_subject({"user_id": "4711"}))[0]
     with ledger.sessions() as s:
         first, second = s.scalars(select(Task.id).filter_by(request_id=request_id).order_by(Task.position))

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event, text
 
 from orchestrator.ledger import Ledger, Outcome
-from tests.orchestrator.test_round_trips import filed_tasks
+from tests.fixtures.lethe import filed_tasks
 
 pytestmark = pytest.mark.integration
 

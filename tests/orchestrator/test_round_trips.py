@@ -13,21 +13,10 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event
 
-from orchestrator.datamap import DataMap
-from orchestrator.identifiers import Subject
 from orchestrator.ledger import Ledger, Outcome
-from orchestrator.planner import Submission, plan_filings
+from tests.fixtures.lethe import filed_tasks
 
 pytestmark = pytest.mark.integration
-
-MAP = """
-version: 1
-identifiers: [user_id]
-targets:
-  - {name: t0, kind: memory, store: s0, match: {owner: "{user_id}"}}
-  - {name: t1, kind: memory, store: s1, match: {owner: "{user_id}"}}
-"""
-
 
 @contextmanager
 def counted(ledger: Ledger) -> Iterator[list[str]]:
@@ -41,14 +30,6 @@ def counted(ledger: Ledger) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(ledger.engine, "before_cursor_execute", count)
-
-
-def filed_tasks(ledger: Ledger, first: int, requests: int) -> list[str]:
-    datamap = DataMap.parse(MAP)
-    filings = plan_filings(datamap, [Submission(Subject({"user_id": f"u{first + n}"})) for n in range(requests)],
-                           ledger.subject_key)
-    _, dispatches = ledger.file_requests(datamap.text, filings)
-    return [task_id for d in dispatches for task_id in ([d.task_id] if isinstance(d.task_id, str) else d.task_id)]
 
 
 def batch_statements(ledger: Ledger, task_ids: list[str]) -> list[str]:
