@@ -20,7 +20,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.orm import Session
 
 from orchestrator.ledger import proof
-from orchestrator.ledger.common import AUDIT_LOCK_KEY, REQUEST_STATUSES, TERMINAL_REQUEST, now
+from orchestrator.ledger.common import AUDIT_LOCK_KEY, REQUEST_STATUSES, TERMINAL_REQUEST, among, now
 from orchestrator.ledger.models import AuditCheckpoint, AuditEntry, Request
 
 # Session.info keys; each belongs to one transaction (proof.track_rows forgets them at its end).
@@ -68,7 +68,7 @@ def read_locked_tips(s: Session, request_ids: set[str]) -> None:
     wanted = request_ids - tips.keys()
     if not wanted:
         return
-    for _, hash_, chain, seq in s.execute(chain_tips(AuditEntry.chain.in_(wanted))):
+    for _, hash_, chain, seq in s.execute(chain_tips(among(s, AuditEntry.chain, wanted))):
         tips[chain] = (seq, hash_)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.ledger.common import EVENT_NAMESPACE
+from orchestrator.ledger.common import EVENT_NAMESPACE, among
 from orchestrator.ledger.models import AuditEntry, OutboxEvent, Task
 
 MODEL_EVENT = "lethe.model.retrain_requested"  # the SPEC's event a target queues per model it acted on
@@ -40,7 +40,7 @@ def models_acted_on_many(s: Session, tasks_of: dict[str, list[Task]]) -> dict[st
     positions: dict[str, tuple[str, str, int, int, bool]] = {}
     for request_id, task_id, h, detail in s.execute(
             select(AuditEntry.request_id, AuditEntry.task_id, AuditEntry.hash, AuditEntry.detail).where(
-                AuditEntry.request_id.in_(tasks_of), AuditEntry.action == "task.completed")):
+                among(s, AuditEntry.request_id, tasks_of), AuditEntry.action == "task.completed")):
         said = "announced" in detail
         count = detail["announced"] if said else EVENTS_PER_LOOKUP
         if count:
@@ -53,8 +53,9 @@ def models_acted_on_many(s: Session, tasks_of: dict[str, list[Task]]) -> dict[st
         ids = list(wanted)
         hits: dict[str, int] = {}
         for first in range(0, len(ids), 10_000):  # bound the statement's parameters
+            page = among(s, OutboxEvent.event_id, ids[first:first + 10_000])
             for event_id, event_type, body in s.execute(select(OutboxEvent.event_id, OutboxEvent.type, OutboxEvent.body)
-                                                        .where(OutboxEvent.event_id.in_(ids[first:first + 10_000]))):
+                                                        .where(page)):
                 h, n = wanted[event_id]
                 hits[h] = hits.get(h, 0) + 1
                 if event_type == MODEL_EVENT:

@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import ColumnElement, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from orchestrator.identifiers import Subject
 from orchestrator.ledger import proof
@@ -234,3 +235,13 @@ def insert_if_absent(s: Session, model: type[Base], **values: Any) -> None:
     s.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())
 
 
+
+
+def among(s: Session, column: InstrumentedAttribute[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column IN values``, on PostgreSQL as ``= ANY(array)``: one parameter, so a batch's statement has the
+    same text whatever its size. Then psycopg parses it once (it re-parses every statement of more than 50
+    parameters, ~6% of a worker's CPU) and prepares it on the server after a few runs, which then plans it
+    once, not at every batch."""
+    if s.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(list(values))

@@ -34,6 +34,7 @@ from orchestrator.ledger.common import (
     LedgerError,
     UnknownRequest,
     after_done,
+    among,
     hashes_of,
     hold_on,
     now,
@@ -158,7 +159,7 @@ class LedgerCore:
         hashes = set(subject_hashes)
         if not hashes:
             return {}
-        rows = s.scalars(select(Hold).where(Hold.subject_hash.in_(hashes), Hold.released_at.is_(None),
+        rows = s.scalars(select(Hold).where(among(s, Hold.subject_hash, hashes), Hold.released_at.is_(None),
                                             (Hold.until.is_(None)) | (Hold.until > now())).order_by(Hold.id))
         holds: dict[str, Hold] = {}
         for hold in rows:
@@ -256,7 +257,7 @@ class LedgerCore:
         """Every task of these requests, by request, in plan order: one query for a whole batch."""
         tasks: dict[str, list[Task]] = {request_id: [] for request_id in request_ids}
         if tasks:
-            for t in s.scalars(select(Task).where(Task.request_id.in_(tasks)).order_by(Task.position)):
+            for t in s.scalars(select(Task).where(among(s, Task.request_id, tasks)).order_by(Task.position)):
                 tasks[t.request_id].append(t)
         return tasks
 
@@ -267,7 +268,8 @@ class LedgerCore:
         wanted = set(task_ids)
         # Their requests first, by a statement of its own (a task's request never changes, so no lock is
         # needed): given as a subquery, the planner guessed that half the table matched and read it whole.
-        requests, siblings = cls._lock_family(s, set(s.scalars(select(Task.request_id).where(Task.id.in_(wanted)))))
+        of_tasks = select(Task.request_id).where(among(s, Task.id, wanted))
+        requests, siblings = cls._lock_family(s, set(s.scalars(of_tasks)))
         return sorted((t for family in siblings.values() for t in family if t.id in wanted),
                       key=lambda t: t.id), requests, siblings
 
@@ -289,8 +291,8 @@ class LedgerCore:
         # key: the planner knows each id is one row. Locked by request id in id order, it once judged that
         # 21,218 rows matched where 188 did, and walked the whole primary key to spare a sort (7 ms a batch,
         # half of PostgreSQL's time at 100,000 requests).
-        ids = set(s.scalars(select(Task.id).where(Task.request_id.in_(wanted))))
-        family = list(s.scalars(select(Task).where(Task.id.in_(ids)).order_by(Task.id)
+        ids = set(s.scalars(select(Task.id).where(among(s, Task.request_id, wanted))))
+        family = list(s.scalars(select(Task).where(among(s, Task.id, ids)).order_by(Task.id)
                                 .with_for_update().execution_options(populate_existing=True))) if ids else []
         requests = cls._lock_requests(s, wanted)
         tasks: dict[str, list[Task]] = {request_id: [] for request_id in requests}
@@ -301,7 +303,7 @@ class LedgerCore:
     @staticmethod
     def _lock_requests(s: Session, request_ids: Iterable[str]) -> dict[str, Request]:
         """Lock requests in id order (after their tasks, also in id order: ``_lock_family``)."""
-        locked = {r.id: r for r in s.scalars(select(Request).where(Request.id.in_(set(request_ids)))
+        locked = {r.id: r for r in s.scalars(select(Request).where(among(s, Request.id, set(request_ids)))
                                              .order_by(Request.id).with_for_update()
                                              .execution_options(populate_existing=True))}
         appends.read_locked_tips(s, set(locked))

@@ -17,6 +17,7 @@ from orchestrator.ledger.common import (
     Filing,
     IdempotencyConflict,
     LedgerError,
+    among,
     due_date,
     hashes_of,
     hold_on,
@@ -150,7 +151,7 @@ class FilingLedger(LedgerCore):
             return {}
         with self.sessions() as s:
             rows = s.execute(select(Request.idempotency_key, Request.idempotency_digest, Request.id)
-                             .where(Request.idempotency_key.in_({k for k, _ in keyed}))).all()
+                             .where(among(s, Request.idempotency_key, {k for k, _ in keyed}))).all()
         known = {key: (digest, request_id) for key, digest, request_id in rows}
         replays: dict[str, str] = {}
         for key, digest in keyed:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from orchestrator.ledger.common import (
+    among,
     insert_if_absent,
     now,
 )
@@ -32,7 +33,7 @@ class OutboxLedger(LedgerCore):
                 publish(event_type, json.loads(body))
             if rows:
                 published = [row[0] for row in rows]
-                s.execute(update(OutboxEvent).where(OutboxEvent.id.in_(published)).values(published_at=now()))
+                s.execute(update(OutboxEvent).where(among(s, OutboxEvent.id, published)).values(published_at=now()))
             return len(rows)
 
     def count_dead_letter(self, reason: str) -> None:

@@ -28,6 +28,7 @@ from orchestrator.ledger.common import (
     Outcome,
     TaskRun,
     after_done,
+    among,
     hashes_of,
     hold_on,
     now,
@@ -192,7 +193,7 @@ class TaskLedger(LedgerCore):
                 {"request_id": t.request_id, "target": t.target, "task_id": t.id, "deleted": totals[t.id],
                  "residue": 0, "level": by_task[t.id].level, "verified_at": at} for t in real])
             for r in s.scalars(select(CompletionRecord)
-                               .where(CompletionRecord.request_id.in_({t.request_id for t in real}))):
+                               .where(among(s, CompletionRecord.request_id, {t.request_id for t in real}))):
                 records.setdefault(r.request_id, {})[r.target] = r
         for task in sorted(tasks, key=lambda t: order[t.id]):
             if task.status == "completed":  # a redelivered or concurrent run: recorded already
@@ -308,7 +309,8 @@ class TaskLedger(LedgerCore):
         status), so reconcile sends them on its next pass instead of after the lease."""
         at = now()
         with self.sessions.begin() as s:
-            tasks = s.scalars(select(Task).where(Task.id.in_(set(task_ids)), Task.status.in_(("pending", "running")))
+            tasks = s.scalars(select(Task).where(among(s, Task.id, set(task_ids)),
+                                                 Task.status.in_(("pending", "running")))
                               .order_by(Task.id).with_for_update()).all()
             for task in tasks:
                 task.not_dispatched_at, task.error = at, error
