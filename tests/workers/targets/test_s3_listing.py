@@ -3,23 +3,30 @@
 The pipeline runs count, purge and verify of one task on one S3Target instance (workers/tasks.py ``_run``).
 These tests hold the adapter to what that may and may not save: the purge lists nothing when its count
 kept the listing, a kept listing serves only its own subject and only once, a count over ``max_items``
-keeps nothing (its approved purge streams), and verify never takes the kept listing's word for it.
+keeps its listing too (its purge in the same task, approved in advance, lists no more), a listing past the
+memory budget is kept sealed on disk (never in clear), one past ``SPILL_MAX`` is not kept (its purge
+streams), and verify never takes the kept listing's word for it.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from orchestrator.testing import make_bucket, put_objects, version_keys, versions_per_owner
 from tests.workers.targets.test_s3 import PagedS3, StubS3, stubbed, subject, versions_of
+from workers.targets import s3
 from workers.targets.base import SliceExpired
 from workers.targets.s3 import BATCH, S3Config, S3Target
+from workers.targets.s3_listing import KeptListing
 from workers.targets.selectors import KeysQuery, dispose_engine
 
 
@@ -85,26 +92,90 @@ def test_a_kept_listing_serves_only_its_own_subject_once() -> None:
     assert stub.versions == []
 
 
-def test_a_count_over_max_items_counts_every_version_and_keeps_none() -> None:
-    """The admin is shown the exact count, and its approved purge streams (lists again) with flat memory."""
+def test_a_count_over_max_items_counts_every_version_and_its_approved_purge_lists_no_more() -> None:
+    """The admin is shown the exact count; a request approved in advance for it purges in the same task,
+    from the count's listing."""
     stub = PagedS3(versions_of(2500))
     target = limited(stub, max_items=1000)
     assert target.count(subject()) == 2500 and len(stub.list_calls) == 3
-    assert target.purge(subject(), no_beat) == 2500 and len(stub.list_calls) == 6
+    assert target.purge(subject(), no_beat) == 2500 and len(stub.list_calls) == 3
     assert stub.versions == []
 
 
-def test_the_subjects_of_one_task_share_max_items() -> None:
-    """A task of several resolved values keeps at most max_items versions in all: the value that does not
+def test_the_subjects_of_one_task_share_what_may_be_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task of several resolved values keeps at most SPILL_MAX versions in all: the value that does not
     fit is counted in full and purged by streaming."""
+    monkeypatch.setattr(s3, "SPILL_MAX", 1500)
     first, second = versions_of(1000, "users/1/"), versions_of(1000, "users/2/")
     stub = PagedS3(sorted([*first, *second]))
-    target = limited(stub, max_items=1500)
+    target = stubbed(stub)
     assert target.count(subject("1")) == 1000 and target.count(subject("2")) == 1000
     assert len(stub.list_calls) == 2
     assert target.purge(subject("1"), no_beat) == 1000 and len(stub.list_calls) == 2  # kept
     assert target.purge(subject("2"), no_beat) == 1000 and stub.list_calls[2:] == ["users/2/"]  # streamed
     assert stub.versions == []
+
+
+def test_a_listing_past_the_memory_budget_is_kept_sealed_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past REMEMBER_MAX versions the listing goes on in a temporary file: no key is in it in clear (keys
+    name subjects), the purge deletes every version of 123 once from it without listing again, and 12's
+    versions (a key prefix of 123's) are untouched."""
+    monkeypatch.setattr(s3, "REMEMBER_MAX", 1000)
+    mine, theirs = versions_of(3500, "users/123/"), versions_of(700, "users/12/")
+    stub = PagedS3(sorted([*mine, *theirs]))
+    target = stubbed(stub)
+    assert target.count(subject("123")) == 3500 and len(stub.list_calls) == 4
+    kept = next(iter(target._listed.values()))
+    assert kept.spilled and kept.in_memory == 1000
+    assert kept._file is not None
+    kept._file.flush()
+    on_disk = os.pread(kept._file.fileno(), 10_000_000, 0)
+    assert len(on_disk) > 2500 * 20 and b"users/" not in on_disk and b"k00" not in on_disk
+    assert target.purge(subject("123"), no_beat) == 3500 and len(stub.list_calls) == 4
+    sent = [(o["Key"], o["VersionId"]) for call in stub.delete_calls for o in call]
+    assert len(sent) == len(set(sent)) == 3500 and all(key.startswith("users/123/") for key, _ in sent)
+    assert [len(call) for call in stub.delete_calls] == [BATCH] * 3 + [500]
+    assert Counter(v["Key"].split("/")[1] for v in stub.versions) == {"12": 700}
+    assert kept._file is None  # gone with the purge: the key too
+
+
+def test_a_spilled_listing_is_dropped_when_its_slice_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3, "REMEMBER_MAX", 0)
+    stub = PagedS3(versions_of(2500))
+    target = stubbed(stub)
+    assert target.count(subject()) == 2500
+    kept = next(iter(target._listed.values()))
+
+    def beat(done: int | None = None) -> None:
+        if done:
+            raise SliceExpired(done)
+
+    with pytest.raises(SliceExpired):
+        target.purge(subject(), beat)
+    assert kept._file is None and not target._listed
+    assert stubbed(stub).purge(subject(), no_beat) == 1500 and stub.versions == []
+
+
+pairs = st.tuples(st.text(max_size=30), st.text(max_size=12))
+
+
+@settings(max_examples=200, deadline=None)
+@given(pages=st.lists(st.lists(pairs, max_size=40), max_size=8), room=st.integers(0, 120),
+       size=st.integers(1, 50))
+def test_a_kept_listing_gives_back_every_pair_once_in_order(pages: list[list[tuple[str, str]]], room: int,
+                                                            size: int) -> None:
+    """Any keys (newlines, quotes, any Unicode, empty): what went in comes back, in order, in
+    batches of ``size`` but the last, whether it stayed in memory or went to disk."""
+    listing = KeptListing(room)
+    for page in pages:
+        listing.add(page)
+    everything = [pair for page in pages for pair in page]
+    assert listing.total == len(everything) and listing.in_memory <= room
+    batches = list(listing.batches(size))
+    assert [pair for batch in batches for pair in batch] == everything
+    assert all(len(batch) == size for batch in batches[:-1]) and all(batches)
+    listing.close()
+    assert list(listing.batches(size)) == []
 
 
 def test_counting_again_replaces_the_kept_listing() -> None:
