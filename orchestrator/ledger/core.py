@@ -188,7 +188,7 @@ class LedgerCore:
         if hashes:
             for name, digest, subject_hash in s.execute(
                     select(DatasetMember.dataset_name, DatasetMember.dataset_digest, DatasetMember.subject_hash)
-                    .distinct().where(DatasetMember.subject_hash.in_(hashes))):
+                    .distinct().where(among(s, DatasetMember.subject_hash, hashes))):
                 found.setdefault(subject_hash, []).append((name, digest))
         return found
 

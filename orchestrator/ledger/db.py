@@ -44,9 +44,12 @@ def make_engine(url: str) -> Engine:
 
         return engine
     engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-    # Batches of new rows (audit entries, events, tasks) go as one multi-row INSERT, not one statement per
-    # row: the server plans once, and a bulk erasure writes several rows per task.
-    engine.dialect.use_insertmanyvalues_wo_returning = True
+    # A batch of new rows that reads nothing back (requests, tasks) goes as psycopg's executemany: one short
+    # statement, parsed once and prepared, sent down a pipeline. As one multi-row INSERT (SQLAlchemy's
+    # "insertmanyvalues") its 1,000 rows made 780 KB of SQL text that psycopg parses in Python at every batch:
+    # filing 1,000 requests took 2.3 s of CPU, against 1.3 s so. Rows that read their ids back (audit entries,
+    # events) still go as multi-row INSERT ... RETURNING.
+    engine.dialect.use_insertmanyvalues_wo_returning = False
 
     @event.listens_for(engine, "connect")
     def _planner_costs(dbapi_conn: Any, _record: Any) -> None:

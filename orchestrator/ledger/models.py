@@ -116,6 +116,10 @@ class Task(Base):
         UniqueConstraint("request_id", "target", name="uq_tasks_request_target"),
         Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     )
+    # Every column has a Python default, so there is nothing to read back after an INSERT. By default the ORM
+    # asks for the server defaults anyway (RETURNING), which turns a batch's inserts into one statement of
+    # 1,000 rows (780 KB of SQL text that psycopg parses in Python: a fifth of filing's CPU), not a pipeline.
+    __mapper_args__ = {"eager_defaults": False}  # noqa: RUF012 - read once by the declarative mapping
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid5(request id, target): deterministic
     request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), index=True)
