@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task
+from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.datamap import DataMap
@@ -23,6 +24,7 @@ from orchestrator.identities import subjects_for
 from orchestrator.ledger import Dispatch, Outcome, TaskRun
 from orchestrator.ledger.snapshots import DEFAULT_MAX_ITEMS
 from orchestrator.logs import get_logger, redact_values, scrub
+from workers import heap
 from workers.host import WorkerHost
 from workers.leases import lease_kept
 from workers.targets.base import (
@@ -129,6 +131,7 @@ def purge(self: LetheTask, task_ids: str | list[str], continuation: bool = False
                                                    dry_run=run.dry_run)
             with redact_values(run.raw_values):
                 result = _run(self, lethe, run)
+            heap.settle("ran", run.kind)  # what the adapter imported on first use
             if isinstance(result, Outcome):
                 verified.append((run, result))
             else:
@@ -173,6 +176,7 @@ def _run(self: LetheTask, lethe: WorkerHost, run: TaskRun) -> Outcome | str:
             config = config.model_copy(update=datamap.datasets[run.dataset][run.target])
         context = TaskContext(run.request_id, run.subject_hashes, run.datasets)
         target = build_target(config, context)
+        heap.settle("built", run.kind)  # the client it made (botocore's model) is here for the process's life
         # One subject per resolved value of each derived kind the target needs (SPEC: each is purged).
         subjects = subjects_for(run.subject, run.derived, config.required_identifiers())
         max_items = config.max_items or DEFAULT_MAX_ITEMS
@@ -282,7 +286,12 @@ def replay(self: LetheTask, target: str, since: str, actor: str) -> dict[str, An
     return self.lethe.replay(target, since, actor)
 
 
+def _settle_pool_process(**_: Any) -> None:
+    heap.settle("process")
+
+
 def register(app: Celery) -> None:
+    worker_process_init.connect(_settle_pool_process, weak=False)
     app.task(name="lethe.purge", base=LetheTask, bind=True)(purge)
     app.task(name="lethe.reconcile", base=LetheTask, bind=True)(reconcile)
     app.task(name="lethe.replay", base=LetheTask, bind=True)(replay)
