@@ -109,10 +109,7 @@ class ReadLedger(LedgerCore):
                                     | ((Request.received_at == at) & (Request.id < rid)))
             rows = s.scalars(query.limit(limit + 1)).all()
             page = rows[:limit]
-            tasks: dict[str, list[Task]] = {r.id: [] for r in page}
-            if page:
-                for t in s.scalars(select(Task).where(Task.request_id.in_(tasks)).order_by(Task.position)):
-                    tasks[t.request_id].append(t)
+            tasks = self._tasks_of(s, [r.id for r in page])
             copies = self._copies_of(s, page)
             items = [status_object(r, tasks[r.id], **copies[r.id]) for r in page]
             nxt = _encode_cursor(page[-1]) if len(rows) > limit else None
